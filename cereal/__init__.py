@@ -1,0 +1,32 @@
+"""cereal: durable, PostgreSQL-backed decision-callback workflows with recurring schedules."""
+
+from cereal.executors import TaskExecutor, WorkflowExecutor
+from cereal.manager import Manager
+from cereal.types import (
+    CancelEvent,
+    StartEvent,
+    Task,
+    TaskCompleteEvent,
+    TaskResult,
+    TaskStatus,
+    WorkflowInstanceInfo,
+    WorkflowStatus,
+)
+from cereal.workflow import Decision, WorkflowInstance
+
+__all__ = [
+    "CancelEvent",
+    "Decision",
+    "Manager",
+    "StartEvent",
+    "Task",
+    "TaskCompleteEvent",
+    "TaskExecutor",
+    "TaskResult",
+    "TaskStatus",
+    "WorkflowExecutor",
+    "WorkflowInstance",
+    "WorkflowInstanceInfo",
+    "WorkflowStatus",
+]
+__version__ = "0.1.0"

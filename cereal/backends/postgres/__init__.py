@@ -1,0 +1,5 @@
+"""The PostgreSQL backend."""
+
+from cereal.backends.postgres.driver import PostgresDriver
+
+__all__ = ["PostgresDriver"]

@@ -1,0 +1,481 @@
+"""PostgreSQL storage for cereal: a connection pool and the statements of ``queries.sql``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, LiteralString
+
+import psycopg
+import structlog
+from psycopg import errors as pgerrors
+from psycopg_pool import ConnectionPool
+
+from cereal.backends.postgres.listener import PostgresListener
+from cereal.backends.postgres.migrations import migrate
+from cereal.backends.postgres.queries import load_queries
+from cereal.driver import ClaimedTask, TaskOutcome
+from cereal.errors import CerealError, DatabaseError, InvalidNameError
+from cereal.steps import EventRow, InstanceRow, StepOutcome
+from cereal.types import WorkflowInstanceInfo, WorkflowStatus
+
+__all__ = ["PostgresDriver"]
+
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_SCHEMA_LENGTH = 48
+log = structlog.get_logger("cereal.postgres")
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+def validate_schema(schema: object) -> str:
+    """Return ``schema`` if it is a plain SQL identifier cereal can own, else raise."""
+    if not isinstance(schema, str) or not _SCHEMA_NAME.fullmatch(schema):
+        raise InvalidNameError(
+            f"schema must be a plain identifier (letters, digits, underscores, not starting "
+            f"with a digit), got {schema!r}"
+        )
+    if len(schema) > MAX_SCHEMA_LENGTH:
+        raise InvalidNameError(
+            f"schema name is {len(schema)} characters; the limit is {MAX_SCHEMA_LENGTH}: "
+            f"{schema!r}"
+        )
+    if schema.lower().startswith("pg_") or schema.lower() == "information_schema":
+        raise InvalidNameError(f"schema name {schema!r} is reserved by PostgreSQL")
+    return schema
+
+
+class PostgresDriver:
+    """Stores cereal's state in a PostgreSQL schema.
+
+    ``dsn`` is a libpq connection string or URI. When it is None, ``CEREAL_DATABASE_URL``
+    is used; when that is unset too, an embedded PostgreSQL (the ``cereal[embedded]``
+    extra) is started or reused in ``CEREAL_EMBEDDED_DIR`` or a per-user data directory.
+
+    The schema (default ``cereal``) is created and migrated on first use. Options:
+    ``pool_size`` (most connections, default 10), ``pool_min_size`` (default 1),
+    ``connect_timeout`` (seconds, default 10) and ``application_name``.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        schema: str = "cereal",
+        pool_size: int = 10,
+        pool_min_size: int = 1,
+        connect_timeout: float = 10.0,
+        application_name: str = "cereal",
+    ) -> None:
+        self._schema = validate_schema(schema)
+        if dsn is not None and not isinstance(dsn, str):
+            raise CerealError(f"dsn must be a str or None, got {type(dsn).__name__}")
+        if pool_size < 2:
+            raise CerealError(f"pool_size must be at least 2, got {pool_size!r}")
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._pool_min_size = max(0, min(pool_min_size, pool_size))
+        self._connect_timeout = connect_timeout
+        self._application_name = application_name
+        self._pool: ConnectionPool[Connection] | None = None
+        self._lock = threading.Lock()
+        self._q = load_queries()
+        self.channel = f"cereal_{self._schema}"
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema holding cereal's tables."""
+        return self._schema
+
+    @property
+    def dsn(self) -> str:
+        """The connection string in use (resolving the environment and embedded default)."""
+        if self._dsn is None:
+            self._dsn = os.environ.get("CEREAL_DATABASE_URL") or _embedded()
+        return self._dsn
+
+    def connect(self) -> Connection:
+        """Open a new connection outside the pool (autocommit, UTC, search_path set)."""
+        try:
+            conn = psycopg.connect(
+                self.dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(self._connect_timeout)),
+                application_name=self._application_name,
+            )
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
+        self._configure(conn)
+        return conn
+
+    def _configure(self, conn: Connection) -> None:
+        conn.execute(
+            "SELECT set_config('search_path', %s, false), set_config('TimeZone', 'UTC', false)",
+            ('"' + self._schema + '"',),
+        )
+
+    def open(self) -> None:
+        """Migrate the schema and open the pool. Safe to call again after :meth:`close`."""
+        with self._lock:
+            if self._pool is not None:
+                return
+            with self.connect() as conn:
+                migrate(conn, self._schema)
+            pool: ConnectionPool[Connection] = ConnectionPool(
+                self.dsn,
+                min_size=self._pool_min_size,
+                max_size=self._pool_size,
+                kwargs={
+                    "autocommit": True,
+                    "connect_timeout": max(1, round(self._connect_timeout)),
+                    "application_name": self._application_name,
+                },
+                configure=self._configure,
+                open=False,
+                name=f"cereal-{self._schema}",
+                reconnect_timeout=0,
+            )
+            pool.open(wait=self._pool_min_size > 0, timeout=self._connect_timeout)
+            self._pool = pool
+
+    def close(self) -> None:
+        """Close the pool. The driver can be opened again later."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(timeout=5)
+
+    def __enter__(self) -> PostgresDriver:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """Borrow a pooled connection (autocommit; wrap writes in ``conn.transaction()``)."""
+        if self._pool is None:
+            self.open()
+        pool = self._pool
+        if pool is None:
+            raise DatabaseError("the driver was closed")
+        with pool.connection(timeout=max(self._connect_timeout, 30.0)) as conn:
+            yield conn
+
+    def query(self, name: str) -> LiteralString:
+        """The text of a named statement of ``queries.sql``."""
+        return self._q[name]
+
+    def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        with self.connection() as conn:
+            return conn.execute(self._q[name], params).fetchall()
+
+    # -- workflow instances ------------------------------------------------------------
+
+    def enqueue_workflow(
+        self, workflow_name: str, instance_name: str, parameters_json: str | None
+    ) -> bool:
+        """Insert a live instance with its start event; False if the pair is live."""
+        rows = self._rows(
+            "enqueue_workflow",
+            {
+                "workflow_name": workflow_name,
+                "instance_name": instance_name,
+                "parameters": parameters_json,
+                "channel": self.channel,
+            },
+        )
+        return bool(rows)
+
+    def cancel_workflow(self, workflow_name: str, instance_name: str) -> bool:
+        """Queue a cancel event; False if there is no live instance."""
+        params = {"workflow_name": workflow_name, "instance_name": instance_name}
+        return bool(self._rows("cancel_workflow", params | {"channel": self.channel}))
+
+    def kill_workflow(self, workflow_name: str, instance_name: str, error: str) -> bool:
+        """Finish a live instance as failed with ``error``; False if none is live."""
+        params = {"workflow_name": workflow_name, "instance_name": instance_name}
+        rows = self._rows("kill_workflow", params | {"error": error, "channel": self.channel})
+        return bool(rows)
+
+    def get_workflow_instance(
+        self, workflow_name: str, instance_name: str
+    ) -> WorkflowInstanceInfo | None:
+        """The live instance, else its latest finished run, else None."""
+        params = {"workflow_name": workflow_name, "instance_name": instance_name}
+        with self.connection() as conn:
+            row = conn.execute(self._q["get_live_instance"], params).fetchone()
+            if row is not None:
+                return WorkflowInstanceInfo(
+                    workflow_name=row[0],
+                    instance_name=row[1],
+                    status=WorkflowStatus(row[2]),
+                    parameters=row[3],
+                    payload=row[4],
+                    started_at=row[5],
+                )
+            row = conn.execute(self._q["get_latest_result"], params).fetchone()
+        if row is None:
+            return None
+        return _finished_info(row)
+
+    def list_workflow_instances(
+        self,
+        workflow_name: str | None = None,
+        instance_name: str | None = None,
+        is_running: bool | None = None,
+    ) -> list[WorkflowInstanceInfo]:
+        """One row per pair: the live instance, else the latest finished run."""
+        rows = self._rows(
+            "list_instances",
+            {
+                "workflow_name": workflow_name,
+                "instance_name": instance_name,
+                "include_live": is_running is not False,
+                "include_finished": is_running is not True,
+            },
+        )
+        return [
+            WorkflowInstanceInfo(
+                workflow_name=r[0],
+                instance_name=r[1],
+                status=WorkflowStatus(r[2]),
+                parameters=r[3],
+                payload=r[4],
+                result=r[5],
+                error=r[6],
+                started_at=r[7],
+                ended_at=r[8],
+            )
+            for r in rows
+        ]
+
+    # -- workflow events ---------------------------------------------------------------
+
+    def has_events(self, workflow_names: Sequence[str]) -> bool:
+        """Cheap check: is any event pending for these workflows?"""
+        with self.connection() as conn:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM workflow_events e JOIN workflow_instances i"
+                " ON i.id = e.instance_id WHERE i.workflow_name = ANY(%s))",
+                (list(workflow_names),),
+            ).fetchone()
+        return bool(row and row[0])
+
+    @contextmanager
+    def claim_events(
+        self, workflow_names: Sequence[str], limit: int, per_instance: int
+    ) -> Iterator[_PostgresEventBatch]:
+        """Lock up to ``limit`` instances with pending events and fetch their next events.
+
+        The instances stay locked until the batch commits or the context exits (which rolls
+        back, so every event is delivered again later).
+        """
+        with self.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                self._q["lock_instances_with_events"],
+                {"names": list(workflow_names), "limit": limit},
+            ).fetchall()
+            instances = [
+                InstanceRow(r[0], r[1], r[2], r[3], r[4], WorkflowStatus(r[5]), r[6], r[7], r[8])
+                for r in rows
+            ]
+            events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
+            if instances:
+                for e in conn.execute(
+                    self._q["fetch_events"],
+                    {"ids": list(events), "per_instance": per_instance},
+                ):
+                    events[e[1]].append(EventRow(*e))
+            yield _PostgresEventBatch(self, conn, instances, events)
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def claim_tasks(
+        self, limits: dict[str, int], owner: str
+    ) -> tuple[list[ClaimedTask], float | None]:
+        """Claim due tasks (up to ``limits[name]`` each) for ``owner``.
+
+        Also returns the seconds until the next queued task of these names becomes due.
+        """
+        names = [n for n, lim in limits.items() if lim > 0]
+        if not names:
+            return [], None
+        rows = self._rows(
+            "claim_tasks",
+            {"names": names, "limits": [limits[n] for n in names], "owner": owner},
+        )
+        tasks = [ClaimedTask(*r[:7]) for r in rows if r[0] is not None]
+        next_due = next((r[7] for r in rows if r[0] is None), None)
+        return tasks, next_due
+
+    def complete_tasks(self, outcomes: Sequence[TaskOutcome], owner: str) -> set[int]:
+        """Record task outcomes as events; return the ids that were still live."""
+        if not outcomes:
+            return set()
+        params = {
+            "ids": [o.id for o in outcomes],
+            "statuses": [o.status for o in outcomes],
+            "errors": [o.error for o in outcomes],
+            "results": [o.result_json for o in outcomes],
+            "owner": owner,
+        }
+        with self.connection() as conn, conn.transaction():
+            rows = conn.execute(self._q["complete_tasks"], params).fetchall()
+            recorded = {r[0] for r in rows}
+            names = {"e" + o.workflow_name for o in outcomes if o.id in recorded}
+            if names:
+                self._notify(conn, sorted(names))
+        return recorded
+
+    def heartbeat_tasks(self, task_ids: Sequence[int], owner: str) -> set[int]:
+        """Refresh running tasks' heartbeats; return the ids that still exist."""
+        if not task_ids:
+            return set()
+        rows = self._rows("heartbeat_tasks", {"ids": list(task_ids), "owner": owner})
+        return {r[0] for r in rows}
+
+    def reap_lost_tasks(self, timeout: float, error: str) -> int:
+        """Turn tasks silent for ``timeout`` seconds into ``lost`` results; return how many."""
+        with self.connection() as conn, conn.transaction():
+            names = [
+                r[0]
+                for r in conn.execute(
+                    self._q["reap_lost_tasks"], {"timeout": timeout, "error": error}
+                )
+            ]
+            if names:
+                self._notify(conn, ["e" + n for n in names])
+        return len(names)
+
+    def _notify(self, conn: Connection, payloads: Sequence[str]) -> None:
+        conn.execute(self._q["notify"], {"channel": self.channel, "payloads": list(payloads)})
+
+    def notify(self, payloads: Sequence[str]) -> None:
+        """Send notifications on this schema's channel."""
+        with self.connection() as conn:
+            self._notify(conn, payloads)
+
+    def listener(
+        self, on_notify: Callable[[str], None], on_reconnect: Callable[[], None]
+    ) -> PostgresListener:
+        """A LISTEN connection on this schema's channel (not started)."""
+        return PostgresListener(self.connect, self.channel, on_notify, on_reconnect)
+
+
+class _PostgresEventBatch:
+    def __init__(
+        self,
+        driver: PostgresDriver,
+        conn: Connection,
+        instances: list[InstanceRow],
+        events: dict[int, list[EventRow]],
+    ) -> None:
+        self._driver = driver
+        self._conn = conn
+        self.instances = instances
+        self.events = events
+
+    def commit(self, outcomes: Sequence[StepOutcome]) -> list[WorkflowInstanceInfo]:
+        q = self._driver.query
+        conn = self._conn
+        going = [o for o in outcomes if not o.finished]
+        done = [o for o in outcomes if o.finished]
+        consumed = [eid for o in going for eid in o.consumed]
+        tasks = [(o.instance.id, t) for o in going for t in o.tasks]
+        notes = sorted({"t" + t.name for _, t in tasks} | {f"f{o.instance.id}" for o in done})
+        finished: list[WorkflowInstanceInfo] = []
+        with conn.pipeline():
+            if consumed:
+                conn.execute(q("delete_events"), {"ids": consumed})
+            if going:
+                conn.execute(
+                    q("update_instances"),
+                    {
+                        "ids": [o.instance.id for o in going],
+                        "payloads": [o.payload_json for o in going],
+                        "enqueued": [o.enqueued_tasks for o in going],
+                        "completed": [o.completed_tasks for o in going],
+                    },
+                )
+            if tasks:
+                conn.execute(
+                    q("insert_tasks"),
+                    {
+                        "instance_ids": [i for i, _ in tasks],
+                        "names": [t.name for _, t in tasks],
+                        "parameters": [t.parameters_json for _, t in tasks],
+                        "start_ats": [t.start_at for _, t in tasks],
+                        "delays": [t.delay for _, t in tasks],
+                    },
+                )
+            cur = None
+            if done:
+                cur = conn.execute(
+                    q("finish_instances"),
+                    {
+                        "ids": [o.instance.id for o in done],
+                        "statuses": [o.status.value for o in done],
+                        "results": [o.result_json for o in done],
+                        "errors": [o.error for o in done],
+                    },
+                )
+            if notes:
+                conn.execute(q("notify"), {"channel": self._driver.channel, "payloads": notes})
+            ended = {r[0]: r[1] for r in cur.fetchall()} if cur is not None else {}
+        for o in done:
+            if o.instance.id not in ended:
+                continue
+            finished.append(
+                WorkflowInstanceInfo(
+                    workflow_name=o.instance.workflow_name,
+                    instance_name=o.instance.instance_name,
+                    status=o.status,
+                    parameters=o.instance.parameters,
+                    result=_loads(o.result_json),
+                    error=o.error,
+                    started_at=o.instance.started_at,
+                    ended_at=ended[o.instance.id],
+                )
+            )
+        return finished
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _finished_info(row: tuple[Any, ...]) -> WorkflowInstanceInfo:
+    status = WorkflowStatus(row[2])
+    return WorkflowInstanceInfo(
+        workflow_name=row[0],
+        instance_name=row[1],
+        status=status,
+        parameters=row[3],
+        result=row[4] if status is WorkflowStatus.COMPLETED else None,
+        error=row[5],
+        started_at=row[6],
+        ended_at=row[7],
+    )
+
+
+def _embedded() -> str:
+    from cereal.backends.postgres.embedded import embedded_dsn
+
+    return embedded_dsn()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: lost connections, deadlocks, serialisation failures."""
+    return isinstance(
+        exc,
+        psycopg.OperationalError
+        | pgerrors.DeadlockDetected
+        | pgerrors.SerializationFailure
+        | psycopg.InterfaceError,
+    )

@@ -1,0 +1,138 @@
+"""A PostgreSQL server embedded in the Python environment, for development and tests.
+
+The server comes from the optional ``pgserver`` package (``pip install 'cereal[embedded]'``). It is
+started once per data directory and left running when the process exits, so later processes find it
+already up and connect at once, and several processes can use it together. It listens on a Unix
+socket inside (or next to) the data directory and on no TCP port.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import os
+import pwd
+import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+from cereal.errors import CerealError
+
+__all__ = ["embedded_dsn", "stop_embedded"]
+
+ENV_DATA_DIR = "CEREAL_EMBEDDED_DIR"
+
+_MISSING = (
+    "the embedded PostgreSQL server needs the 'pgserver' package: "
+    "run `pip install 'cereal[embedded]'`, or set CEREAL_DATABASE_URL to use your own database"
+)
+
+
+def embedded_dsn(data_dir: str | os.PathLike[str] | None = None) -> str:
+    """Start the embedded PostgreSQL server for ``data_dir``, or reuse it, and return its URI.
+
+    ``data_dir`` defaults to ``$CEREAL_EMBEDDED_DIR``, else to ``pg`` in the per-user data
+    directory of cereal (``~/.local/share/cereal/pg`` on Linux). The directory is created and
+    initialised on first use. The server keeps running after this process exits; call
+    :func:`stop_embedded` to stop it. Concurrent calls, from threads or processes, are safe.
+
+    The URI has the form ``postgresql://postgres:@/postgres?host=<socket directory>``.
+
+    Raises :class:`~cereal.errors.CerealError` if ``pgserver`` is not installed or the server
+    cannot be started.
+    """
+    pgserver = _import_pgserver()
+    path = _resolve(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        try:
+            _forget_stale_pid_file(pgserver, path)
+            # cleanup_mode=None: no process stops the server when it exits. pgserver's "stop" mode
+            # stops it when the last process that asked for it exits, which makes every later
+            # start pay for a server start and kills it under unrelated processes still using it.
+            server = pgserver.get_server(path, cleanup_mode=None)
+            # get_server() hands back a handle cached by this process without checking it; this
+            # restarts a server that was stopped since (a no-op when it is running).
+            server.ensure_postgres_running()
+            uri: str = server.get_uri()
+        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+            raise CerealError(
+                f"could not start the embedded PostgreSQL server in {path}: {exc!r} "
+                f"(server log: {path / 'log'})"
+            ) from exc
+    return uri
+
+
+def stop_embedded(data_dir: str | os.PathLike[str] | None = None) -> None:
+    """Stop the embedded PostgreSQL server for ``data_dir`` (same default as :func:`embedded_dsn`).
+
+    Open connections are closed (fast shutdown). Does nothing if the server is not running. The
+    data is kept: the next :func:`embedded_dsn` call starts the server again.
+    """
+    pgserver = _import_pgserver()
+    path = _resolve(data_dir)
+    if not (path / "PG_VERSION").exists():
+        return
+    with _locked(path):
+        info = pgserver.utils.PostmasterInfo.read_from_pgdata(path)
+        if info is None or not info.is_running():
+            return
+        # As root, pgserver runs the server as an unprivileged user that owns the data directory.
+        user = pwd.getpwuid(path.stat().st_uid).pw_name if os.geteuid() == 0 else None
+        try:
+            pgserver.pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"], pgdata=path, user=user)
+        except subprocess.SubprocessError as exc:
+            raise CerealError(
+                f"could not stop the embedded PostgreSQL server in {path}: {exc!r}"
+            ) from exc
+
+
+def _import_pgserver() -> ModuleType:
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset; pgserver copes without it.
+            warnings.simplefilter("ignore")
+            return importlib.import_module("pgserver")
+    except ImportError as exc:
+        raise CerealError(_MISSING) from exc
+
+
+def _resolve(data_dir: str | os.PathLike[str] | None) -> Path:
+    if data_dir is None:
+        data_dir = os.environ.get(ENV_DATA_DIR) or _default_dir()
+    return Path(data_dir).expanduser().resolve()
+
+
+def _default_dir() -> Path:
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "cereal" / "pg"
+
+
+def _forget_stale_pid_file(pgserver: ModuleType, path: Path) -> None:
+    # A server that died without cleaning up (e.g. the machine restarted) leaves postmaster.pid
+    # behind; if its pid now belongs to another process, pgserver would take the server as running
+    # and PostgreSQL would refuse to start. Remove such a file so the server is started again.
+    info = pgserver.utils.PostmasterInfo.read_from_pgdata(path)
+    if info is None or not info.is_running():
+        return
+    try:
+        name = info.process.name()
+    except Exception:  # it has just exited (PostgreSQL copes), or cannot be inspected: keep it
+        return
+    if name != "postgres":
+        (path / "postmaster.pid").unlink(missing_ok=True)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    # The lock file sits beside the data directory: initdb wants the directory itself empty.
+    lock_path = path.parent / f".{path.name}.lock"
+    with open(lock_path, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)

@@ -1,0 +1,72 @@
+"""A LISTEN connection that wakes the manager's loops when another process writes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import sql
+
+__all__ = ["PostgresListener"]
+
+log = structlog.get_logger("cereal.listener")
+
+
+class PostgresListener:
+    """Listens on one channel in a background thread and reconnects when the link drops.
+
+    ``on_notify`` gets each payload. ``on_reconnect`` is called after every (re)connection,
+    since notifications sent while disconnected are lost: the manager then polls everything.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        channel: str,
+        on_notify: Callable[[str], None],
+        on_reconnect: Callable[[], None],
+        *,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self._connect = connect
+        self._channel = channel
+        self._on_notify = on_notify
+        self._on_reconnect = on_reconnect
+        self._retry = retry_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="cereal-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        delay = self._retry
+        while not self._stop.is_set():
+            try:
+                with self._connect() as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    self.connected.set()
+                    delay = self._retry
+                    self._on_reconnect()
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.25):
+                            self._on_notify(note.payload)
+            except Exception as exc:
+                self.connected.clear()
+                if self._stop.is_set():
+                    break
+                log.warning("listen connection lost; reconnecting", error=str(exc), delay=delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+        self.connected.clear()

@@ -1,0 +1,67 @@
+"""Create or upgrade cereal's schema, once, even when many processes start together."""
+
+from __future__ import annotations
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from cereal.backends.postgres.queries import load_migrations
+from cereal.errors import MigrationError
+
+__all__ = ["migrate"]
+
+_LOCK_NAMESPACE = 0x6365_7265  # "cere": keeps our advisory locks apart from other users'
+log = structlog.get_logger("cereal.migrations")
+
+
+def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[int]:
+    """Apply every missing numbered migration to ``schema``; return the versions applied.
+
+    Runs under a session advisory lock keyed on the schema name, so concurrent callers wait
+    for the first one and then find nothing left to do. Each migration commits on its own
+    together with its row in ``schema_migrations``.
+    """
+    conn.autocommit = True
+    conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_NAMESPACE, schema))
+    try:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)
+        ).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        conn.execute("SELECT set_config('search_path', %s, false)", (_quoted(schema),))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY,"
+            " name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        done: list[int] = []
+        for version, name, text in load_migrations():
+            if version in applied:
+                continue
+            try:
+                with conn.transaction():
+                    conn.execute(text)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (version, name),
+                    )
+            except psycopg.Error as exc:
+                raise MigrationError(
+                    f"migration {version:04d}_{name} failed on schema {schema!r}: {exc}"
+                ) from exc
+            log.info("applied migration", schema=schema, version=version, name=name)
+            done.append(version)
+        return done
+    finally:
+        if not conn.broken:
+            conn.execute(
+                "SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_NAMESPACE, schema)
+            )
+
+
+def _quoted(schema: str) -> str:
+    return '"' + schema.replace('"', '""') + '"'

@@ -1,0 +1,222 @@
+-- Every statement the PostgreSQL driver runs. Each starts with a "-- name:" line; the
+-- connection's search_path points at the cereal schema. Notifications go to one channel
+-- per schema; the payload's first letter says what changed:
+-- e<workflow name> events, t<task name> tasks, f<instance id> finished, s schedules.
+
+-- name: enqueue_workflow
+-- Insert a live instance and its start event, unless the pair is already live.
+WITH inserted AS (
+    INSERT INTO workflow_instances (workflow_name, instance_name, parameters)
+    VALUES (%(workflow_name)s, %(instance_name)s, %(parameters)s::jsonb)
+    ON CONFLICT ON CONSTRAINT workflow_instances_name DO NOTHING
+    RETURNING id, workflow_name
+), start_event AS (
+    INSERT INTO workflow_events (instance_id, event_type)
+    SELECT id, 'start' FROM inserted
+)
+SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM inserted;
+
+-- name: cancel_workflow
+-- Queue a cancel event for a live instance.
+WITH ev AS (
+    INSERT INTO workflow_events (instance_id, event_type)
+    SELECT id, 'cancel' FROM workflow_instances
+    WHERE workflow_name = %(workflow_name)s AND instance_name = %(instance_name)s
+    RETURNING instance_id
+)
+SELECT instance_id, pg_notify(%(channel)s, 'e' || %(workflow_name)s) FROM ev;
+
+-- name: kill_workflow
+-- Finish a live instance as failed without its executor; waits for an in-flight handler.
+WITH target AS (
+    SELECT id FROM workflow_instances
+    WHERE workflow_name = %(workflow_name)s AND instance_name = %(instance_name)s
+    FOR UPDATE
+), gone AS (
+    DELETE FROM workflow_instances i USING target WHERE i.id = target.id
+    RETURNING i.id, i.workflow_name, i.instance_name, i.parameters, i.started_at
+), recorded AS (
+    INSERT INTO workflow_results
+        (workflow_name, instance_name, parameters, status, error, started_at)
+    SELECT workflow_name, instance_name, parameters, 'failed', %(error)s, started_at FROM gone
+)
+SELECT id, pg_notify(%(channel)s, 'f' || id) FROM gone;
+
+-- name: get_live_instance
+SELECT workflow_name, instance_name, status, parameters, payload, started_at
+FROM workflow_instances
+WHERE workflow_name = %(workflow_name)s AND instance_name = %(instance_name)s;
+
+-- name: get_latest_result
+SELECT workflow_name, instance_name, status, parameters, result, error, started_at, ended_at
+FROM workflow_results
+WHERE workflow_name = %(workflow_name)s AND instance_name = %(instance_name)s
+ORDER BY id DESC
+LIMIT 1;
+
+-- name: list_instances
+-- One row per pair: the live instance, else its latest finished run.
+SELECT workflow_name, instance_name, status, parameters, payload, NULL::jsonb AS result,
+       NULL::text AS error, started_at, NULL::timestamptz AS ended_at
+FROM workflow_instances
+WHERE (%(workflow_name)s::text IS NULL OR workflow_name = %(workflow_name)s)
+  AND (%(instance_name)s::text IS NULL OR instance_name = %(instance_name)s)
+  AND %(include_live)s
+UNION ALL
+SELECT * FROM (
+    SELECT DISTINCT ON (r.workflow_name, r.instance_name)
+           r.workflow_name, r.instance_name, r.status, r.parameters, NULL::jsonb, r.result,
+           r.error, r.started_at, r.ended_at
+    FROM workflow_results r
+    WHERE (%(workflow_name)s::text IS NULL OR r.workflow_name = %(workflow_name)s)
+      AND (%(instance_name)s::text IS NULL OR r.instance_name = %(instance_name)s)
+      AND %(include_finished)s
+      AND NOT EXISTS (
+          SELECT 1 FROM workflow_instances i
+          WHERE i.workflow_name = r.workflow_name AND i.instance_name = r.instance_name)
+    ORDER BY r.workflow_name, r.instance_name, r.id DESC
+) finished
+ORDER BY 1, 2;
+
+-- name: lock_instances_with_events
+-- Claim instances of the given workflows that have pending events. The row lock serialises
+-- the events of one instance across every process; SKIP LOCKED lets others take the rest.
+SELECT i.id, i.workflow_name, i.instance_name, i.parameters, i.payload, i.status,
+       i.enqueued_tasks, i.completed_tasks, i.started_at
+FROM workflow_instances i
+WHERE i.id IN (SELECT e.instance_id FROM workflow_events e)
+  AND i.workflow_name = ANY(%(names)s)
+ORDER BY i.id
+LIMIT %(limit)s
+FOR NO KEY UPDATE OF i SKIP LOCKED;
+
+-- name: fetch_events
+-- The oldest pending events of each locked instance, in order.
+SELECT e.id, e.instance_id, e.event_type, e.enqueued_at, e.task_name, e.task_parameters,
+       e.task_status, e.task_error, e.task_result
+FROM unnest(%(ids)s::bigint[]) AS locked(id)
+CROSS JOIN LATERAL (
+    SELECT * FROM workflow_events ev
+    WHERE ev.instance_id = locked.id
+    ORDER BY ev.id
+    LIMIT %(per_instance)s
+) e
+ORDER BY e.instance_id, e.id;
+
+-- name: delete_events
+DELETE FROM workflow_events WHERE id = ANY(%(ids)s);
+
+-- name: update_instances
+-- Store the state of instances that continue.
+UPDATE workflow_instances i
+SET payload = u.payload::jsonb, status = 'running', enqueued_tasks = u.enqueued_tasks,
+    completed_tasks = u.completed_tasks, updated_at = now()
+FROM unnest(%(ids)s::bigint[], %(payloads)s::text[], %(enqueued)s::int[],
+            %(completed)s::int[]) AS u(id, payload, enqueued_tasks, completed_tasks)
+WHERE i.id = u.id;
+
+-- name: insert_tasks
+-- Write the tasks of continuing instances; start_after uses the database clock.
+INSERT INTO tasks (instance_id, task_name, parameters, start_after)
+SELECT t.instance_id, t.task_name, t.parameters::jsonb,
+       coalesce(t.start_at, now() + make_interval(secs => t.delay))
+FROM unnest(%(instance_ids)s::bigint[], %(names)s::text[], %(parameters)s::text[],
+            %(start_ats)s::timestamptz[], %(delays)s::float8[])
+     AS t(instance_id, task_name, parameters, start_at, delay);
+
+-- name: finish_instances
+-- Move finished instances to history; their tasks and events go with them (cascade).
+WITH done AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(results)s::text[],
+                         %(errors)s::text[]) AS d(id, status, result, error)
+), gone AS (
+    DELETE FROM workflow_instances i USING done WHERE i.id = done.id
+    RETURNING i.id, i.workflow_name, i.instance_name, i.parameters, i.started_at,
+              done.status, done.result, done.error
+), recorded AS (
+    INSERT INTO workflow_results
+        (workflow_name, instance_name, parameters, status, result, error, started_at)
+    SELECT workflow_name, instance_name, parameters, status, result::jsonb, error, started_at
+    FROM gone ORDER BY id
+)
+SELECT id, now() AS ended_at FROM gone;
+
+-- name: notify
+SELECT pg_notify(%(channel)s, payload) FROM unnest(%(payloads)s::text[]) AS p(payload);
+
+-- name: claim_tasks
+-- Claim up to lim due tasks of each name for this process, oldest due first. The last row
+-- (id NULL) carries the seconds until the next queued task of these names becomes due.
+WITH wanted AS (
+    SELECT t.id
+    FROM unnest(%(names)s::text[], %(limits)s::int[]) AS w(name, lim)
+    CROSS JOIN LATERAL (
+        SELECT id FROM tasks
+        WHERE task_name = w.name AND state = 'queued' AND start_after <= now()
+        ORDER BY start_after, id
+        LIMIT w.lim
+        FOR UPDATE SKIP LOCKED
+    ) t
+), claimed AS (
+    UPDATE tasks t
+    SET state = 'running', claimed_by = %(owner)s, heartbeat_at = now()
+    FROM wanted, workflow_instances i
+    WHERE t.id = wanted.id AND i.id = t.instance_id
+    RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at,
+              i.workflow_name, i.instance_name
+)
+SELECT id, instance_id, task_name, parameters, enqueued_at, workflow_name, instance_name,
+       NULL::float8 AS next_due_in
+FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       (SELECT extract(epoch FROM min(start_after) - now())::float8 FROM tasks
+        WHERE task_name = ANY(%(names)s) AND state = 'queued' AND start_after > now());
+
+-- name: complete_tasks
+-- Record finished tasks as task_complete events. A task whose row is gone (its workflow
+-- finished, or it was reported lost) is discarded: each task reports exactly once.
+WITH r AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(errors)s::text[],
+                         %(results)s::text[]) AS r(id, status, error, result)
+), done AS (
+    DELETE FROM tasks t USING r
+    WHERE t.id = r.id AND t.state = 'running' AND t.claimed_by = %(owner)s
+    RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at,
+              r.status, r.error, r.result
+), ev AS (
+    INSERT INTO workflow_events (instance_id, event_type, task_id, task_name, task_parameters,
+                                 task_enqueued_at, task_status, task_error, task_result)
+    SELECT instance_id, 'task_complete', id, task_name, parameters, enqueued_at, status, error,
+           result::jsonb
+    FROM done ORDER BY id
+)
+SELECT id FROM done;
+
+-- name: heartbeat_tasks
+-- Prove that this process's running tasks are alive; rows missing from the answer are gone.
+UPDATE tasks SET heartbeat_at = now()
+WHERE id = ANY(%(ids)s) AND state = 'running' AND claimed_by = %(owner)s
+RETURNING id;
+
+-- name: reap_lost_tasks
+-- Report running tasks that went silent as lost, exactly once.
+WITH lost AS (
+    DELETE FROM tasks
+    WHERE id IN (
+        SELECT id FROM tasks
+        WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => %(timeout)s)
+        ORDER BY heartbeat_at
+        LIMIT 1000
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id, instance_id, task_name, parameters, enqueued_at
+), ev AS (
+    INSERT INTO workflow_events (instance_id, event_type, task_id, task_name, task_parameters,
+                                 task_enqueued_at, task_status, task_error)
+    SELECT instance_id, 'task_complete', id, task_name, parameters, enqueued_at, 'lost',
+           %(error)s
+    FROM lost ORDER BY id
+    RETURNING instance_id
+)
+SELECT DISTINCT i.workflow_name
+FROM lost JOIN workflow_instances i ON i.id = lost.instance_id;

@@ -1,0 +1,76 @@
+"""JSON encoding of parameters, payloads and results, with the checks PostgreSQL needs.
+
+Everything cereal stores is JSON (``jsonb``). ``None`` is stored as SQL NULL. Values that
+``jsonb`` cannot hold (NaN, Infinity, NUL characters, lone surrogates) are refused here with a
+:class:`~cereal.errors.SerializationError` rather than failing later inside the database.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from cereal.errors import InvalidNameError, SerializationError
+
+__all__ = ["MAX_NAME_LENGTH", "check_name", "encode", "try_encode"]
+
+MAX_NAME_LENGTH = 200
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def encode(value: Any, what: str = "value") -> str | None:
+    """Return ``value`` as JSON text (None for None), or raise :class:`SerializationError`."""
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise SerializationError(f"{what} is not JSON-serialisable: {_describe(exc)}") from exc
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        raise SerializationError(f"{what} contains a NUL character, which PostgreSQL cannot store")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SerializationError(f"{what} contains text that is not valid Unicode: {exc}") from exc
+    return text
+
+
+def try_encode(value: Any, what: str) -> tuple[str | None, str | None]:
+    """Encode ``value``; return ``(json_text, None)`` or ``(None, error_message)``."""
+    try:
+        return encode(value, what), None
+    except SerializationError as exc:
+        return None, str(exc)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply"
+    if isinstance(exc, ValueError) and "Out of range float" in str(exc):
+        return "NaN and Infinity are not valid JSON"
+    return str(exc)
+
+
+def check_name(kind: str, value: object) -> str:
+    """Validate a workflow, instance or task name and return it.
+
+    A name is a non-empty string of at most ``MAX_NAME_LENGTH`` characters without NUL
+    characters or lone surrogates.
+    """
+    if not isinstance(value, str):
+        raise InvalidNameError(f"{kind} must be a str, got {type(value).__name__}: {value!r}")
+    if not value:
+        raise InvalidNameError(f"{kind} must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidNameError(
+            f"{kind} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}: "
+            f"{value[:40]!r}..."
+        )
+    if "\x00" in value:
+        raise InvalidNameError(f"{kind} must not contain NUL characters: {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidNameError(f"{kind} is not valid Unicode: {value!r}") from None
+    return value

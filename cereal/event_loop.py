@@ -1,0 +1,168 @@
+"""The workflow-event loop: claim instances with pending events, run their callbacks,
+commit the decisions.
+
+``workers`` handler threads each claim a batch of instances (locked until commit), deliver
+every instance's pending events in order, and commit all the outcomes in one transaction.
+Events of one instance are never handled concurrently; different instances are.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+import structlog
+
+from cereal.backends.postgres.driver import PostgresDriver, is_transient
+from cereal.executors import WorkflowExecutor
+from cereal.steps import StepOutcome, run_events
+from cereal.types import WorkflowInstanceInfo, WorkflowStatus
+
+__all__ = ["WorkflowEventLoop"]
+
+log = structlog.get_logger("cereal.workflow")
+
+
+class WorkflowEventLoop:
+    """Runs workflow callbacks for the executors registered in one manager."""
+
+    def __init__(
+        self,
+        driver: PostgresDriver,
+        executors: dict[str, WorkflowExecutor],
+        *,
+        workers: int,
+        poll_interval: float,
+        on_finished: Callable[[list[WorkflowInstanceInfo]], None],
+        on_tasks_enqueued: Callable[[set[str]], None],
+        batch_size: int = 32,
+        events_per_instance: int = 64,
+    ) -> None:
+        self._driver = driver
+        self._executors = executors
+        self._names = sorted(executors)
+        self._workers = workers
+        self._poll_interval = poll_interval
+        self._on_finished = on_finished
+        self._on_tasks_enqueued = on_tasks_enqueued
+        self._batch_size = batch_size
+        self._per_instance = events_per_instance
+        self._cond = threading.Condition()
+        self._signals = 0
+        self._stopping = False
+        self._single_until = 0.0
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        if not self._names:
+            return
+        self._signals = 1  # handle whatever is already pending at once
+        for n in range(self._workers):
+            thread = threading.Thread(
+                target=self._handler, args=(n == 0,), name=f"cereal-workflow-{n}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float | None) -> None:
+        """Stop claiming; handlers finish (and commit) the batch they hold."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(left)
+
+    def wake(self) -> None:
+        """New events may be pending: have one idle handler look."""
+        with self._cond:
+            if self._signals < self._workers:
+                self._signals += 1
+                self._cond.notify()
+
+    def _handler(self, poller: bool) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                if not self._signals and not self._stopping:
+                    self._cond.wait(self._poll_interval if poller else None)
+                if self._stopping:
+                    return
+                signalled = self._signals > 0
+                if signalled:
+                    self._signals -= 1
+            try:
+                if signalled or self._driver.has_events(self._names):
+                    self._drain()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                delay = min(0.1 * 2**failures, 5.0)
+                log.warning("workflow event handling failed; retrying", error=repr(exc),
+                            retry_in=delay)
+                time.sleep(delay)
+                self.wake()
+
+    def _drain(self) -> None:
+        while not self._stopping:
+            single = time.monotonic() < self._single_until
+            limit = 1 if single else self._batch_size
+            failed_alone: StepOutcome | None = None
+            finished: list[WorkflowInstanceInfo] = []
+            try:
+                with self._driver.claim_events(self._names, limit, self._per_instance) as batch:
+                    if not batch.instances:
+                        return
+                    if len(batch.instances) == limit:
+                        self.wake()  # probably more work: bring in another handler
+                    outcomes = [
+                        run_events(
+                            self._executors[inst.workflow_name],
+                            inst,
+                            batch.events[inst.id],
+                            log.bind(workflow=inst.workflow_name, instance=inst.instance_name),
+                        )
+                        for inst in batch.instances
+                    ]
+                    try:
+                        finished = batch.commit(outcomes)
+                    except psycopg.Error as exc:
+                        if is_transient(exc):
+                            raise
+                        if len(outcomes) > 1:
+                            # Find the poisoned instance by committing one at a time.
+                            log.warning("batch commit failed; retrying instances one by one",
+                                        error=repr(exc))
+                            self._single_until = time.monotonic() + 5.0
+                            raise
+                        failed_alone = outcomes[0]
+                        failed_alone.error = f"cannot store the decision: {exc}"
+                        raise
+            except psycopg.Error:
+                if failed_alone is None:
+                    raise
+                finished = self._fail_unstorable(failed_alone)
+            self._after_commit(outcomes, finished)
+
+    def _fail_unstorable(self, outcome: StepOutcome) -> list[WorkflowInstanceInfo]:
+        """A decision the database refuses fails its instance instead of looping forever."""
+        inst = outcome.instance
+        log.error("decision could not be stored; failing the instance", error=outcome.error,
+                  workflow=inst.workflow_name, instance=inst.instance_name)
+        bad = StepOutcome(instance=inst, status=WorkflowStatus.FAILED, error=outcome.error)
+        with self._driver.claim_events(self._names, 1, 1) as batch:
+            if any(i.id == inst.id for i in batch.instances):
+                return batch.commit([bad])
+        return []
+
+    def _after_commit(
+        self, outcomes: list[StepOutcome], finished: list[WorkflowInstanceInfo]
+    ) -> None:
+        names = {t.name for o in outcomes if not o.finished for t in o.tasks}
+        if names:
+            self._on_tasks_enqueued(names)
+        if finished:
+            self._on_finished(finished)

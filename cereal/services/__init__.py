@@ -1,0 +1,1 @@
+"""Background duties of a manager, each a small named service with start and stop."""

@@ -1,0 +1,55 @@
+"""Heartbeats for this process's running tasks, and detection of lost tasks anywhere."""
+
+from __future__ import annotations
+
+from cereal.backends.postgres.driver import PostgresDriver
+from cereal.services.base import PeriodicService
+from cereal.task_pool import TaskPools
+
+__all__ = ["Heartbeat", "LostTaskReaper"]
+
+
+class Heartbeat(PeriodicService):
+    """Every ``interval`` seconds, refresh the heartbeat of each running task in one
+    statement. A task whose row is gone (its workflow finished, or another manager already
+    reported it lost) is told to stop and its result will be discarded."""
+
+    name = "heartbeat"
+
+    def __init__(self, driver: PostgresDriver, pools: TaskPools, owner: str, interval: float):
+        super().__init__(interval)
+        self._driver = driver
+        self._pools = pools
+        self._owner = owner
+
+    def run_once(self) -> float | None:
+        ids = self._pools.unreported()
+        if ids:
+            alive = self._driver.heartbeat_tasks(ids, self._owner)
+            gone = set(ids) - alive
+            if gone:
+                # A task reported between the snapshot and the update is gone too; that's fine.
+                self._pools.forget(gone & set(self._pools.unreported()), "task row gone")
+        return None
+
+
+class LostTaskReaper(PeriodicService):
+    """Reports running tasks whose heartbeat stopped for ``timeout`` seconds as ``LOST``.
+
+    Every manager runs one; the delete-and-report statement makes each report exactly once.
+    """
+
+    name = "lost-task-reaper"
+
+    def __init__(self, driver: PostgresDriver, timeout: float):
+        super().__init__(max(timeout / 4, 0.25), jitter=max(timeout / 20, 0.05))
+        self._driver = driver
+        self._timeout = timeout
+
+    def run_once(self) -> float | None:
+        count = self._driver.reap_lost_tasks(
+            self._timeout, f"task lost: no heartbeat for {self._timeout:g}s"
+        )
+        if count:
+            self.log.warning("reported lost tasks", count=count)
+        return None

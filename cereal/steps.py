@@ -1,0 +1,230 @@
+"""Turning a workflow instance's pending events into one outcome to commit.
+
+This is the pure heart of the event loop: given an instance's stored state and its next
+events (in order), call the executor once per event and fold the decisions into a single
+:class:`StepOutcome`. The caller commits the outcome in the same transaction that locked the
+instance, so a crash anywhere re-delivers every event of the batch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from cereal.codec import try_encode
+from cereal.executors import WorkflowExecutor
+from cereal.types import (
+    CancelEvent,
+    StartEvent,
+    TaskCompleteEvent,
+    TaskResult,
+    TaskStatus,
+    WorkflowStatus,
+)
+from cereal.workflow import Decision, DecisionKind, PendingTask, WorkflowInstance
+
+__all__ = [
+    "CANCELED_STARTING",
+    "ENQUEUE_AND_COMPLETE",
+    "EventRow",
+    "InstanceRow",
+    "StepOutcome",
+    "run_events",
+]
+
+ENQUEUE_AND_COMPLETE = "EnqueueTask and Complete called in same workflow step"
+CANCELED_STARTING = "canceled starting workflow"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    """A live instance as stored, locked for processing."""
+
+    id: int
+    workflow_name: str
+    instance_name: str
+    parameters: Any
+    payload: Any
+    status: WorkflowStatus
+    enqueued_tasks: int
+    completed_tasks: int
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One pending event; the task fields are set for ``task_complete`` only."""
+
+    id: int
+    instance_id: int
+    kind: str
+    enqueued_at: datetime
+    task_name: str | None = None
+    task_parameters: Any = None
+    task_status: str | None = None
+    task_error: str | None = None
+    task_result: Any = None
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    """What to commit for one instance after its events were handled."""
+
+    instance: InstanceRow
+    consumed: list[int] = field(default_factory=list)
+    payload_json: str | None = None
+    status: WorkflowStatus = WorkflowStatus.STARTING
+    enqueued_tasks: int = 0
+    completed_tasks: int = 0
+    tasks: list[PendingTask] = field(default_factory=list)
+    result_json: str | None = None
+    error: str | None = None
+    handled: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED)
+
+
+def _task_result(event: EventRow) -> TaskResult:
+    try:
+        status = TaskStatus(event.task_status)
+    except ValueError:
+        return TaskResult(
+            task_name=event.task_name or "",
+            parameters=event.task_parameters,
+            status=TaskStatus.UNUSABLE_RESULT,
+            error=f"unknown task status {event.task_status!r}",
+        )
+    return TaskResult(
+        task_name=event.task_name or "",
+        parameters=event.task_parameters,
+        status=status,
+        value=event.task_result if status is TaskStatus.SUCCESS else None,
+        error=event.task_error,
+    )
+
+
+def _call(executor: WorkflowExecutor, handle: WorkflowInstance, event: EventRow) -> object:
+    if event.kind == "start":
+        return executor.on_start(handle, StartEvent(event.enqueued_at))
+    if event.kind == "cancel":
+        return executor.on_cancel(handle, CancelEvent(event.enqueued_at))
+    result = _task_result(event)
+    return executor.on_task_complete(
+        handle, TaskCompleteEvent(result.task_name, result, event.enqueued_at)
+    )
+
+
+_CALLBACK = {"start": "on_start", "cancel": "on_cancel", "task_complete": "on_task_complete"}
+
+
+def run_events(
+    executor: WorkflowExecutor,
+    instance: InstanceRow,
+    events: list[EventRow],
+    log: structlog.typing.FilteringBoundLogger | None = None,
+) -> StepOutcome:
+    """Deliver ``events`` in order and return the combined outcome.
+
+    Stops at the first decision that finishes the instance; later events are left to be
+    deleted with the instance.
+    """
+    log = log or structlog.get_logger("cereal.workflow")
+    out = StepOutcome(
+        instance=instance,
+        payload_json=None,
+        status=instance.status,
+        enqueued_tasks=instance.enqueued_tasks,
+        completed_tasks=instance.completed_tasks,
+    )
+    payload = instance.payload
+    payload_changed = False
+    for event in events:
+        if event.kind == "start" and out.status is not WorkflowStatus.STARTING:
+            out.consumed.append(event.id)  # a duplicate start cannot be acted on twice
+            continue
+        if out.status is WorkflowStatus.STARTING and (
+            event.kind == "cancel" or any(e.kind == "cancel" for e in events)
+        ):
+            _finish(out, WorkflowStatus.FAILED, error=CANCELED_STARTING)
+            break
+        if event.kind == "task_complete":
+            out.completed_tasks += 1
+        handle = WorkflowInstance(
+            instance.workflow_name,
+            instance.instance_name,
+            instance.parameters,
+            payload,
+            out.enqueued_tasks,
+            out.completed_tasks,
+        )
+        callback = _CALLBACK.get(event.kind, event.kind)
+        out.handled += 1
+        try:
+            decision = _call(executor, handle, event)
+        except Exception as exc:
+            log.warning("workflow callback raised", callback=callback, event_id=event.id,
+                        error=repr(exc))
+            _finish(out, WorkflowStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            break
+        if not isinstance(decision, Decision):
+            _finish(
+                out,
+                WorkflowStatus.FAILED,
+                error=f"{callback} returned {type(decision).__name__} instead of a Decision",
+            )
+            break
+        if _apply(out, handle, decision):
+            break
+        out.consumed.append(event.id)
+        payload = json.loads(out.payload_json) if out.payload_json is not None else None
+        payload_changed = True
+    if not payload_changed and not out.finished:
+        out.payload_json, _ = try_encode(instance.payload, "payload")
+    if out.finished and out.tasks:
+        out.tasks.clear()
+    return out
+
+
+def _apply(out: StepOutcome, handle: WorkflowInstance, decision: Decision) -> bool:
+    """Fold one decision into ``out``; return True if it finished the instance."""
+    if decision.kind is DecisionKind.CONTINUE:
+        text, err = try_encode(decision.value, "payload")
+        if err is not None:
+            _finish(out, WorkflowStatus.FAILED, error=err)
+            return True
+        pending = handle.pending_tasks
+        out.tasks.extend(pending)
+        out.enqueued_tasks += len(pending)
+        out.payload_json = text
+        out.status = WorkflowStatus.RUNNING
+        return False
+    if decision.kind is DecisionKind.COMPLETE:
+        if handle.pending_tasks:
+            _finish(out, WorkflowStatus.FAILED, error=ENQUEUE_AND_COMPLETE)
+            return True
+        text, err = try_encode(decision.value, "result")
+        if err is not None:
+            _finish(out, WorkflowStatus.FAILED, error=err)
+        else:
+            _finish(out, WorkflowStatus.COMPLETED, result_json=text)
+        return True
+    _finish(out, WorkflowStatus.FAILED, error=decision.error or "failed")
+    return True
+
+
+def _finish(
+    out: StepOutcome,
+    status: WorkflowStatus,
+    *,
+    result_json: str | None = None,
+    error: str | None = None,
+) -> None:
+    out.status = status
+    out.result_json = result_json
+    out.error = error

@@ -1,0 +1,128 @@
+"""Public value types: statuses, events, task results, instance snapshots and tasks."""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "CancelEvent",
+    "StartEvent",
+    "Task",
+    "TaskCompleteEvent",
+    "TaskResult",
+    "TaskStatus",
+    "WorkflowInstanceInfo",
+    "WorkflowStatus",
+]
+
+
+class WorkflowStatus(enum.StrEnum):
+    """Where a workflow instance is in its life."""
+
+    STARTING = "starting"
+    """Enqueued; ``on_start`` has not committed yet."""
+    RUNNING = "running"
+    """At least one ``continue_with`` decision has committed."""
+    COMPLETED = "completed"
+    """Finished through ``complete``."""
+    FAILED = "failed"
+    """Finished through ``fail``, a failing callback, or ``kill_workflow``."""
+
+
+class TaskStatus(enum.StrEnum):
+    """How a task ended, as reported to its workflow."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    LOST = "lost"
+    """The task's process stopped sending heartbeats before it reported a result."""
+    UNUSABLE_RESULT = "unusable_result"
+    """The stored result could not be decoded."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """The outcome of one task, delivered to ``on_task_complete``."""
+
+    task_name: str
+    parameters: Any
+    status: TaskStatus
+    value: Any = None
+    """The task's return value (``SUCCESS`` only)."""
+    error: str | None = None
+    """``"<ExceptionType>: <message>"`` for ``FAILED``, a description for ``LOST``."""
+
+    @property
+    def ok(self) -> bool:
+        """True when the task succeeded."""
+        return self.status is TaskStatus.SUCCESS
+
+
+@dataclass(frozen=True, slots=True)
+class StartEvent:
+    """Delivered once to ``on_start`` when an instance begins."""
+
+    enqueued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CancelEvent:
+    """Delivered to ``on_cancel`` after ``cancel_workflow``."""
+
+    enqueued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCompleteEvent:
+    """Delivered to ``on_task_complete`` when one of the instance's tasks ended."""
+
+    task_name: str
+    result: TaskResult
+    enqueued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowInstanceInfo:
+    """A read-only snapshot of a workflow instance: the live run, or a finished one."""
+
+    workflow_name: str
+    instance_name: str
+    status: WorkflowStatus
+    parameters: Any = None
+    payload: Any = None
+    """The payload of the last ``continue_with`` (live instances only)."""
+    result: Any = None
+    """The ``complete`` result (completed instances only)."""
+    error: str | None = None
+    """Why the instance failed (failed instances only)."""
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def is_running(self) -> bool:
+        """True while the instance is live (starting or running)."""
+        return self.status in (WorkflowStatus.STARTING, WorkflowStatus.RUNNING)
+
+
+@dataclass(eq=False, slots=True)
+class Task:
+    """One task handed to a task executor's ``run``.
+
+    Long-running executors should check ``cancelled`` (a :class:`threading.Event`) now and
+    then: it is set when the task's workflow finished, its timeout passed, or the manager is
+    stopping. Whatever ``run`` returns after that is discarded.
+    """
+
+    name: str
+    parameters: Any
+    enqueued_at: datetime
+    workflow_name: str
+    instance_name: str
+    deadline: datetime | None = None
+    """When the task's timeout passes (UTC), or None without a timeout."""
+    id: int = 0
+    cancelled: threading.Event = field(default_factory=threading.Event)
