@@ -119,4 +119,3 @@ class Driver(Protocol):
     def listener(
         self, on_notify: Callable[[str], None], on_reconnect: Callable[[], None]
     ) -> Listener: ...
-

@@ -101,8 +101,9 @@ class WorkflowEventLoop:
             except Exception as exc:
                 failures += 1
                 delay = min(0.1 * 2**failures, 5.0)
-                log.warning("workflow event handling failed; retrying", error=repr(exc),
-                            retry_in=delay)
+                log.warning(
+                    "workflow event handling failed; retrying", error=repr(exc), retry_in=delay
+                )
                 time.sleep(delay)
                 self.wake()
 
@@ -134,8 +135,10 @@ class WorkflowEventLoop:
                             raise
                         if len(outcomes) > 1:
                             # Find the poisoned instance by committing one at a time.
-                            log.warning("batch commit failed; retrying instances one by one",
-                                        error=repr(exc))
+                            log.warning(
+                                "batch commit failed; retrying instances one by one",
+                                error=repr(exc),
+                            )
                             self._single_until = time.monotonic() + 5.0
                             raise
                         failed_alone = outcomes[0]
@@ -150,8 +153,12 @@ class WorkflowEventLoop:
     def _fail_unstorable(self, outcome: StepOutcome) -> list[WorkflowInstanceInfo]:
         """A decision the database refuses fails its instance instead of looping forever."""
         inst = outcome.instance
-        log.error("decision could not be stored; failing the instance", error=outcome.error,
-                  workflow=inst.workflow_name, instance=inst.instance_name)
+        log.error(
+            "decision could not be stored; failing the instance",
+            error=outcome.error,
+            workflow=inst.workflow_name,
+            instance=inst.instance_name,
+        )
         bad = StepOutcome(instance=inst, status=WorkflowStatus.FAILED, error=outcome.error)
         with self._driver.claim_events(self._names, 1, 1) as batch:
             if any(i.id == inst.id for i in batch.instances):

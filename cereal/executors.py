@@ -49,4 +49,6 @@ def task_callable(executor: TaskExecutor | TaskFunction) -> TaskFunction:
         return run  # type: ignore[no-any-return]
     if callable(executor):
         return executor
-    raise InvalidExecutorError(f"task executor must have a run(task) method or be callable: {executor!r}")
+    raise InvalidExecutorError(
+        f"task executor must have a run(task) method or be callable: {executor!r}"
+    )

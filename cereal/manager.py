@@ -88,8 +88,10 @@ class Manager(ScheduleOperations):
                 f"lost_task_timeout ({lost_task_timeout!r}) must be longer than "
                 f"heartbeat_interval ({heartbeat_interval!r})"
             )
-        for name, count in (("workflow_workers", workflow_workers),
-                            ("event_batch_size", event_batch_size)):
+        for name, count in (
+            ("workflow_workers", workflow_workers),
+            ("event_batch_size", event_batch_size),
+        ):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise CerealError(f"{name} must be a positive int, got {count!r}")
         if on_workflow_complete is not None and not callable(on_workflow_complete):
@@ -122,12 +124,14 @@ class Manager(ScheduleOperations):
         """Handle events of ``workflow_name`` with ``executor`` (replaces an earlier one)."""
         self._require_new("register_workflow_executor")
         check_name("workflow_name", workflow_name)
-        missing = [m for m in ("on_start", "on_task_complete", "on_cancel")
-                   if not callable(getattr(executor, m, None))]
+        missing = [
+            m
+            for m in ("on_start", "on_task_complete", "on_cancel")
+            if not callable(getattr(executor, m, None))
+        ]
         if missing:
             raise InvalidExecutorError(
-                f"workflow executor for {workflow_name!r} lacks {', '.join(missing)}: "
-                f"{executor!r}"
+                f"workflow executor for {workflow_name!r} lacks {', '.join(missing)}: {executor!r}"
             )
         self._workflows[workflow_name] = executor
 
@@ -159,7 +163,8 @@ class Manager(ScheduleOperations):
             if self._state != "new":
                 raise ManagerStateError(
                     "start() can be called only once"
-                    if self._state == "started" else "a stopped manager cannot be restarted"
+                    if self._state == "started"
+                    else "a stopped manager cannot be restarted"
                 )
             self._state = "started"
         self.driver.open()
@@ -193,8 +198,9 @@ class Manager(ScheduleOperations):
         self._event_loop.start()
         for service in self._services:
             service.start()
-        self.log.info("manager started", workflows=sorted(self._workflows),
-                      tasks=sorted(self._tasks))
+        self.log.info(
+            "manager started", workflows=sorted(self._workflows), tasks=sorted(self._tasks)
+        )
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop taking work, let running handlers and tasks finish, then close.
@@ -280,9 +286,13 @@ class Manager(ScheduleOperations):
     def _on_finished(self, runs: list[WorkflowInstanceInfo]) -> None:
         self._signal_finished()
         for info in runs:
-            self.log.info("workflow finished", workflow=info.workflow_name,
-                          instance=info.instance_name, status=info.status.value,
-                          error=info.error)
+            self.log.info(
+                "workflow finished",
+                workflow=info.workflow_name,
+                instance=info.instance_name,
+                status=info.status.value,
+                error=info.error,
+            )
             if self._on_complete is not None:
                 try:
                     self._on_complete(info)
@@ -321,9 +331,7 @@ class Manager(ScheduleOperations):
         if not self.driver.kill_workflow(workflow_name, instance_name, KILLED):
             raise _not_found(workflow_name, instance_name)
 
-    def get_workflow_instance(
-        self, workflow_name: str, instance_name: str
-    ) -> WorkflowInstanceInfo:
+    def get_workflow_instance(self, workflow_name: str, instance_name: str) -> WorkflowInstanceInfo:
         """The live instance if any, else the most recent finished run."""
         check_name("workflow_name", workflow_name)
         check_name("instance_name", instance_name)

@@ -92,7 +92,7 @@ class StepOutcome:
 
 def _task_result(event: EventRow) -> TaskResult:
     try:
-        status = TaskStatus(event.task_status)
+        status = TaskStatus(event.task_status or "")
     except ValueError:
         return TaskResult(
             task_name=event.task_name or "",
@@ -168,8 +168,9 @@ def run_events(
         try:
             decision = _call(executor, handle, event)
         except Exception as exc:
-            log.warning("workflow callback raised", callback=callback, event_id=event.id,
-                        error=repr(exc))
+            log.warning(
+                "workflow callback raised", callback=callback, event_id=event.id, error=repr(exc)
+            )
             _finish(out, WorkflowStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
             break
         if not isinstance(decision, Decision):

@@ -160,8 +160,14 @@ class TaskPools:
                 run.reported = True
                 self._running.pop(run.claimed.id, None)
         for run in runs:
-            log.info("task stopped", task=run.task.name, task_id=run.claimed.id, reason=reason,
-                     workflow=run.task.workflow_name, instance=run.task.instance_name)
+            log.info(
+                "task stopped",
+                task=run.task.name,
+                task_id=run.claimed.id,
+                reason=reason,
+                workflow=run.task.workflow_name,
+                instance=run.task.instance_name,
+            )
             self._cancel(run)
 
     def cancel_instance(self, instance_id: int) -> None:
@@ -254,8 +260,9 @@ class TaskPools:
         else:
             self._finish(run, value=value)
 
-    def _finish(self, run: _Running, *, value: Any = None, error: BaseException | None = None
-                ) -> None:
+    def _finish(
+        self, run: _Running, *, value: Any = None, error: BaseException | None = None
+    ) -> None:
         with self._cond:
             self._busy[run.task.name] -= 1
             self._wanted = True
@@ -266,7 +273,9 @@ class TaskPools:
             return
         if error is not None:
             outcome = TaskOutcome(
-                run.claimed.id, run.task.workflow_name, TaskStatus.FAILED.value,
+                run.claimed.id,
+                run.task.workflow_name,
+                TaskStatus.FAILED.value,
                 error=f"{type(error).__name__}: {error}",
             )
         else:
@@ -307,11 +316,18 @@ class TaskPools:
                     continue
             self._cancel(run)
             reg = self._regs[run.task.name]
-            log.warning("task timed out", task=run.task.name, task_id=run.claimed.id,
-                        workflow=run.task.workflow_name, instance=run.task.instance_name)
+            log.warning(
+                "task timed out",
+                task=run.task.name,
+                task_id=run.claimed.id,
+                workflow=run.task.workflow_name,
+                instance=run.task.instance_name,
+            )
             self._outbox.put(
                 TaskOutcome(
-                    run.claimed.id, run.task.workflow_name, TaskStatus.FAILED.value,
+                    run.claimed.id,
+                    run.task.workflow_name,
+                    TaskStatus.FAILED.value,
                     error=f"TimeoutError: task {run.task.name!r} did not finish within "
                     f"its timeout of {reg.timeout:g}s",
                 )
@@ -357,11 +373,15 @@ class TaskPools:
                     permanent_failures += 1
                     if permanent_failures >= 3:
                         # Give up: without heartbeats these tasks are reported lost.
-                        log.error("cannot record task results", error=repr(exc),
-                                  task_ids=[o.id for o in batch])
+                        log.error(
+                            "cannot record task results",
+                            error=repr(exc),
+                            task_ids=[o.id for o in batch],
+                        )
                         break
-                log.warning("recording task results failed; retrying", error=repr(exc),
-                            retry_in=delay)
+                log.warning(
+                    "recording task results failed; retrying", error=repr(exc), retry_in=delay
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         with self._lock:

@@ -155,7 +155,5 @@ class WorkflowInstance:
             )
         text = str(error)
         if not text:
-            raise InvalidDecisionError(
-                f"fail() needs a non-empty error message, got {error!r}"
-            )
+            raise InvalidDecisionError(f"fail() needs a non-empty error message, got {error!r}")
         return Decision(DecisionKind.FAIL, error=text)

@@ -41,8 +41,7 @@ def validate_schema(schema: object) -> str:
         )
     if len(schema) > MAX_SCHEMA_LENGTH:
         raise InvalidNameError(
-            f"schema name is {len(schema)} characters; the limit is {MAX_SCHEMA_LENGTH}: "
-            f"{schema!r}"
+            f"schema name is {len(schema)} characters; the limit is {MAX_SCHEMA_LENGTH}: {schema!r}"
         )
     if schema.lower().startswith("pg_") or schema.lower() == "information_schema":
         raise InvalidNameError(f"schema name {schema!r} is reserved by PostgreSQL")

@@ -25,9 +25,7 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[i
     conn.autocommit = True
     conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_NAMESPACE, schema))
     try:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)
-        ).fetchone()
+        exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
         if not exists:
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         conn.execute("SELECT set_config('search_path', %s, false)", (_quoted(schema),))
@@ -58,9 +56,7 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[i
         return done
     finally:
         if not conn.broken:
-            conn.execute(
-                "SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_NAMESPACE, schema)
-            )
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_NAMESPACE, schema))
 
 
 def _quoted(schema: str) -> str:

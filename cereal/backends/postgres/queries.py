@@ -27,11 +27,11 @@ def load_queries() -> dict[str, LiteralString]:
 def load_migrations() -> list[tuple[int, str, LiteralString]]:
     """Return ``(version, name, sql)`` for every ``migrations/NNNN_name.sql``, in order."""
     folder = resources.files(__package__).joinpath("migrations")
-    found = []
+    found: list[tuple[int, str, LiteralString]] = []
     for entry in folder.iterdir():
         match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
         if match:
-            sql = cast(LiteralString, entry.read_text("utf-8"))
+            sql = entry.read_text("utf-8")
             found.append((int(match.group(1)), match.group(2), sql))
     found.sort()
     return found
