@@ -2,6 +2,7 @@
 
 from cereal.executors import TaskExecutor, WorkflowExecutor
 from cereal.manager import Manager
+from cereal.schedules import Schedule
 from cereal.types import (
     CancelEvent,
     StartEvent,
@@ -18,6 +19,7 @@ __all__ = [
     "CancelEvent",
     "Decision",
     "Manager",
+    "Schedule",
     "StartEvent",
     "Task",
     "TaskCompleteEvent",

@@ -274,6 +274,10 @@ class Manager(ScheduleOperations):
             self._finish_seq += 1
             self._finished.notify_all()
 
+    def _on_schedule_enqueued(self, workflow_name: str) -> None:
+        if self._event_loop is not None and workflow_name in self._workflows:
+            self._event_loop.wake()
+
     def _on_tasks_enqueued(self, names: set[str]) -> None:
         if self._pools is not None:
             for name in names:

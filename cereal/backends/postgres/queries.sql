@@ -220,3 +220,70 @@ WITH lost AS (
 )
 SELECT DISTINCT i.workflow_name
 FROM lost JOIN workflow_instances i ON i.id = lost.instance_id;
+
+-- name: db_now
+SELECT now();
+
+-- name: insert_schedule
+INSERT INTO workflow_schedules
+    (workflow_name, instance_name, parameters, recurrence, enabled, next_due_at)
+VALUES (%(workflow_name)s, %(instance_name)s, %(parameters)s::jsonb, %(recurrence)s,
+        %(enabled)s, %(next_due_at)s)
+ON CONFLICT ON CONSTRAINT workflow_schedules_name DO NOTHING
+RETURNING id;
+
+-- name: lock_schedule
+SELECT id, parameters, recurrence, enabled, next_due_at
+FROM workflow_schedules
+WHERE workflow_name = %(workflow_name)s AND instance_name = %(instance_name)s
+FOR UPDATE;
+
+-- name: update_schedule
+UPDATE workflow_schedules
+SET parameters = %(parameters)s::jsonb, recurrence = %(recurrence)s, enabled = %(enabled)s,
+    next_due_at = %(next_due_at)s, updated_at = now()
+WHERE id = %(id)s;
+
+-- name: delete_schedule
+DELETE FROM workflow_schedules
+WHERE workflow_name = %(workflow_name)s AND instance_name = %(instance_name)s
+RETURNING id;
+
+-- name: select_schedules
+-- Schedules with the start and end of their latest finished run.
+SELECT s.workflow_name, s.instance_name, s.parameters, s.recurrence, s.enabled,
+       s.next_due_at, s.last_enqueued_at, r.started_at, r.ended_at
+FROM workflow_schedules s
+LEFT JOIN LATERAL (
+    SELECT started_at, ended_at FROM workflow_results wr
+    WHERE wr.workflow_name = s.workflow_name AND wr.instance_name = s.instance_name
+    ORDER BY wr.id DESC
+    LIMIT 1
+) r ON true
+WHERE (%(workflow_name)s::text IS NULL OR s.workflow_name = %(workflow_name)s)
+  AND (%(instance_name)s::text IS NULL OR s.instance_name = %(instance_name)s)
+ORDER BY s.workflow_name, s.instance_name;
+
+-- name: lock_due_schedule
+-- The most overdue enabled schedule nobody else is handling, with the database's clock.
+SELECT id, workflow_name, instance_name, parameters, recurrence, next_due_at, now()
+FROM workflow_schedules
+WHERE enabled AND next_due_at <= now()
+ORDER BY next_due_at, id
+LIMIT 1
+FOR UPDATE SKIP LOCKED;
+
+-- name: schedule_ran
+UPDATE workflow_schedules
+SET next_due_at = %(next_due_at)s, enabled = %(enabled)s,
+    last_enqueued_at = CASE WHEN %(enqueued)s THEN now() ELSE last_enqueued_at END,
+    updated_at = now()
+WHERE id = %(id)s;
+
+-- name: disable_schedule
+UPDATE workflow_schedules SET enabled = false, updated_at = now() WHERE id = %(id)s;
+
+-- name: next_schedule_in
+-- Seconds until the next enabled schedule is due (negative when overdue).
+SELECT extract(epoch FROM min(next_due_at) - now())::float8
+FROM workflow_schedules WHERE enabled;
