@@ -130,11 +130,11 @@ class TaskPools:
         if abandoned:
             log.warning("tasks still running at stop; they will be reported lost", count=abandoned)
         self._outbox.put(None)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
         for thread in self._threads:
             left = None if deadline is None else max(0.1, deadline - time.monotonic())
             thread.join(left)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
 
     # -- signals from other services ----------------------------------------------------------
 
