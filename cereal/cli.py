@@ -13,8 +13,9 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cereal", description=__doc__)
-    parser.add_argument("--dsn", help="PostgreSQL URL (default: $CEREAL_DATABASE_URL, else "
-                        "the embedded PostgreSQL)")
+    parser.add_argument(
+        "--dsn", help="PostgreSQL URL (default: $CEREAL_DATABASE_URL, else the embedded PostgreSQL)"
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a small demo service and print what happens")

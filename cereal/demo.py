@@ -43,8 +43,13 @@ class OrderWorkflow:
         if event.task_name == "ship":
             if not event.result.ok:
                 return instance.fail(f"shipping failed: {event.result.error}")
-            return instance.complete({"shipped": state["in_stock"], "missing": state["missing"],
-                                      "tracking": event.result.value})
+            return instance.complete(
+                {
+                    "shipped": state["in_stock"],
+                    "missing": state["missing"],
+                    "tracking": event.result.value,
+                }
+            )
         item = event.result.parameters["item"]
         (state["in_stock"] if event.result.ok else state["missing"]).append(item)
         if instance.total_completed_tasks == len(instance.parameters["items"]):
@@ -105,8 +110,9 @@ def slow_job(task: Task) -> str:
 
 def _reset_schema(driver: PostgresDriver) -> None:
     with psycopg.connect(driver.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-            sql.Identifier(driver.schema)))
+        conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(driver.schema))
+        )
 
 
 def _table(runs: list[WorkflowInstanceInfo]) -> str:
@@ -166,7 +172,9 @@ def run_demo(dsn: str | None = None, schema: str = "cereal_demo") -> int:
     runs = manager.list_workflow_instances()
     sched = manager.get_workflow_schedule("heartbeat", "every-2s")
     print("\nSummary\n" + _table(runs))
-    print(f"\nschedule heartbeat/every-2s: enabled={sched.enabled} "
-          f"last_enqueued_at={sched.last_enqueued_at} last_end={sched.last_end}")
+    print(
+        f"\nschedule heartbeat/every-2s: enabled={sched.enabled} "
+        f"last_enqueued_at={sched.last_enqueued_at} last_end={sched.last_end}"
+    )
     driver.close()
     return 0
