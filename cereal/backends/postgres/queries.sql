@@ -17,11 +17,16 @@ WITH inserted AS (
 SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM inserted;
 
 -- name: cancel_workflow
--- Queue a cancel event for a live instance.
-WITH ev AS (
-    INSERT INTO workflow_events (instance_id, event_type)
-    SELECT id, 'cancel' FROM workflow_instances
+-- Queue a cancel event for a live instance. The key-share lock (which does not wait for an
+-- event handler) skips an instance that finished after this statement's snapshot was taken,
+-- so that race reports "not found" instead of failing the foreign key check.
+WITH target AS (
+    SELECT id FROM workflow_instances
     WHERE workflow_name = %(workflow_name)s AND instance_name = %(instance_name)s
+    FOR KEY SHARE
+), ev AS (
+    INSERT INTO workflow_events (instance_id, event_type)
+    SELECT id, 'cancel' FROM target
     RETURNING instance_id
 )
 SELECT instance_id, pg_notify(%(channel)s, 'e' || %(workflow_name)s) FROM ev;
@@ -287,3 +292,24 @@ UPDATE workflow_schedules SET enabled = false, updated_at = now() WHERE id = %(i
 -- Seconds until the next enabled schedule is due (negative when overdue).
 SELECT extract(epoch FROM min(next_due_at) - now())::float8
 FROM workflow_schedules WHERE enabled;
+
+-- name: prune_history
+-- Delete finished runs older than max_age seconds or beyond the newest max_runs, at most
+-- 10000 a call, by one process at a time (the others skip this round).
+WITH pruner AS (
+    SELECT pg_try_advisory_xact_lock(%(lock_ns)s, hashtext(%(lock_key)s)) AS ok
+), boundary AS (
+    SELECT id FROM workflow_results ORDER BY id DESC OFFSET %(max_runs)s LIMIT 1
+), pruned AS (
+    DELETE FROM workflow_results
+    WHERE id IN (
+        SELECT r.id FROM workflow_results r
+        WHERE (SELECT ok FROM pruner)
+          AND ((%(max_age)s::float8 IS NOT NULL
+                AND r.ended_at < now() - make_interval(secs => %(max_age)s::float8))
+               OR (%(max_runs)s::bigint IS NOT NULL AND r.id <= (SELECT id FROM boundary)))
+        ORDER BY r.id
+        LIMIT 10000)
+    RETURNING 1
+)
+SELECT (SELECT ok FROM pruner), count(*) FROM pruned;
