@@ -26,6 +26,7 @@ from cereal.event_loop import WorkflowEventLoop
 from cereal.executors import TaskExecutor, TaskFunction, WorkflowExecutor, task_callable
 from cereal.schedules import ScheduleOperations
 from cereal.services.heartbeat import Heartbeat, LostTaskReaper
+from cereal.services.pruner import HistoryPruner
 from cereal.task_pool import TaskPools, TaskRegistration
 from cereal.types import WorkflowInstanceInfo
 
@@ -51,7 +52,9 @@ class Manager(ScheduleOperations):
     ``lost_task_timeout`` (30, silence after which a running task is reported ``LOST``),
     ``scheduler`` (True: run the schedule loop here), ``on_workflow_complete`` (called with
     the :class:`WorkflowInstanceInfo` of each run this manager finishes), ``event_batch_size``
-    (32 instances claimed per transaction). Polling is only a fallback: LISTEN/NOTIFY wakes
+    (32 instances claimed per transaction), ``history_max_age`` (30 days; None keeps runs
+    forever) and ``history_max_runs`` (None) for the retention of finished runs, pruned every
+    ``history_prune_interval`` (60). Polling is only a fallback: LISTEN/NOTIFY wakes
     the right loop as soon as any process enqueues, completes, cancels or kills.
 
     Instance and schedule operations work without :meth:`start`.
@@ -69,6 +72,9 @@ class Manager(ScheduleOperations):
         scheduler: bool = True,
         on_workflow_complete: Callable[[WorkflowInstanceInfo], Any] | None = None,
         event_batch_size: int = 32,
+        history_max_age: float | None = 30 * 86400.0,
+        history_max_runs: int | None = None,
+        history_prune_interval: float = 60.0,
         close_driver: bool | None = None,
         **options: Any,
     ) -> None:
@@ -96,6 +102,17 @@ class Manager(ScheduleOperations):
                 raise CerealError(f"{name} must be a positive int, got {count!r}")
         if on_workflow_complete is not None and not callable(on_workflow_complete):
             raise CerealError("on_workflow_complete must be callable")
+        self._history_max_age = _positive("history_max_age", history_max_age, allow_none=True)
+        if history_max_runs is not None and (
+            isinstance(history_max_runs, bool)
+            or not isinstance(history_max_runs, int)
+            or history_max_runs < 0
+        ):
+            raise CerealError(
+                f"history_max_runs must be a non-negative int or None, got {history_max_runs!r}"
+            )
+        self._history_max_runs = history_max_runs
+        self._prune_interval = _positive("history_prune_interval", history_prune_interval)
         self._workflow_workers = workflow_workers
         self._event_batch_size = event_batch_size
         self._run_scheduler = bool(scheduler)
@@ -188,6 +205,12 @@ class Manager(ScheduleOperations):
         self._services = [
             Heartbeat(self.driver, self._pools, self.owner, self._heartbeat_interval or 5.0),
             LostTaskReaper(self.driver, self._lost_task_timeout or 30.0),
+            HistoryPruner(
+                self.driver,
+                max_age=self._history_max_age,
+                max_runs=self._history_max_runs,
+                interval=self._prune_interval or 60.0,
+            ),
         ]
         if self._run_scheduler:
             self._scheduler = self._make_scheduler()

@@ -16,7 +16,7 @@ from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool
 
 from cereal.backends.postgres.listener import PostgresListener
-from cereal.backends.postgres.migrations import migrate
+from cereal.backends.postgres.migrations import LOCK_NAMESPACE, migrate
 from cereal.backends.postgres.queries import load_queries
 from cereal.driver import ClaimedTask, TaskOutcome
 from cereal.errors import CerealError, DatabaseError, InvalidNameError
@@ -351,6 +351,21 @@ class PostgresDriver:
             if names:
                 self._notify(conn, ["e" + n for n in names])
         return len(names)
+
+    def prune_history(self, max_age: float | None, max_runs: int | None) -> int:
+        """Delete up to 10000 finished runs past the retention policy; return how many."""
+        if max_age is None and max_runs is None:
+            return 0
+        rows = self._rows(
+            "prune_history",
+            {
+                "lock_ns": LOCK_NAMESPACE,
+                "lock_key": self._schema + ".prune",
+                "max_age": max_age,
+                "max_runs": max_runs,
+            },
+        )
+        return int(rows[0][1]) if rows else 0
 
     def _notify(self, conn: Connection, payloads: Sequence[str]) -> None:
         conn.execute(self._q["notify"], {"channel": self.channel, "payloads": list(payloads)})

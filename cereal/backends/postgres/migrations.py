@@ -9,9 +9,9 @@ from psycopg import sql
 from cereal.backends.postgres.queries import load_migrations
 from cereal.errors import MigrationError
 
-__all__ = ["migrate"]
+__all__ = ["LOCK_NAMESPACE", "migrate"]
 
-_LOCK_NAMESPACE = 0x6365_7265  # "cere": keeps our advisory locks apart from other users'
+LOCK_NAMESPACE = 0x6365_7265  # "cere": keeps our advisory locks apart from other users'
 log = structlog.get_logger("cereal.migrations")
 
 
@@ -23,7 +23,7 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[i
     together with its row in ``schema_migrations``.
     """
     conn.autocommit = True
-    conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_NAMESPACE, schema))
+    conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_NAMESPACE, schema))
     try:
         exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
         if not exists:
@@ -56,7 +56,7 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[i
         return done
     finally:
         if not conn.broken:
-            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_NAMESPACE, schema))
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LOCK_NAMESPACE, schema))
 
 
 def _quoted(schema: str) -> str:
