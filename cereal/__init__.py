@@ -2,9 +2,9 @@
 
 from cereal.executors import TaskExecutor, WorkflowExecutor
 from cereal.manager import Manager
-from cereal.schedules import Schedule
 from cereal.types import (
     CancelEvent,
+    Schedule,
     StartEvent,
     Task,
     TaskCompleteEvent,

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from dateutil.rrule import rrule, rruleset
 
-from cereal.backends.postgres.schedule_store import PostgresScheduleStore, ScheduleRow
+from cereal.backends.postgres.schedule_store import PostgresScheduleStore
 from cereal.codec import check_name, encode
 from cereal.errors import CerealError, WorkflowScheduleNotFoundError
 from cereal.recurrence import load_recurrence, parse_recurrence
+from cereal.types import Schedule
 
 if TYPE_CHECKING:
     from cereal.backends.postgres.driver import PostgresDriver
@@ -30,47 +29,6 @@ class _Unchanged:
 
 UNCHANGED: Any = _Unchanged()
 """Default of ``update_workflow_schedule(parameters=...)``: keep the stored parameters."""
-
-
-@dataclass(frozen=True, slots=True)
-class Schedule:
-    """A recurring schedule as stored.
-
-    ``recurrence`` is RFC 5545 text that round-trips exactly (time zone included).
-    ``next_due_at`` is None once the rule has run out. ``last_start``/``last_end`` come from
-    the latest finished run of the schedule's instance.
-    """
-
-    workflow_name: str
-    instance_name: str
-    parameters: Any
-    recurrence: str
-    enabled: bool
-    next_due_at: datetime | None
-    last_enqueued_at: datetime | None
-    last_start: datetime | None
-    last_end: datetime | None
-
-    def next_occurrences(self, n: int, after: datetime | None = None) -> list[datetime]:
-        """The next ``n`` occurrences (UTC) at or after ``after`` (default: now)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise CerealError(f"n must be a non-negative int, got {n!r}")
-        start = datetime.now(UTC) if after is None else after
-        return load_recurrence(self.recurrence).occurrences_after(start, n)
-
-    @classmethod
-    def _from_row(cls, row: ScheduleRow) -> Schedule:
-        return cls(
-            workflow_name=row.workflow_name,
-            instance_name=row.instance_name,
-            parameters=row.parameters,
-            recurrence=row.recurrence,
-            enabled=row.enabled,
-            next_due_at=row.next_due_at,
-            last_enqueued_at=row.last_enqueued_at,
-            last_start=row.last_start,
-            last_end=row.last_end,
-        )
 
 
 class ScheduleOperations:
@@ -148,11 +106,11 @@ class ScheduleOperations:
             raise WorkflowScheduleNotFoundError(
                 f"workflow schedule {workflow_name!r}/{instance_name!r} not found"
             )
-        return Schedule._from_row(rows[0])
+        return rows[0]
 
     def list_workflow_schedules(self) -> list[Schedule]:
         """Every schedule, enabled or not, ordered by workflow and instance name."""
-        return [Schedule._from_row(r) for r in self._schedules.select()]
+        return self._schedules.select()
 
     def delete_workflow_schedule(self, workflow_name: str, instance_name: str) -> None:
         """Remove a schedule (a run it already enqueued goes on)."""

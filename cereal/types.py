@@ -5,11 +5,15 @@ from __future__ import annotations
 import enum
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+
+from cereal.errors import CerealError
+from cereal.recurrence import load_recurrence
 
 __all__ = [
     "CancelEvent",
+    "Schedule",
     "StartEvent",
     "Task",
     "TaskCompleteEvent",
@@ -126,3 +130,30 @@ class Task:
     """When the task's timeout passes (UTC), or None without a timeout."""
     id: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A recurring schedule as stored.
+
+    ``recurrence`` is RFC 5545 text that round-trips exactly (time zone included).
+    ``next_due_at`` is None once the rule has run out. ``last_start``/``last_end`` come from
+    the latest finished run of the schedule's instance.
+    """
+
+    workflow_name: str
+    instance_name: str
+    parameters: Any
+    recurrence: str
+    enabled: bool
+    next_due_at: datetime | None
+    last_enqueued_at: datetime | None
+    last_start: datetime | None
+    last_end: datetime | None
+
+    def next_occurrences(self, n: int, after: datetime | None = None) -> list[datetime]:
+        """The next ``n`` occurrences (UTC) at or after ``after`` (default: now)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise CerealError(f"n must be a non-negative int, got {n!r}")
+        start = datetime.now(UTC) if after is None else after
+        return load_recurrence(self.recurrence).occurrences_after(start, n)

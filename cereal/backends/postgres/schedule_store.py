@@ -20,27 +20,15 @@ from cereal.errors import (
     WorkflowScheduleNotFoundError,
 )
 from cereal.recurrence import Recurrence
+from cereal.types import Schedule
 
 if TYPE_CHECKING:
     from cereal.backends.postgres.driver import Connection, PostgresDriver
 
-__all__ = ["DueRun", "PostgresScheduleStore", "ScheduleRow"]
+__all__ = ["DueRun", "PostgresScheduleStore"]
 
 log = structlog.get_logger("cereal.scheduler")
 Parse = Callable[[datetime], Recurrence]
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleRow:
-    workflow_name: str
-    instance_name: str
-    parameters: Any
-    recurrence: str
-    enabled: bool
-    next_due_at: datetime | None
-    last_enqueued_at: datetime | None
-    last_start: datetime | None
-    last_end: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,13 +147,13 @@ class PostgresScheduleStore:
 
     def select(
         self, workflow_name: str | None = None, instance_name: str | None = None
-    ) -> list[ScheduleRow]:
+    ) -> list[Schedule]:
         with self._driver.connection() as conn:
             rows = conn.execute(
                 self._q("select_schedules"),
                 {"workflow_name": workflow_name, "instance_name": instance_name},
             ).fetchall()
-        return [ScheduleRow(*r) for r in rows]
+        return [Schedule(*r) for r in rows]
 
     def run_next_due(self, load: Callable[[str], Recurrence]) -> DueRun | None:
         """Handle the most overdue schedule in one transaction; None when nothing is due.
