@@ -136,7 +136,6 @@ class PostgresDriver:
                 configure=self._configure,
                 open=False,
                 name=f"cereal-{self._schema}",
-                reconnect_timeout=0,
             )
             pool.open(wait=self._pool_min_size > 0, timeout=self._connect_timeout)
             self._pool = pool
