@@ -108,9 +108,14 @@ class WorkflowEventLoop:
                 self.wake()
 
     def _drain(self) -> None:
+        # Claim one instance first and double the claim only while batches come back full.
+        # A handler that grabbed every pending instance at once would run their callbacks one
+        # after another while the other handlers sat idle; starting small lets the handler it
+        # wakes take the next instance, and large batches still form under sustained load.
+        grow = 1
         while not self._stopping:
             single = time.monotonic() < self._single_until
-            limit = 1 if single else self._batch_size
+            limit = 1 if single else min(grow, self._batch_size)
             failed_alone: StepOutcome | None = None
             finished: list[WorkflowInstanceInfo] = []
             try:
@@ -119,6 +124,7 @@ class WorkflowEventLoop:
                         return
                     if len(batch.instances) == limit:
                         self.wake()  # probably more work: bring in another handler
+                        grow = limit * 2
                     outcomes = [
                         run_events(
                             self._executors[inst.workflow_name],
