@@ -392,6 +392,10 @@ class Manager(ScheduleOperations):
         Raises :class:`TimeoutError` after ``timeout`` seconds and
         :class:`WorkflowInstanceNotFoundError` if no such instance was ever enqueued.
         """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
+        ):
+            raise CerealError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.01
         while True:
