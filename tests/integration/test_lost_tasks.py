@@ -258,3 +258,61 @@ def test_task_reported_lost_elsewhere_is_stopped_by_its_heartbeat_and_its_result
     assert [(r["status"], r["error"]) for r in reports(manager, "i1")] == [
         ("lost", "task lost: test")
     ]
+
+
+def test_kill_waiting_for_an_in_flight_callback_drops_the_tasks_that_callback_enqueued(
+    make_manager: MakeManager, pg_dsn: str, schema: str
+) -> None:
+    in_callback, release = threading.Event(), threading.Event()
+    task_runs: list[bool] = []
+
+    class SlowStart(Watch):
+        def on_start(self, instance: WorkflowInstance, event: StartEvent) -> Decision:
+            in_callback.set()
+            assert release.wait(10)
+            return super().on_start(instance, event)
+
+    def t(task: Task) -> None:
+        task_runs.append(task.cancelled.wait(5))
+
+    manager = make_manager()
+    manager.register_workflow_executor("watch", SlowStart())
+    manager.register_task_executor("t", t, workers=4)
+    manager.start()
+    manager.enqueue_workflow("watch", "i1", {"tasks": ["t", "t", "t"]})
+    assert in_callback.wait(10)
+
+    outcome: list[BaseException | None] = []
+
+    def kill() -> None:
+        try:
+            manager.kill_workflow("watch", "i1")
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    wait_for(
+        lambda: (
+            query(
+                pg_dsn,
+                schema,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%%FOR UPDATE%%' AND query LIKE '%%workflow_results%%'",
+            )
+            == [(1,)]
+        ),
+        10,
+        "the kill to wait for the callback's transaction",
+    )
+    release.set()
+    killer.join(10)
+
+    assert outcome == [None]
+    info = manager.get_workflow_instance("watch", "i1")
+    assert (info.status, info.error) == (WorkflowStatus.FAILED, "killed")
+    for table in ("tasks", "workflow_events", "workflow_instances"):
+        assert query(pg_dsn, schema, f"SELECT count(*) FROM {table}") == [(0,)], table
+    time.sleep(0.5)  # a task claimed in the instant before the kill would have run by now
+    assert all(task_runs), "a task of the killed instance ran without being cancelled"
