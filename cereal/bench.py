@@ -154,9 +154,10 @@ class Bench:
     def drain(self, instances: int, tasks: int, **options: Any) -> tuple[float, float]:
         """Enqueue up front, start, wait for all; return (seconds, RSS MB after)."""
         schema = self.schema()
+        task_workers = options.pop("task_workers", 8)
         m = self.manager(schema, **options)
         m.register_workflow_executor("fan", FanOut())
-        m.register_task_executor("noop", noop, workers=options.pop("task_workers", 8))
+        m.register_task_executor("noop", noop, workers=task_workers)
         for i in range(instances):
             m.enqueue_workflow("fan", f"i{i}", {"tasks": tasks})
         done = threading.Semaphore(0)
@@ -223,27 +224,19 @@ class Bench:
         return l1, l2
 
     def idle_round_trips(self, seconds: float) -> float:
+        """Round trips per second of an idle manager with 5 task executors, counted on the
+        client: every statement, plus BEGIN and COMMIT of explicit transactions."""
         schema = self.schema()
         m = self.manager(schema)
         m.register_workflow_executor("fan", FanOut())
         for i in range(5):
             m.register_task_executor(f"t{i}", noop)
+        counter = _RoundTripCounter()
         with m:
             time.sleep(1.0)
-            before = self._xacts()
-            time.sleep(seconds)
-            after = self._xacts()
-        return (after - before) / seconds
-
-    def _xacts(self) -> int:
-        """Transactions so far in the benchmark's database (sampled from another one)."""
-        with psycopg.connect(self.server_dsn, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT xact_commit + xact_rollback FROM pg_stat_database"
-                " WHERE datname = coalesce(%s, current_database())",
-                (self.database,),
-            ).fetchone()
-        return int(row[0]) if row else 0
+            with counter:
+                time.sleep(seconds)
+        return counter.count / seconds
 
     def scheduler_lag(self, schedules: int) -> list[float]:
         schema = self.schema()
@@ -281,6 +274,45 @@ class Bench:
             while len(lags) < schedules and time.monotonic() < deadline:
                 time.sleep(0.05)
         return lags
+
+
+class _RoundTripCounter:
+    """Counts psycopg statements, and BEGIN/COMMIT pairs, sent while it is entered."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+        self._saved: list[tuple[type, str, Any]] = []
+
+    def _bump(self, n: int) -> None:
+        with self._lock:
+            self.count += n
+
+    def __enter__(self) -> _RoundTripCounter:
+        counter = self
+        execute = psycopg.Connection.execute
+        transaction = psycopg.Connection.transaction
+
+        def counting_execute(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            if not conn._pipeline:
+                counter._bump(1)
+            return execute(conn, *args, **kwargs)
+
+        def counting_transaction(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            counter._bump(2)
+            return transaction(conn, *args, **kwargs)
+
+        self._saved = [
+            (psycopg.Connection, "execute", execute),
+            (psycopg.Connection, "transaction", transaction),
+        ]
+        psycopg.Connection.execute = counting_execute  # type: ignore[method-assign,assignment]
+        psycopg.Connection.transaction = counting_transaction  # type: ignore[method-assign,assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, name, original in self._saved:
+            setattr(owner, name, original)
 
 
 def _rss_mb() -> float:
@@ -350,10 +382,14 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args.dsn, q)
     rows: list[Row] = []
     try:
+        if "i1" in wanted:
+            idle = bench.idle_round_trips(10 if q else 30)
         raw = bench.raw_commit_rate(1)
         raw4 = bench.raw_commit_rate(4) if "raw" in wanted else float("nan")
         rows.append(Row("raw commit rate, 1 client", raw, "commits/s"))
         rows.append(Row("raw commit rate, 4 clients", raw4, "commits/s"))
+        if "i1" in wanted:
+            rows.append(Row("I1 idle manager, 5 task executors", idle, "round trips/s"))
         n1 = 1000 if q else 5000
         if "w1" in wanted:
             took, _ = bench.drain(n1, 1)
@@ -388,14 +424,6 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             rows.append(Row("L2 enqueue_task -> run p99", _pct(l2, 0.99), "ms"))
-        if "i1" in wanted:
-            rows.append(
-                Row(
-                    "I1 idle manager, 5 task executors",
-                    bench.idle_round_trips(10 if q else 30),
-                    "transactions/s",
-                )
-            )
         if "m1" in wanted:
             out = subprocess.run(
                 [sys.executable, "-m", "cereal.bench", "--memory", bench.driver_dsn, "3", str(n1)],
