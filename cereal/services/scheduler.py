@@ -60,4 +60,4 @@ class Scheduler(PeriodicService):
         if wait is None:
             return self._max_sleep
         # Overdue but locked by another scheduler: look again shortly.
-        return min(self._max_sleep, wait if wait > 0 else 1.0)
+        return min(self._max_sleep, wait if wait > 0 else 0.2)
