@@ -86,16 +86,18 @@ def query(dsn: str, schema: str, text: str, *params: Any) -> list[tuple[Any, ...
 def test_heartbeats_keep_a_task_longer_than_the_lost_task_timeout_alive(
     make_manager: MakeManager,
 ) -> None:
+    lost_task_timeout = 3.0
+
     def long(task: Task) -> str:
-        time.sleep(4.0)
+        time.sleep(1.5 * lost_task_timeout)
         return "survived"
 
-    worker = make_manager(heartbeat_interval=0.3, lost_task_timeout=1.5)
+    worker = make_manager(heartbeat_interval=0.5, lost_task_timeout=lost_task_timeout)
     worker.register_workflow_executor("watch", Watch())
     worker.register_task_executor("long", long)
     worker.start()
     # Another manager's lost-task reaper is watching too.
-    bystander = make_manager(heartbeat_interval=0.3, lost_task_timeout=1.5)
+    bystander = make_manager(heartbeat_interval=0.5, lost_task_timeout=lost_task_timeout)
     bystander.start()
 
     worker.enqueue_workflow("watch", "i1", {"tasks": ["long"], "complete_on": "long"})
