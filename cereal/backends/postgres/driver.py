@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -162,8 +163,23 @@ class PostgresDriver:
         pool = self._pool
         if pool is None:
             raise DatabaseError("the driver was closed")
-        with pool.connection(timeout=max(self._connect_timeout, 30.0)) as conn:
-            yield conn
+        timeout = max(self._connect_timeout, 30.0)
+        # After a server restart or pg_terminate_backend, every idle pooled connection is dead
+        # and the pool would hand each one out once, failing that caller's statement. Skip
+        # the ones that visibly are (a poll() call each, no round trip); the pool replaces them.
+        for _ in range(self._pool_size):
+            conn = pool.getconn(timeout=timeout)
+            if not _is_dead(conn):
+                break
+            conn.close()
+            pool.putconn(conn)
+        else:
+            conn = pool.getconn(timeout=timeout)
+        try:
+            with conn:
+                yield conn
+        finally:
+            pool.putconn(conn)
 
     def query(self, name: str) -> LiteralString:
         """The text of a named statement of ``queries.sql``."""
@@ -481,6 +497,27 @@ def _embedded() -> str:
     from cereal.backends.postgres.embedded import embedded_dsn
 
     return embedded_dsn()
+
+
+def _is_dead(conn: Connection) -> bool:
+    """True if an idle connection cannot be used: closed, or the server has sent something
+    (an idle session is normally silent: here it is the error of a terminated backend, or
+    the end of the stream) and the connection fails a round trip."""
+    if conn.closed:
+        return True
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(conn.fileno(), select.POLLIN)
+            readable = bool(poller.poll(0))
+        else:  # Windows
+            readable = bool(select.select([conn.fileno()], [], [], 0)[0])
+        if not readable:
+            return False
+        ConnectionPool.check_connection(conn)  # e.g. a notice: harmless
+    except Exception:
+        return True
+    return False
 
 
 def is_transient(exc: BaseException) -> bool:
