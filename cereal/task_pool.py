@@ -94,6 +94,7 @@ class TaskPools:
         }
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
+        self._claimer: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -101,14 +102,15 @@ class TaskPools:
         if any(reg.is_async for reg in self._regs.values()):
             self._loop = asyncio.new_event_loop()
             self._spawn("cereal-async-tasks", self._loop.run_forever)
-        self._spawn("cereal-task-claimer", self._claim_loop)
+        self._claimer = self._spawn("cereal-task-claimer", self._claim_loop)
         self._spawn("cereal-task-writer", self._write_loop)
         self._spawn("cereal-task-watchdog", self._watchdog_loop)
 
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+    def _spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+        return thread
 
     def stop(self, timeout: float | None) -> None:
         """Stop claiming, tell running tasks to stop, wait for them, write their results."""
@@ -118,6 +120,10 @@ class TaskPools:
             for run in self._running.values():
                 run.task.cancelled.set()
             self._cond.notify_all()
+        # A claim in flight commits tasks to this process: let the claimer hand them to the
+        # executors before these shut down, so that they run and report like the others.
+        if self._claimer is not None:
+            self._claimer.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         for pool in self._pools.values():
             pool.shutdown(wait=False)
         with self._cond:
@@ -235,10 +241,19 @@ class TaskPools:
             if reg.timeout is not None:
                 heapq.heappush(self._deadlines, (time.monotonic() + reg.timeout, row.id))
                 self._cond.notify_all()
-        if reg.is_async and self._loop is not None:
-            run.future = asyncio.run_coroutine_threadsafe(self._run_async(reg, run), self._loop)
-        else:
-            self._pools[row.task_name].submit(self._run_sync, reg, run)
+        if self._stopping:
+            task.cancelled.set()
+        try:
+            if reg.is_async and self._loop is not None:
+                run.future = asyncio.run_coroutine_threadsafe(self._run_async(reg, run), self._loop)
+            else:
+                self._pools[row.task_name].submit(self._run_sync, reg, run)
+        except RuntimeError:  # shut down: stop() gave up waiting for this claim
+            with self._cond:
+                self._busy[row.task_name] -= 1
+                self._running.pop(row.id, None)
+                self._cond.notify_all()
+            log.warning("task claimed while stopping; it will be reported lost", task_id=row.id)
 
     # -- running ----------------------------------------------------------------------------
 
