@@ -999,6 +999,7 @@ def _run(args: argparse.Namespace) -> int:
             say("no PostgreSQL restart: the server is not this run's own (--dsn)")
         deadline = time.monotonic() + args.timeout
         next_kill = time.monotonic() + args.kill_every
+        done_at_kill = -1
         next_terminate = time.monotonic() + args.terminate_every
         while True:
             now = time.monotonic()
@@ -1013,7 +1014,10 @@ def _run(args: argparse.Namespace) -> int:
                 say("restarting PostgreSQL")
                 server.restart(workload, args.restart_pause)
                 say("PostgreSQL is back")
-            if args.kill_every > 0 and now >= next_kill:
+            # Never kill twice without progress in between: near the end, the only busy worker
+            # runs the last task, and killing it every few seconds would never let it finish.
+            if args.kill_every > 0 and now >= next_kill and (done or 0) > done_at_kill:
+                done_at_kill = done or 0
                 victim = workload.kill_worker(busy_within=1.0)
                 workload.start_worker()
                 say(f"SIGKILLed worker {victim.index} (pid {victim.pid}); started a replacement")
