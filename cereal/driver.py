@@ -35,6 +35,8 @@ class ClaimedTask:
     enqueued_at: datetime
     workflow_name: str
     instance_name: str
+    problem: str | None = None
+    """Why the task cannot run (its stored parameters cannot be decoded), or None."""
 
 
 @dataclass(frozen=True, slots=True)

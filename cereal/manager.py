@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from cereal.backends.postgres.driver import PostgresDriver
-from cereal.codec import check_name, encode
+from cereal.codec import check_name, describe_error, encode
 from cereal.errors import (
     CerealError,
     InvalidExecutorError,
@@ -36,12 +36,33 @@ log = structlog.get_logger("cereal.manager")
 KILLED = "killed"
 
 
+MAX_SECONDS = 100 * 365 * 86400.0
+"""Longest accepted time option: beyond it, waits and deadlines overflow."""
+
+
 def _positive(name: str, value: object, *, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise CerealError(f"{name} must be a positive number of seconds, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_SECONDS  # also rejects NaN and infinities
+    ):
+        raise CerealError(
+            f"{name} must be a positive number of seconds (at most {MAX_SECONDS:g}), got {value!r}"
+        )
     return float(value)
+
+
+def _timeout(value: object) -> float | None:
+    """A wait's ``timeout``: None (no limit) or a number of seconds (<= 0: do not wait)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise CerealError(f"timeout must be a number of seconds or None, got {value!r}")
+    if value > MAX_SECONDS:  # longer than any wait can last (and maybe not even a float)
+        return None
+    return max(float(value), 0.0) if value > -1 else 0.0
 
 
 class Manager(ScheduleOperations):
@@ -232,6 +253,7 @@ class Manager(ScheduleOperations):
         long; work still running then is picked up again by another manager (events are
         re-delivered, tasks reported lost). Safe to call twice or before :meth:`start`.
         """
+        timeout = _timeout(timeout)
         with self._state_lock:
             was, self._state = self._state, "stopped"
         if was == "started":
@@ -324,7 +346,7 @@ class Manager(ScheduleOperations):
                 try:
                     self._on_complete(info)
                 except Exception as exc:
-                    self.log.error("on_workflow_complete raised", error=repr(exc))
+                    self.log.error("on_workflow_complete raised", error=describe_error(exc))
 
     # -- workflow instances -----------------------------------------------------------------
 
@@ -396,6 +418,7 @@ class Manager(ScheduleOperations):
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
         ):
             raise CerealError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+        timeout = _timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.01
         while True:

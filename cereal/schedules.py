@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dateutil.rrule import rrule, rruleset
 
 from cereal.backends.postgres.schedule_store import PostgresScheduleStore
 from cereal.codec import check_name, encode
-from cereal.errors import CerealError, WorkflowScheduleNotFoundError
-from cereal.recurrence import load_recurrence, parse_recurrence
+from cereal.errors import CerealError, InvalidScheduleError, WorkflowScheduleNotFoundError
+from cereal.recurrence import Recurrence, load_recurrence, parse_recurrence
 from cereal.types import Schedule
 
 if TYPE_CHECKING:
@@ -20,6 +22,7 @@ __all__ = ["UNCHANGED", "Schedule", "ScheduleOperations"]
 
 
 RecurrenceInput = str | rrule | rruleset
+T = TypeVar("T")
 
 
 class _Unchanged:
@@ -63,7 +66,7 @@ class ScheduleOperations:
             workflow_name,
             instance_name,
             params,
-            lambda now: parse_recurrence(recurrence, now=now),
+            lambda now: _parse(recurrence, now),
             _flag("enabled", enabled),
         )
 
@@ -91,10 +94,8 @@ class ScheduleOperations:
             enabled=None if enabled is None else _flag("enabled", enabled),
             parameters_json=params,
             set_parameters=set_params,
-            parse=None
-            if recurrence is None
-            else (lambda now: parse_recurrence(recurrence, now=now)),
-            load=load_recurrence,
+            parse=None if recurrence is None else (lambda now: _parse(recurrence, now)),
+            load=_load,
         )
 
     def get_workflow_schedule(self, workflow_name: str, instance_name: str) -> Schedule:
@@ -125,6 +126,25 @@ class ScheduleOperations:
 
     def _on_schedule_enqueued(self, workflow_name: str) -> None:
         """Hook for the manager to wake its event loop."""
+
+
+def _checked(recurrence: object, evaluate: Callable[[], T]) -> T:
+    """Run ``evaluate``: any failure to make sense of ``recurrence`` is an
+    :class:`InvalidScheduleError` naming it, never a stray ``ValueError`` or ``OverflowError``."""
+    try:
+        return evaluate()
+    except CerealError:
+        raise
+    except (ValueError, ArithmeticError, TypeError) as exc:
+        raise InvalidScheduleError(f"invalid recurrence {recurrence!r}: {exc}") from exc
+
+
+def _parse(recurrence: RecurrenceInput, now: datetime) -> Recurrence:
+    return _checked(recurrence, lambda: parse_recurrence(recurrence, now=now))
+
+
+def _load(text: str) -> Recurrence:
+    return _checked(text, lambda: load_recurrence(text))
 
 
 def _flag(name: str, value: object) -> bool:

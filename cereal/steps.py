@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from cereal.codec import try_encode
+from cereal.codec import describe_error, storable_text, try_encode
 from cereal.executors import WorkflowExecutor
 from cereal.types import (
     CancelEvent,
@@ -53,6 +53,8 @@ class InstanceRow:
     enqueued_tasks: int
     completed_tasks: int
     started_at: datetime
+    problem: str | None = None
+    """Why the stored state cannot be used (it cannot be decoded); the instance then fails."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,8 @@ class EventRow:
     task_status: str | None = None
     task_error: str | None = None
     task_result: Any = None
+    problem: str | None = None
+    """Why the stored task fields cannot be used; the result is then ``UNUSABLE_RESULT``."""
 
 
 @dataclass(slots=True)
@@ -91,6 +95,13 @@ class StepOutcome:
 
 
 def _task_result(event: EventRow) -> TaskResult:
+    if event.problem is not None:
+        return TaskResult(
+            task_name=event.task_name or "",
+            parameters=event.task_parameters,
+            status=TaskStatus.UNUSABLE_RESULT,
+            error=event.problem,
+        )
     try:
         status = TaskStatus(event.task_status or "")
     except ValueError:
@@ -142,6 +153,10 @@ def run_events(
         enqueued_tasks=instance.enqueued_tasks,
         completed_tasks=instance.completed_tasks,
     )
+    if instance.problem is not None:
+        log.error("workflow instance cannot be decoded; failing it", error=instance.problem)
+        _finish(out, WorkflowStatus.FAILED, error=instance.problem)
+        return out
     payload = instance.payload
     payload_changed = False
     for event in events:
@@ -169,9 +184,12 @@ def run_events(
             decision = _call(executor, handle, event)
         except Exception as exc:
             log.warning(
-                "workflow callback raised", callback=callback, event_id=event.id, error=repr(exc)
+                "workflow callback raised",
+                callback=callback,
+                event_id=event.id,
+                error=describe_error(exc),
             )
-            _finish(out, WorkflowStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            _finish(out, WorkflowStatus.FAILED, error=describe_error(exc))
             break
         if not isinstance(decision, Decision):
             _finish(
@@ -228,4 +246,4 @@ def _finish(
 ) -> None:
     out.status = status
     out.result_json = result_json
-    out.error = error
+    out.error = None if error is None else storable_text(error)

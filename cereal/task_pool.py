@@ -24,7 +24,7 @@ import structlog
 from psycopg import errors as pgerrors
 
 from cereal.backends.postgres.driver import PostgresDriver, is_transient
-from cereal.codec import try_encode
+from cereal.codec import describe_error, try_encode
 from cereal.driver import ClaimedTask, TaskOutcome
 from cereal.executors import TaskFunction
 from cereal.types import Task, TaskStatus
@@ -221,6 +221,19 @@ class TaskPools:
                 self.wake()
 
     def _dispatch(self, row: ClaimedTask) -> None:
+        if row.problem is not None:
+            log.error(
+                "task cannot be run; reporting it failed",
+                task=row.task_name,
+                task_id=row.id,
+                workflow=row.workflow_name,
+                instance=row.instance_name,
+                error=row.problem,
+            )
+            self._outbox.put(
+                TaskOutcome(row.id, row.workflow_name, TaskStatus.FAILED.value, error=row.problem)
+            )
+            return
         reg = self._regs[row.task_name]
         deadline = None
         if reg.timeout is not None:
@@ -291,7 +304,7 @@ class TaskPools:
                 run.claimed.id,
                 run.task.workflow_name,
                 TaskStatus.FAILED.value,
-                error=f"{type(error).__name__}: {error}",
+                error=describe_error(error),
             )
         else:
             text, err = try_encode(value, f"result of task {run.task.name!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -153,7 +154,7 @@ class Schedule:
 
     def next_occurrences(self, n: int, after: datetime | None = None) -> list[datetime]:
         """The next ``n`` occurrences (UTC) at or after ``after`` (default: now)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise CerealError(f"n must be a non-negative int, got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= sys.maxsize:
+            raise CerealError(f"n must be a non-negative int (at most {sys.maxsize}), got {n!r}")
         start = datetime.now(UTC) if after is None else after
         return load_recurrence(self.recurrence).occurrences_after(start, n)

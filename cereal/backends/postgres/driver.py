@@ -16,6 +16,7 @@ import structlog
 from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool
 
+from cereal.backends.postgres.jsonb import Undecodable, use_lenient_jsonb, use_strict_jsonb
 from cereal.backends.postgres.listener import PostgresListener
 from cereal.backends.postgres.migrations import LOCK_NAMESPACE, migrate
 from cereal.backends.postgres.queries import load_queries
@@ -74,8 +75,27 @@ class PostgresDriver:
         self._schema = validate_schema(schema)
         if dsn is not None and not isinstance(dsn, str):
             raise CerealError(f"dsn must be a str or None, got {type(dsn).__name__}")
-        if pool_size < 2:
-            raise CerealError(f"pool_size must be at least 2, got {pool_size!r}")
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 2:
+            raise CerealError(f"pool_size must be an int of at least 2, got {pool_size!r}")
+        if (
+            isinstance(pool_min_size, bool)
+            or not isinstance(pool_min_size, int)
+            or pool_min_size < 0
+        ):
+            raise CerealError(f"pool_min_size must be an int >= 0, got {pool_min_size!r}")
+        if (
+            isinstance(connect_timeout, bool)
+            or not isinstance(connect_timeout, int | float)
+            or not 0 < connect_timeout <= 86400
+        ):
+            raise CerealError(
+                f"connect_timeout must be a number of seconds in (0, 86400], "
+                f"got {connect_timeout!r}"
+            )
+        if not isinstance(application_name, str) or "\x00" in application_name:
+            raise CerealError(
+                f"application_name must be a str without NUL characters, got {application_name!r}"
+            )
         self._dsn = dsn
         self._pool_size = pool_size
         self._pool_min_size = max(0, min(pool_min_size, pool_size))
@@ -113,6 +133,7 @@ class PostgresDriver:
         return conn
 
     def _configure(self, conn: Connection) -> None:
+        use_strict_jsonb(conn.adapters)
         conn.execute(
             "SELECT set_config('search_path', %s, false), set_config('TimeZone', 'UTC', false)",
             ('"' + self._schema + '"',),
@@ -291,21 +312,20 @@ class PostgresDriver:
         back, so every event is delivered again later).
         """
         with self.connection() as conn, conn.transaction():
-            rows = conn.execute(
+            cur = conn.cursor()
+            use_lenient_jsonb(cur.adapters)  # a value we cannot decode fails its instance
+            rows = cur.execute(
                 self._q["lock_instances_with_events"],
                 {"names": list(workflow_names), "limit": limit},
             ).fetchall()
-            instances = [
-                InstanceRow(r[0], r[1], r[2], r[3], r[4], WorkflowStatus(r[5]), r[6], r[7], r[8])
-                for r in rows
-            ]
+            instances = [_instance_row(r) for r in rows]
             events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
             if instances:
-                for e in conn.execute(
+                for e in cur.execute(
                     self._q["fetch_events"],
                     {"ids": list(events), "per_instance": per_instance},
-                ):
-                    events[e[1]].append(EventRow(*e))
+                ).fetchall():
+                    events[e[1]].append(_event_row(e))
             yield _PostgresEventBatch(self, conn, instances, events)
 
     # -- tasks ---------------------------------------------------------------------------
@@ -320,11 +340,14 @@ class PostgresDriver:
         names = [n for n, lim in limits.items() if lim > 0]
         if not names:
             return [], None
-        rows = self._rows(
-            "claim_tasks",
-            {"names": names, "limits": [limits[n] for n in names], "owner": owner},
-        )
-        tasks = [ClaimedTask(*r[:7]) for r in rows if r[0] is not None]
+        with self.connection() as conn:
+            cur = conn.cursor()
+            use_lenient_jsonb(cur.adapters)  # a task we cannot decode is reported failed
+            rows = cur.execute(
+                self._q["claim_tasks"],
+                {"names": names, "limits": [limits[n] for n in names], "owner": owner},
+            ).fetchall()
+        tasks = [_claimed_task(r) for r in rows if r[0] is not None]
         next_due = next((r[7] for r in rows if r[0] is None), None)
         return tasks, next_due
 
@@ -473,6 +496,69 @@ class _PostgresEventBatch:
                 )
             )
         return finished
+
+
+def _undecodable(what: str, value: Any) -> str | None:
+    if isinstance(value, Undecodable):
+        return f"stored {what} cannot be decoded: {value.error}"
+    return None
+
+
+def _decoded(value: Any) -> Any:
+    return None if isinstance(value, Undecodable) else value
+
+
+def _instance_row(r: tuple[Any, ...]) -> InstanceRow:
+    problems = [
+        p
+        for p in (_undecodable("parameters", r[3]), _undecodable("payload", r[4]))
+        if p is not None
+    ]
+    return InstanceRow(
+        r[0],
+        r[1],
+        r[2],
+        _decoded(r[3]),
+        _decoded(r[4]),
+        WorkflowStatus(r[5]),
+        r[6],
+        r[7],
+        r[8],
+        problem="; ".join(problems) or None,
+    )
+
+
+def _event_row(e: tuple[Any, ...]) -> EventRow:
+    problems = [
+        p
+        for p in (_undecodable("task parameters", e[5]), _undecodable("task result", e[8]))
+        if p is not None
+    ]
+    return EventRow(
+        e[0],
+        e[1],
+        e[2],
+        e[3],
+        e[4],
+        _decoded(e[5]),
+        e[6],
+        e[7],
+        _decoded(e[8]),
+        problem="; ".join(problems) or None,
+    )
+
+
+def _claimed_task(r: tuple[Any, ...]) -> ClaimedTask:
+    return ClaimedTask(
+        r[0],
+        r[1],
+        r[2],
+        _decoded(r[3]),
+        r[4],
+        r[5],
+        r[6],
+        problem=_undecodable("task parameters", r[3]),
+    )
 
 
 def _loads(text: str | None) -> Any:

@@ -25,17 +25,7 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[i
     conn.autocommit = True
     conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_NAMESPACE, schema))
     try:
-        exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        conn.execute("SELECT set_config('search_path', %s, false)", (_quoted(schema),))
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY,"
-            " name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        applied = _prepare(conn, schema)
         done: list[int] = []
         for version, name, text in load_migrations():
             if version in applied:
@@ -57,6 +47,37 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[i
     finally:
         if not conn.broken:
             conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LOCK_NAMESPACE, schema))
+
+
+def _prepare(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> set[object]:
+    """Create the schema and its ``schema_migrations`` table if missing; return the versions
+    already applied. Any failure is a :class:`MigrationError` saying what could not be done."""
+    exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+    if not exists:
+        try:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise MigrationError(
+                f"cannot create schema {schema!r}: {exc}. Create it beforehand, owned by the "
+                f"role cereal connects as (CREATE SCHEMA {schema} AUTHORIZATION <role>), or "
+                f"grant that role CREATE on the database"
+            ) from exc
+        except psycopg.Error as exc:
+            raise MigrationError(f"cannot create schema {schema!r}: {exc}") from exc
+    try:
+        conn.execute("SELECT set_config('search_path', %s, false)", (_quoted(schema),))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY,"
+            " name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    except psycopg.Error as exc:
+        raise MigrationError(
+            f"cannot read the migration history (table schema_migrations) of schema "
+            f"{schema!r}: {exc}"
+        ) from exc
 
 
 def _quoted(schema: str) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from cereal.backends.postgres.jsonb import Undecodable, use_lenient_jsonb
 from cereal.errors import (
     InvalidScheduleError,
     WorkflowScheduleExistsError,
@@ -163,22 +164,28 @@ class PostgresScheduleStore:
         occurrences collapse into this one run. A rule that ran out disables the schedule.
         """
         with self._driver.connection() as conn, conn.transaction():
-            row = conn.execute(self._q("lock_due_schedule")).fetchone()
+            cur = conn.cursor()
+            use_lenient_jsonb(cur.adapters)  # undecodable parameters disable the schedule
+            row = cur.execute(self._q("lock_due_schedule")).fetchone()
             if row is None:
                 return None
             sched_id, workflow_name, instance_name, params, text, due_at, now = row
+            # A stored row this process cannot use (edited by hand, written by another
+            # version) disables its schedule once instead of failing every scheduler pass.
             try:
-                rule = load(text)
-            except InvalidScheduleError as exc:
+                if isinstance(params, Undecodable):
+                    raise ValueError(f"stored parameters cannot be decoded: {params.error}")
+                next_due = load(text).next_after(now, inclusive=False)
+            except (ValueError, ArithmeticError, TypeError) as exc:  # InvalidScheduleError too
                 log.error(
-                    "disabling schedule with an invalid rule",
+                    "disabling schedule that cannot run",
                     workflow=workflow_name,
                     instance=instance_name,
+                    recurrence=text,
                     error=str(exc),
                 )
                 conn.execute(self._q("disable_schedule"), {"id": sched_id})
                 return DueRun(workflow_name, instance_name, due_at, now, False, None)
-            next_due = rule.next_after(now, inclusive=False)
             enqueued = bool(
                 conn.execute(
                     self._q("enqueue_workflow"),
