@@ -64,6 +64,15 @@ def _prepare(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> set[o
             ) from exc
         except psycopg.Error as exc:
             raise MigrationError(f"cannot create schema {schema!r}: {exc}") from exc
+    row = conn.execute(
+        "SELECT current_user, has_schema_privilege(%s, 'USAGE')", (schema,)
+    ).fetchone()
+    if row is not None and not row[1]:
+        raise MigrationError(
+            f"role {row[0]!r} may not use schema {schema!r} (no USAGE privilege): make the "
+            f"role its owner (ALTER SCHEMA {schema} OWNER TO {row[0]}), or grant it USAGE "
+            f"and CREATE on the schema"
+        )
     try:
         conn.execute("SELECT set_config('search_path', %s, false)", (_quoted(schema),))
         conn.execute(
@@ -75,8 +84,8 @@ def _prepare(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> set[o
         return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
     except psycopg.Error as exc:
         raise MigrationError(
-            f"cannot read the migration history (table schema_migrations) of schema "
-            f"{schema!r}: {exc}"
+            f"cannot create or read the migration history (table schema_migrations) of "
+            f"schema {schema!r}: {exc}"
         ) from exc
 
 
