@@ -849,8 +849,12 @@ class Workload:
             (WORKFLOW,),
         )
         report.leftovers = {
-            table: int(self._query(f"SELECT count(*) FROM {table}")[0][0])
-            for table in ("workflow_instances", "workflow_events", "tasks")
+            table: int(self._query(query)[0][0])
+            for table, query in (
+                ("workflow_instances", "SELECT count(*) FROM workflow_instances"),
+                ("workflow_events", "SELECT count(*) FROM workflow_events"),
+                ("tasks", "SELECT count(*) FROM tasks"),
+            )
         }
         report.finished_runs = len(runs)
         per_instance = Counter(r[0] for r in runs)
