@@ -396,3 +396,12 @@ def test_queries_use_named_placeholders_only() -> None:
 def test_schema_names_that_would_need_quoting_are_refused(schema: str) -> None:
     with pytest.raises(InvalidNameError):
         PostgresDriver("postgresql://nowhere.invalid/db", schema=schema)
+
+
+def test_readme_security_section_names_the_advisory_lock_namespace() -> None:
+    from cereal.backends.postgres.migrations import LOCK_NAMESPACE
+
+    readme = (PACKAGE.parent / "README.md").read_text("utf-8")
+    security = readme[readme.index("### Security") : readme.index("## Layout")]
+    assert str(LOCK_NAMESPACE) in security
+    assert f"0x{LOCK_NAMESPACE:08x}" in security
