@@ -4,6 +4,12 @@ One claimer thread claims due tasks for every registered name with free capacity
 round trip. Sync executors run in a thread pool per task name (``workers`` threads at most);
 ``async def`` executors run on one event loop thread. A writer thread records results in
 batches, and a watchdog enforces timeouts.
+
+Short sync tasks are claimed a little ahead: while their recent runs take under
+``PREFETCH_BELOW`` seconds, up to ``workers`` more than the free workers are claimed, so the
+workers need not wait for a claim round trip between tasks. A claimed task that has not
+started yet is heartbeated like a running one, its timeout starts when it starts, and at stop
+it is handed back to the queue instead of being run.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ __all__ = ["TaskPools", "TaskRegistration"]
 
 log = structlog.get_logger("cereal.tasks")
 
+PREFETCH_BELOW = 0.05
+"""Claim ahead for a sync task name while its runs average less than this (seconds)."""
+
 
 @dataclass(frozen=True, slots=True)
 class TaskRegistration:
@@ -56,6 +65,7 @@ class _Running:
     claimed: ClaimedTask
     resolved: bool = False
     reported: bool = False
+    started: bool = False
     future: Future[Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -84,6 +94,8 @@ class TaskPools:
         self._wanted = True
         self._stopping = False
         self._busy = dict.fromkeys(registrations, 0)
+        # Recent run time per sync task name (None until one finished): decides prefetching.
+        self._run_time: dict[str, float | None] = dict.fromkeys(registrations)
         self._running: dict[int, _Running] = {}
         self._outbox: queue.SimpleQueue[TaskOutcome | None] = queue.SimpleQueue()
         self._deadlines: list[tuple[float, int]] = []
@@ -117,6 +129,7 @@ class TaskPools:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._stopping = True
+            waiting = self._drop_unstarted(set(self._running))
             for run in self._running.values():
                 run.task.cancelled.set()
             self._cond.notify_all()
@@ -124,8 +137,12 @@ class TaskPools:
         # executors before these shut down, so that they run and report like the others.
         if self._claimer is not None:
             self._claimer.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with self._cond:  # and hand back what that claim prefetched, unrun
+            waiting += self._drop_unstarted(set(self._running))
         for pool in self._pools.values():
             pool.shutdown(wait=False)
+        if waiting:
+            self._release(waiting)
         with self._cond:
             while any(self._busy.values()):
                 left = None if deadline is None else deadline - time.monotonic()
@@ -160,6 +177,7 @@ class TaskPools:
     def forget(self, task_ids: set[int], reason: str) -> None:
         """The rows of these tasks are gone: stop them and discard their results."""
         with self._lock:
+            self._drop_unstarted(task_ids)
             runs = [self._running[t] for t in task_ids if t in self._running]
             for run in runs:
                 run.resolved = True
@@ -183,6 +201,38 @@ class TaskPools:
         if ids:
             self.forget(ids, "workflow finished")
 
+    def _drop_unstarted(self, task_ids: set[int]) -> list[int]:
+        """Take claimed tasks that have not started out of the pool (lock held); they will
+        never run here. Return their ids."""
+        dropped = []
+        for tid in task_ids:
+            run = self._running.get(tid)
+            if run is None or run.started or run.resolved:
+                continue
+            run.resolved = True
+            run.reported = True
+            self._running.pop(tid)
+            self._busy[run.task.name] -= 1
+            dropped.append(tid)
+        if dropped:
+            self._cond.notify_all()
+        return dropped
+
+    def _release(self, task_ids: list[int]) -> None:
+        try:
+            self._driver.release_tasks(task_ids, self._owner)
+        except Exception as exc:  # they are reported lost after the lost-task timeout
+            log.warning("could not hand back unstarted tasks", error=repr(exc), count=len(task_ids))
+
+    def _capacity(self, name: str) -> int:
+        """How many tasks of ``name`` to claim now (lock held)."""
+        reg = self._regs[name]
+        limit = reg.workers
+        recent = self._run_time[name]
+        if recent is not None and recent < PREFETCH_BELOW and name in self._pools:
+            limit += reg.workers
+        return limit - self._busy[name]
+
     # -- claiming ---------------------------------------------------------------------------
 
     def _claim_loop(self) -> None:
@@ -201,7 +251,7 @@ class TaskPools:
                 if self._stopping:
                     return
                 self._wanted = False
-                limits = {n: self._regs[n].workers - b for n, b in self._busy.items()}
+                limits = {n: self._capacity(n) for n in self._busy}
             if not any(v > 0 for v in limits.values()):
                 continue
             try:
@@ -235,8 +285,9 @@ class TaskPools:
             )
             return
         reg = self._regs[row.task_name]
+        run_async = reg.is_async and self._loop is not None
         deadline = None
-        if reg.timeout is not None:
+        if reg.timeout is not None and run_async:
             deadline = datetime.now(UTC) + timedelta(seconds=reg.timeout)
         task = Task(
             name=row.task_name,
@@ -247,17 +298,17 @@ class TaskPools:
             deadline=deadline,
             id=row.id,
         )
-        run = _Running(task, row)
+        run = _Running(task, row, started=run_async)
         with self._cond:
             self._busy[row.task_name] += 1
             self._running[row.id] = run
-            if reg.timeout is not None:
+            if reg.timeout is not None and run_async:
                 heapq.heappush(self._deadlines, (time.monotonic() + reg.timeout, row.id))
                 self._cond.notify_all()
         if self._stopping:
             task.cancelled.set()
         try:
-            if reg.is_async and self._loop is not None:
+            if run_async and self._loop is not None:
                 run.future = asyncio.run_coroutine_threadsafe(self._run_async(reg, run), self._loop)
             else:
                 self._pools[row.task_name].submit(self._run_sync, reg, run)
@@ -271,14 +322,23 @@ class TaskPools:
     # -- running ----------------------------------------------------------------------------
 
     def _run_sync(self, reg: TaskRegistration, run: _Running) -> None:
+        with self._cond:
+            if run.resolved:  # dropped (or its workflow finished) before it started
+                return
+            run.started = True
+            if reg.timeout is not None:
+                run.task.deadline = datetime.now(UTC) + timedelta(seconds=reg.timeout)
+                heapq.heappush(self._deadlines, (time.monotonic() + reg.timeout, run.claimed.id))
+                self._cond.notify_all()
+        began = time.monotonic()
         try:
             value = reg.fn(run.task)
             if inspect.isawaitable(value):
                 value = asyncio.run(_await(value))
         except BaseException as exc:  # a task must never take its worker down
-            self._finish(run, error=exc)
+            self._finish(run, error=exc, took=time.monotonic() - began)
         else:
-            self._finish(run, value=value)
+            self._finish(run, value=value, took=time.monotonic() - began)
 
     async def _run_async(self, reg: TaskRegistration, run: _Running) -> None:
         try:
@@ -289,10 +349,20 @@ class TaskPools:
             self._finish(run, value=value)
 
     def _finish(
-        self, run: _Running, *, value: Any = None, error: BaseException | None = None
+        self,
+        run: _Running,
+        *,
+        value: Any = None,
+        error: BaseException | None = None,
+        took: float | None = None,
     ) -> None:
         with self._cond:
             self._busy[run.task.name] -= 1
+            if took is not None:
+                recent = self._run_time[run.task.name]
+                if recent is not None:
+                    took = 0.8 * recent + 0.2 * took
+                self._run_time[run.task.name] = took
             self._wanted = True
             self._cond.notify_all()
             first = not run.resolved

@@ -305,6 +305,49 @@ def test_workers_bounds_async_task_concurrency_too(make_manager: MakeManager) ->
     assert state["peak"] == 2
 
 
+def test_workers_bounds_short_tasks_claimed_ahead(make_manager: MakeManager) -> None:
+    quick = ConcurrencyMeter(hold=0.002)
+    manager = start_manager(make_manager, {"quick": (quick, {"workers": 2})})
+    tasks = [{"name": "quick", "params": n} for n in range(60)]
+    results = run_workflow(manager, "i1", tasks, timeout=30)
+
+    assert sorted(r["value"] for r in results) == list(range(60))
+    assert quick.runs == 60
+    assert quick.peak <= 2
+
+
+def test_short_tasks_claimed_ahead_are_handed_back_unrun_at_stop(
+    make_manager: MakeManager, pg_dsn: str, schema: str
+) -> None:
+    ran: list[Any] = []
+    blocking = threading.Event()
+
+    def step(task: Task) -> None:
+        ran.append(task.parameters)
+        if task.parameters == "block":
+            blocking.set()
+            task.cancelled.wait(10)
+
+    # The first run is short, so the next claim takes one task more than the free worker:
+    # "block" runs while "ahead" waits for the worker, claimed but not started.
+    manager = start_manager(make_manager, {"step": step})
+    names = ["quick", "block", "ahead"]
+    manager.enqueue_workflow("run", "i1", {"tasks": [{"name": "step", "params": n} for n in names]})
+    assert blocking.wait(10)
+
+    def claimed() -> list[tuple[Any, ...]]:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            return conn.execute(
+                f'SELECT parameters, state, claimed_by IS NULL FROM "{schema}".tasks'
+            ).fetchall()
+
+    wait_for(lambda: ("ahead", "running", False) in claimed(), 10, "the task claimed ahead")
+    manager.stop(timeout=10)
+
+    assert ran == ["quick", "block"]
+    assert ("ahead", "queued", True) in claimed()
+
+
 # -- timeouts --------------------------------------------------------------------------------
 
 

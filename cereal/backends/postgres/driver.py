@@ -377,6 +377,13 @@ class PostgresDriver:
         rows = self._rows("heartbeat_tasks", {"ids": list(task_ids), "owner": owner})
         return {r[0] for r in rows}
 
+    def release_tasks(self, task_ids: Sequence[int], owner: str) -> None:
+        """Hand claimed tasks that never started back to the queue."""
+        if task_ids:
+            names = self._rows("release_tasks", {"ids": list(task_ids), "owner": owner})
+            if names:
+                self.notify(["t" + r[0] for r in names])
+
     def reap_lost_tasks(self, timeout: float, error: str) -> int:
         """Turn tasks silent for ``timeout`` seconds into ``lost`` results; return how many."""
         with self.connection() as conn, conn.transaction():

@@ -204,6 +204,15 @@ UPDATE tasks SET heartbeat_at = now()
 WHERE id = ANY(%(ids)s) AND state = 'running' AND claimed_by = %(owner)s
 RETURNING id;
 
+-- name: release_tasks
+-- Put claimed tasks that never started back in the queue (a stopping process).
+WITH released AS (
+    UPDATE tasks SET state = 'queued', claimed_by = NULL, heartbeat_at = NULL
+    WHERE id = ANY(%(ids)s) AND state = 'running' AND claimed_by = %(owner)s
+    RETURNING task_name
+)
+SELECT DISTINCT task_name FROM released;
+
 -- name: reap_lost_tasks
 -- Report running tasks that went silent as lost, exactly once.
 WITH lost AS (
