@@ -360,15 +360,13 @@ class PostgresDriver:
             "statuses": [o.status for o in outcomes],
             "errors": [o.error for o in outcomes],
             "results": [o.result_json for o in outcomes],
+            "workflows": [o.workflow_name for o in outcomes],
             "owner": owner,
+            "channel": self.channel,
         }
-        with self.connection() as conn, conn.transaction():
-            rows = conn.execute(self._q["complete_tasks"], params).fetchall()
-            recorded = {r[0] for r in rows}
-            names = {"e" + o.workflow_name for o in outcomes if o.id in recorded}
-            if names:
-                self._notify(conn, sorted(names))
-        return recorded
+        # One statement: atomic on its own, and the notifications go out with its commit
+        # (PostgreSQL sends each distinct payload once per transaction).
+        return {r[0] for r in self._rows("complete_tasks", params)}
 
     def heartbeat_tasks(self, task_ids: Sequence[int], owner: str) -> set[int]:
         """Refresh running tasks' heartbeats; return the ids that still exist."""

@@ -179,16 +179,19 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
         WHERE task_name = ANY(%(names)s) AND state = 'queued' AND start_after > now());
 
 -- name: complete_tasks
--- Record finished tasks as task_complete events. A task whose row is gone (its workflow
--- finished, or it was reported lost) is discarded: each task reports exactly once.
+-- Record finished tasks as task_complete events and wake the event handlers of their
+-- workflows, in one statement. A task whose row is gone (its workflow finished, or it was
+-- reported lost) is discarded: each task reports exactly once.
 WITH r AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(errors)s::text[],
-                         %(results)s::text[]) AS r(id, status, error, result)
+                         %(results)s::text[], %(workflows)s::text[])
+        AS r(id, status, error, result, workflow_name)
 ), done AS (
     DELETE FROM tasks t USING r
-    WHERE t.id = r.id AND t.state = 'running' AND t.claimed_by = %(owner)s
+    WHERE t.id = ANY(%(ids)s::bigint[]) AND t.id = r.id
+      AND t.state = 'running' AND t.claimed_by = %(owner)s
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at,
-              r.status, r.error, r.result
+              r.status, r.error, r.result, r.workflow_name
 ), ev AS (
     INSERT INTO workflow_events (instance_id, event_type, task_id, task_name, task_parameters,
                                  task_enqueued_at, task_status, task_error, task_result)
@@ -196,7 +199,7 @@ WITH r AS (
            result::jsonb
     FROM done ORDER BY id
 )
-SELECT id FROM done;
+SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM done;
 
 -- name: heartbeat_tasks
 -- Prove that this process's running tasks are alive; rows missing from the answer are gone.
