@@ -8,12 +8,13 @@ import re
 import select
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, LiteralString
 
 import psycopg
 import structlog
 from psycopg import errors as pgerrors
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from cereal.backends.postgres.jsonb import Undecodable, use_lenient_jsonb, use_strict_jsonb
@@ -309,24 +310,34 @@ class PostgresDriver:
         """Lock up to ``limit`` instances with pending events and fetch their next events.
 
         The instances stay locked until the batch commits or the context exits (which rolls
-        back, so every event is delivered again later).
+        back, so every event is delivered again later). BEGIN travels with the locking
+        statement and COMMIT with the batch's writes, so a batch costs three round trips.
         """
-        with self.connection() as conn, conn.transaction():
-            cur = conn.cursor()
-            use_lenient_jsonb(cur.adapters)  # a value we cannot decode fails its instance
-            rows = cur.execute(
-                self._q["lock_instances_with_events"],
-                {"names": list(workflow_names), "limit": limit},
-            ).fetchall()
-            instances = [_instance_row(r) for r in rows]
-            events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
-            if instances:
-                for e in cur.execute(
-                    self._q["fetch_events"],
-                    {"ids": list(events), "per_instance": per_instance},
-                ).fetchall():
-                    events[e[1]].append(_event_row(e))
-            yield _PostgresEventBatch(self, conn, instances, events)
+        with self.connection() as conn:
+            try:
+                conn.execute("BEGIN")
+                cur = conn.cursor()
+                use_lenient_jsonb(cur.adapters)  # a value we cannot decode fails its instance
+                rows = cur.execute(
+                    self._q["lock_instances_with_events"],
+                    {"names": list(workflow_names), "limit": limit},
+                ).fetchall()
+                instances = [_instance_row(r) for r in rows]
+                events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
+                if instances:
+                    # A statement of its own: its snapshot is taken after the locks, so it
+                    # sees every event committed by the previous holder of each instance.
+                    for e in cur.execute(
+                        self._q["fetch_events"],
+                        {"ids": list(events), "per_instance": per_instance},
+                    ).fetchall():
+                        events[e[1]].append(_event_row(e))
+                yield _PostgresEventBatch(self, conn, instances, events)
+            finally:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    # A broken connection fails this too; the pool then discards it.
+                    with suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -484,6 +495,7 @@ class _PostgresEventBatch:
                 )
             if notes:
                 conn.execute(q("notify"), {"channel": self._driver.channel, "payloads": notes})
+            conn.execute("COMMIT")
             ended = {r[0]: r[1] for r in cur.fetchall()} if cur is not None else {}
         for o in done:
             if o.instance.id not in ended:
