@@ -77,7 +77,19 @@ class WorkflowEventLoop:
             thread.join(left)
 
     def wake(self) -> None:
-        """New events may be pending: have one idle handler look."""
+        """New events may be pending: have one idle handler look.
+
+        A signal no handler has taken yet already promises a claim that starts after this
+        call, so it covers these events too: wakes coming in a burst (the local one and the
+        NOTIFY echo of the same commit) cost one claim, not one each.
+        """
+        with self._cond:
+            if self._signals == 0:
+                self._signals = 1
+                self._cond.notify()
+
+    def _spread(self) -> None:
+        """More work than one handler took: bring in another idle handler."""
         with self._cond:
             if self._signals < self._workers:
                 self._signals += 1
@@ -123,7 +135,8 @@ class WorkflowEventLoop:
                     if not batch.instances:
                         return
                     if len(batch.instances) == limit:
-                        self.wake()  # probably more work: bring in another handler
+                        if limit > 1:
+                            self._spread()  # probably more work: bring in another handler
                         grow = limit * 2
                     outcomes = [
                         run_events(
