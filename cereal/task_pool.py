@@ -6,8 +6,9 @@ round trip. Sync executors run in a thread pool per task name (``workers`` threa
 batches, and a watchdog enforces timeouts.
 
 Short sync tasks are claimed a little ahead: while their recent runs take under
-``PREFETCH_BELOW`` seconds, up to ``workers`` more than the free workers are claimed, so the
-workers need not wait for a claim round trip between tasks. A claimed task that has not
+``PREFETCH_BELOW`` seconds, up to ``PREFETCH_FACTOR * workers`` more than the free workers
+are claimed, so the workers need not wait for a claim round trip between tasks and each
+claim, result write and event batch carries more tasks. A claimed task that has not
 started yet is heartbeated like a running one, its timeout starts when it starts, and at stop
 it is handed back to the queue instead of being run.
 """
@@ -41,6 +42,9 @@ log = structlog.get_logger("cereal.tasks")
 
 PREFETCH_BELOW = 0.05
 """Claim ahead for a sync task name while its runs average less than this (seconds)."""
+PREFETCH_FACTOR = 3
+"""How many tasks per worker to claim ahead (at most PREFETCH_FACTOR * PREFETCH_BELOW
+seconds of queued work per worker)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +234,7 @@ class TaskPools:
         limit = reg.workers
         recent = self._run_time[name]
         if recent is not None and recent < PREFETCH_BELOW and name in self._pools:
-            limit += reg.workers
+            limit += PREFETCH_FACTOR * reg.workers
         return limit - self._busy[name]
 
     # -- claiming ---------------------------------------------------------------------------
