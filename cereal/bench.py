@@ -177,13 +177,20 @@ class Bench:
         for i in range(instances):
             m.enqueue_workflow("fan", f"i{i}", {"tasks": 1})
         cmd = [sys.executable, "-m", "cereal.bench", "--worker", self.driver_dsn, schema]
-        start = time.perf_counter()
-        procs = [subprocess.Popen(cmd) for _ in range(2)]
+        procs = [
+            subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
         try:
-            while True:
-                if not m.list_workflow_instances(workflow_name="fan", is_running=True):
-                    break
-                time.sleep(0.02)
+            for p in procs:  # both connected and migrated: time the drain, not the start-up
+                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+            start = time.perf_counter()
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            while m.list_workflow_instances(workflow_name="fan", is_running=True):
+                time.sleep(0.01)
             took = time.perf_counter() - start
         finally:
             for p in procs:
@@ -327,6 +334,9 @@ def _worker(dsn: str, schema: str) -> None:
     m = Manager(PostgresDriver(dsn, schema=schema), close_driver=True)
     m.register_workflow_executor("fan", FanOut())
     m.register_task_executor("noop", noop, workers=8)
+    m.driver.open()
+    print("ready", flush=True)
+    sys.stdin.readline()
     m.start()
     try:
         threading.Event().wait()
