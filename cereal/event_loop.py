@@ -135,8 +135,9 @@ class WorkflowEventLoop:
                     if not batch.instances:
                         return
                     if len(batch.instances) == limit:
-                        if limit > 1:
-                            self._spread()  # probably more work: bring in another handler
+                        # Probably more work: bring in another handler, even after a claim of
+                        # one, so that instances enqueued in a burst run concurrently.
+                        self._spread()
                         grow = limit * 2
                     outcomes = [
                         run_events(
