@@ -518,3 +518,29 @@ def test_top_level_json_values_round_trip(make_manager: MakeManager, value: Any)
     assert payloads == [value]
     assert info.result == value and type(info.result) is type(value)
     assert info.parameters == value and type(info.parameters) is type(value)
+
+
+def test_an_unstorable_decision_fails_only_its_own_instance(make_manager: MakeManager) -> None:
+    """A decision the database refuses (here a start time out of its range) fails that
+    instance; instances handled afterwards on the same connections are unaffected."""
+
+    def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
+        if inst.parameters == "bad":
+            inst.enqueue_task("never", start_after=timedelta(days=999_999_999))
+            return inst.continue_with()
+        return inst.complete(inst.instance_name)
+
+    m = manager(make_manager, Flow(on_start=on_start), workflow_workers=1)
+    names = [f"ok{i}" for i in range(12)]
+    for name in names[:6]:  # enough runs for the statements to be prepared
+        m.enqueue_workflow(WF, name)
+        assert m.await_workflow(WF, name, timeout=AWAIT).result == name
+    m.enqueue_workflow(WF, "bad", "bad")
+    bad = m.await_workflow(WF, "bad", timeout=AWAIT)
+    assert bad.status is WorkflowStatus.FAILED
+    assert bad.error is not None and "cannot store the decision" in bad.error
+    for name in names[6:]:
+        m.enqueue_workflow(WF, name)
+    for name in names[6:]:
+        info = m.await_workflow(WF, name, timeout=AWAIT)
+        assert (info.status, info.result, info.error) == (WorkflowStatus.COMPLETED, name, None)

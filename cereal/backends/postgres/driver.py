@@ -333,6 +333,11 @@ class PostgresDriver:
                     ).fetchall():
                         events[e[1]].append(_event_row(e))
                 yield _PostgresEventBatch(self, conn, instances, events)
+            except psycopg.Error:
+                # A statement that failed inside the write pipeline can leave psycopg's
+                # prepared-statement cache out of step with the server; start afresh.
+                conn.close()
+                raise
             finally:
                 if conn.info.transaction_status != TransactionStatus.IDLE:
                     # A broken connection fails this too; the pool then discards it.
@@ -624,11 +629,13 @@ def _is_dead(conn: Connection) -> bool:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors worth retrying: lost connections, deadlocks, serialisation failures."""
+    """True for errors worth retrying: lost connections, deadlocks, serialisation failures,
+    and a prepared statement the server no longer has (the connection is then replaced)."""
     return isinstance(
         exc,
         psycopg.OperationalError
         | pgerrors.DeadlockDetected
         | pgerrors.SerializationFailure
+        | pgerrors.InvalidSqlStatementName
         | psycopg.InterfaceError,
     )
