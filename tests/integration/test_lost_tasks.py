@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from flows import wait_for
 from procs import Child
 from psycopg import sql
 
@@ -58,17 +59,6 @@ class Watch:
 
     def on_cancel(self, instance: WorkflowInstance, event: CancelEvent) -> Decision:
         return instance.complete(instance.payload)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def reports(manager: Manager, instance: str) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from flows import wait_for
 
 from cereal import (
     CancelEvent,
@@ -89,18 +90,6 @@ def run_workflow(
     info = manager.await_workflow("run", instance, timeout=timeout)
     assert info.status is WorkflowStatus.COMPLETED, info
     return list(info.result)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 # -- results ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from flows import wait_for
 from procs import Child
 from psycopg import sql
 
@@ -88,17 +89,6 @@ def listening_backends(dsn: str, channel: str) -> list[int]:
             (f'"{channel}"',),
         ).fetchall()
     return [r[0] for r in rows]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def started_manager(
