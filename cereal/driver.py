@@ -1,27 +1,140 @@
-"""The interface between the manager and a storage backend.
+"""The storage seam: everything the core asks of a database, and the records that cross it.
 
-The manager never writes SQL: everything it asks of the database goes through a
-:class:`Driver`. :class:`cereal.backends.postgres.PostgresDriver` is the implementation.
+The manager, the workflow-event dispatcher, the task pools, the background services and the
+schedule operations are written against :class:`Driver` only. A backend implements it
+structurally (no base class to inherit): :class:`cereal.backends.postgres.PostgresDriver`
+for production, :class:`cereal.testing.MemoryDriver` for fast tests.
+
+Rules every backend follows:
+
+- It raises only :mod:`cereal.errors` types. A failure worth retrying (lost connection,
+  read-only or shutting-down server, deadlock, serialisation failure) is a
+  :class:`~cereal.errors.TransientDatabaseError`; any other database failure is a
+  :class:`~cereal.errors.DatabaseError`; a value the database refuses to store is a
+  :class:`~cereal.errors.SerializationError`.
+- Values cross the seam as JSON text on the way in (``*_json`` fields, None for SQL NULL)
+  and as decoded Python values on the way out. A stored value that cannot be decoded is
+  reported in the record's ``problem`` field instead of raising.
+- Wakeups (:data:`Wakeup`) are hints that something may have changed, never facts: the core
+  confirms with the database before it acts on one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from cereal.steps import EventRow, InstanceRow, StepOutcome
-from cereal.types import WorkflowInstanceInfo
+from cereal.types import Schedule, WorkflowInstanceInfo, WorkflowStatus
+from cereal.workflow import PendingTask
 
 __all__ = [
+    "PRUNE_BATCH",
     "ClaimedTask",
     "Driver",
+    "DueRun",
     "EventBatch",
+    "EventRow",
+    "EventsPending",
+    "InstanceFinished",
+    "InstanceRow",
     "Listener",
+    "Overview",
+    "ScheduleChange",
+    "SchedulesChanged",
+    "SchemaStatus",
+    "StepOutcome",
+    "StoredSchedule",
+    "TaskCount",
+    "TaskInfo",
     "TaskOutcome",
+    "TasksQueued",
+    "Wakeup",
 ]
+
+PRUNE_BATCH = 10_000
+"""Most finished runs :meth:`Driver.prune_history` deletes in one call."""
+
+
+# -- workflow events --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    """A live instance as stored, locked for event processing."""
+
+    id: int
+    workflow_name: str
+    instance_name: str
+    parameters: Any
+    payload: Any
+    status: WorkflowStatus
+    enqueued_tasks: int
+    completed_tasks: int
+    started_at: datetime
+    problem: str | None = None
+    """Why the stored state cannot be used (it cannot be decoded); the instance then fails."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One pending event; the task fields are set for ``task_complete`` only."""
+
+    id: int
+    instance_id: int
+    kind: str
+    """``start``, ``task_complete`` or ``cancel``."""
+    enqueued_at: datetime
+    task_name: str | None = None
+    task_parameters: Any = None
+    task_status: str | None = None
+    task_error: str | None = None
+    task_result: Any = None
+    problem: str | None = None
+    """Why the stored task fields cannot be used; the result is then ``UNUSABLE_RESULT``."""
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    """What to commit for one instance after its events were handled."""
+
+    instance: InstanceRow
+    consumed: list[int] = field(default_factory=list)
+    """Ids of the events handled (deleted on commit when the instance goes on)."""
+    payload_json: str | None = None
+    status: WorkflowStatus = WorkflowStatus.STARTING
+    enqueued_tasks: int = 0
+    completed_tasks: int = 0
+    tasks: list[PendingTask] = field(default_factory=list)
+    result_json: str | None = None
+    error: str | None = None
+    handled: int = 0
+    """How many callbacks ran."""
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED)
+
+
+class EventBatch(Protocol):
+    """Instances locked for event processing, with their next events in order.
+
+    The locks are held until :meth:`commit`, or until the batch's context exits, which
+    rolls back and so delivers every event again later.
+    """
+
+    instances: list[InstanceRow]
+    events: dict[int, list[EventRow]]
+    """Pending events per instance id, oldest first."""
+
+    def commit(self, outcomes: Sequence[StepOutcome]) -> list[WorkflowInstanceInfo]:
+        """Write every outcome atomically; return the runs that finished."""
+        ...
+
+
+# -- tasks --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,80 +159,347 @@ class TaskOutcome:
     id: int
     workflow_name: str
     status: str
+    """A :class:`~cereal.types.TaskStatus` value."""
     error: str | None = None
     result_json: str | None = None
 
 
-class EventBatch(Protocol):
-    """Instances locked for event processing, with their next events.
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A queued or running task, as an operator sees it."""
 
-    The locks are held until :meth:`commit` (or until the batch's context exits, which
-    rolls back and so re-delivers every event).
-    """
+    id: int
+    task_name: str
+    workflow_name: str
+    instance_name: str
+    state: str
+    """``queued`` or ``running``."""
+    parameters: Any
+    enqueued_at: datetime
+    start_after: datetime
+    claimed_by: str | None
+    heartbeat_age: float | None
+    """Seconds since the last heartbeat of a running task (None while queued)."""
 
-    instances: list[InstanceRow]
-    events: dict[int, list[EventRow]]
 
-    def commit(self, outcomes: Sequence[StepOutcome]) -> list[WorkflowInstanceInfo]:
-        """Write every outcome and commit; return the runs that finished."""
-        ...
+# -- schedules ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSchedule:
+    """A schedule's stored state, read under its row lock by :meth:`Driver.update_schedule`."""
+
+    parameters_json: str | None
+    recurrence: str
+    enabled: bool
+    next_due_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleChange:
+    """The new state of a schedule, written by :meth:`Driver.update_schedule`."""
+
+    parameters_json: str | None
+    recurrence: str
+    enabled: bool
+    next_due_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DueRun:
+    """What :meth:`Driver.run_due_schedule` did with one due schedule."""
+
+    workflow_name: str
+    instance_name: str
+    due_at: datetime
+    ran_at: datetime
+    enqueued: bool
+    """False when the previous run was still live (the occurrence was skipped) or the
+    schedule could not run (it was disabled: ``next_due_at`` is then None)."""
+    next_due_at: datetime | None
+    problem: str | None = None
+    """Why the schedule was disabled instead of run, or None."""
+
+
+# -- operator views -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCount:
+    """Queued and running tasks of one task name."""
+
+    task_name: str
+    queued: int
+    running: int
+    oldest_queued_age: float | None
+    """Seconds the oldest due, queued task has waited (None when none is due)."""
+    stale: int
+    """Running tasks whose heartbeat is older than the ``stale_after`` asked for."""
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """Counts for dashboards and metrics, read in one consistent snapshot."""
+
+    instances: dict[tuple[str, str], int]
+    """Live instances per ``(workflow_name, status)``."""
+    finished: dict[tuple[str, str], int]
+    """Finished runs kept in history per ``(workflow_name, status)``."""
+    tasks: list[TaskCount]
+    overdue_schedules: int
+    """Enabled schedules whose next run is due but not yet enqueued."""
+    schedules: int
+    now: datetime
+    """The database's clock when the snapshot was taken."""
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaStatus:
+    """How the schema compares with the migrations this version ships."""
+
+    schema: str
+    applied: list[int]
+    """Versions applied, in order (empty when the schema does not exist)."""
+    available: list[tuple[int, str]]
+    """Every migration this version ships, as ``(version, name)``."""
+
+    @property
+    def pending(self) -> list[tuple[int, str]]:
+        done = set(self.applied)
+        return [m for m in self.available if m[0] not in done]
+
+    @property
+    def is_current(self) -> bool:
+        return not self.pending
+
+
+# -- wakeups --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventsPending:
+    """Events may be pending for instances of ``workflow_name``."""
+
+    workflow_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TasksQueued:
+    """Tasks named ``task_name`` may be ready to claim."""
+
+    task_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceFinished:
+    """The instance with this id may have finished (its running tasks should stop once the
+    database confirms their rows are gone)."""
+
+    instance_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulesChanged:
+    """A schedule was created or changed: the scheduler should look again."""
+
+
+Wakeup = EventsPending | TasksQueued | InstanceFinished | SchedulesChanged
 
 
 class Listener(Protocol):
-    """A background LISTEN connection that survives reconnects."""
+    """Delivers wakeups from other processes in a background thread until stopped."""
 
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
 
 
+# -- the driver -------------------------------------------------------------------------------
+
+
 class Driver(Protocol):
-    """What the manager needs from storage."""
+    """Everything the core needs from storage. Every method is thread-safe."""
 
     @property
-    def schema(self) -> str: ...
+    def schema(self) -> str:
+        """The name space this driver's data lives in."""
+        ...
 
-    def open(self) -> None: ...
+    def open(self) -> None:
+        """Create or migrate the storage and get ready; safe to call again after close."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release connections; the driver can be opened again."""
+        ...
+
+    def listener(
+        self, on_wakeup: Callable[[Wakeup], None], on_reconnect: Callable[[], None]
+    ) -> Listener:
+        """A listener (not started) for wakeups written by any process. ``on_reconnect`` is
+        called after each (re)connection, since wakeups sent meanwhile are lost."""
+        ...
+
+    # workflow instances
 
     def enqueue_workflow(
         self, workflow_name: str, instance_name: str, parameters_json: str | None
-    ) -> bool: ...
+    ) -> bool:
+        """Insert a live instance with its start event; False if the pair is live."""
+        ...
 
-    def cancel_workflow(self, workflow_name: str, instance_name: str) -> bool: ...
+    def cancel_workflow(self, workflow_name: str, instance_name: str) -> bool:
+        """Queue a cancel event; False if there is no live instance."""
+        ...
 
-    def kill_workflow(self, workflow_name: str, instance_name: str, error: str) -> bool: ...
+    def kill_workflow(self, workflow_name: str, instance_name: str, error: str) -> bool:
+        """Finish a live instance as failed with ``error``; False if none is live."""
+        ...
 
     def get_workflow_instance(
         self, workflow_name: str, instance_name: str
-    ) -> WorkflowInstanceInfo | None: ...
+    ) -> WorkflowInstanceInfo | None:
+        """The live instance, else its latest finished run, else None."""
+        ...
 
     def list_workflow_instances(
         self,
         workflow_name: str | None = None,
         instance_name: str | None = None,
         is_running: bool | None = None,
-    ) -> list[WorkflowInstanceInfo]: ...
+    ) -> list[WorkflowInstanceInfo]:
+        """One row per pair (the live instance, else the latest finished run), ordered by
+        workflow and instance name."""
+        ...
 
-    def has_events(self, workflow_names: Sequence[str]) -> bool: ...
+    # workflow events
+
+    def has_events(self, workflow_names: Sequence[str]) -> bool:
+        """Is any event pending for instances of these workflows?"""
+        ...
 
     def claim_events(
         self, workflow_names: Sequence[str], limit: int, per_instance: int
-    ) -> AbstractContextManager[EventBatch]: ...
+    ) -> AbstractContextManager[EventBatch]:
+        """Lock up to ``limit`` instances with pending events (skipping instances another
+        caller holds) and read up to ``per_instance`` events of each."""
+        ...
+
+    def fail_instance(self, instance_id: int, error: str) -> WorkflowInstanceInfo | None:
+        """Finish a live instance as failed, waiting for whoever holds it; None if it is no
+        longer live. Used when the database refuses an instance's decision."""
+        ...
+
+    # tasks
 
     def claim_tasks(
         self, limits: dict[str, int], owner: str
-    ) -> tuple[list[ClaimedTask], float | None]: ...
+    ) -> tuple[list[ClaimedTask], float | None]:
+        """Claim due tasks (up to ``limits[name]`` of each name) for ``owner``; also return
+        the seconds until the next queued task of these names becomes due (None: none)."""
+        ...
 
-    def complete_tasks(self, outcomes: Sequence[TaskOutcome], owner: str) -> set[int]: ...
+    def complete_tasks(self, outcomes: Sequence[TaskOutcome], owner: str) -> set[int]:
+        """Record outcomes as ``task_complete`` events; return the ids still live (the
+        others' rows are gone: their results are discarded)."""
+        ...
 
-    def heartbeat_tasks(self, task_ids: Sequence[int], owner: str) -> set[int]: ...
+    def heartbeat_tasks(self, task_ids: Sequence[int], owner: str) -> set[int]:
+        """Refresh running tasks' heartbeats; return the ids whose rows still exist."""
+        ...
 
-    def release_tasks(self, task_ids: Sequence[int], owner: str) -> None: ...
+    def release_tasks(self, task_ids: Sequence[int], owner: str) -> None:
+        """Put claimed tasks that never started back in the queue."""
+        ...
 
-    def reap_lost_tasks(self, timeout: float, error: str) -> int: ...
+    def reap_lost_tasks(self, timeout: float, error: str) -> int:
+        """Report tasks silent for ``timeout`` seconds as ``lost``, once; return how many."""
+        ...
 
-    def listener(
-        self, on_notify: Callable[[str], None], on_reconnect: Callable[[], None]
-    ) -> Listener: ...
+    # schedules
+
+    def now(self) -> datetime:
+        """The storage's clock (UTC): schedules are computed on it."""
+        ...
+
+    def insert_schedule(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        recurrence: str,
+        enabled: bool,
+        next_due_at: datetime | None,
+    ) -> bool:
+        """Create a schedule; False if the pair already has one."""
+        ...
+
+    def update_schedule(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        change: Callable[[StoredSchedule, datetime], ScheduleChange],
+    ) -> bool:
+        """Lock the schedule, call ``change(stored, now)`` and write what it returns, in one
+        transaction (an exception from ``change`` writes nothing and propagates). False if
+        there is no such schedule."""
+        ...
+
+    def delete_schedule(self, workflow_name: str, instance_name: str) -> bool:
+        """Remove a schedule; False if there is none."""
+        ...
+
+    def list_schedules(
+        self, workflow_name: str | None = None, instance_name: str | None = None
+    ) -> list[Schedule]:
+        """Schedules (all, or one pair's), with their latest finished run."""
+        ...
+
+    def run_due_schedule(
+        self, next_due: Callable[[str, datetime], datetime | None]
+    ) -> DueRun | None:
+        """Handle the most overdue enabled schedule nobody else holds, in one transaction:
+        enqueue its instance unless the previous run is live, then move it to
+        ``next_due(recurrence, now)`` (disabling it on None, or when ``next_due`` raises
+        ``ValueError``/``ArithmeticError``/``TypeError``). None when nothing is due."""
+        ...
+
+    def seconds_until_next_schedule(self) -> float | None:
+        """Seconds until the earliest enabled schedule is due (negative when overdue)."""
+        ...
+
+    # retention
+
+    def prune_history(self, max_age: float | None, max_runs: int | None) -> int:
+        """Delete up to :data:`PRUNE_BATCH` finished runs older than ``max_age`` seconds or
+        beyond the newest ``max_runs``; return how many (0 while another process prunes)."""
+        ...
+
+    # operator views
+
+    def list_tasks(
+        self,
+        *,
+        task_name: str | None = None,
+        workflow_name: str | None = None,
+        instance_name: str | None = None,
+        limit: int | None = None,
+    ) -> list[TaskInfo]:
+        """Queued and running tasks, oldest first."""
+        ...
+
+    def overview(self, stale_after: float) -> Overview:
+        """Counts of instances, runs, tasks and schedules, in one snapshot."""
+        ...
+
+    def schema_status(self) -> SchemaStatus:
+        """Which migrations are applied (does not create or migrate anything)."""
+        ...
+
+    def migration_sql(self) -> str:
+        """The SQL that creates the schema from scratch, without touching the database."""
+        ...
+
+    def ping(self) -> None:
+        """Raise :class:`~cereal.errors.DatabaseError` unless the storage answers."""
+        ...

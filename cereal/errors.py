@@ -16,6 +16,7 @@ __all__ = [
     "ManagerStateError",
     "MigrationError",
     "SerializationError",
+    "TransientDatabaseError",
     "WorkflowInstanceExistsError",
     "WorkflowInstanceNotFoundError",
     "WorkflowScheduleExistsError",
@@ -72,4 +73,15 @@ class MigrationError(CerealError):
 
 
 class DatabaseError(CerealError):
-    """The database rejected or could not complete an operation."""
+    """The database rejected or could not complete an operation; the message is the
+    server's. ``transient`` is True when the same call may succeed later."""
+
+    transient: bool = False
+
+
+class TransientDatabaseError(DatabaseError):
+    """The database cannot complete the operation now (connection lost, server read-only,
+    shutting down or not accepting connections yet, deadlock, serialisation failure);
+    retrying later may succeed."""
+
+    transient = True

@@ -13,16 +13,16 @@ import time
 from collections.abc import Callable
 
 import psycopg
-import structlog
 
 from cereal.backends.postgres.driver import PostgresDriver, is_transient
 from cereal.executors import WorkflowExecutor
+from cereal.logging import get_logger
 from cereal.steps import StepOutcome, run_events
 from cereal.types import WorkflowInstanceInfo, WorkflowStatus
 
 __all__ = ["WorkflowEventLoop"]
 
-log = structlog.get_logger("cereal.workflow")
+log = get_logger("cereal.workflow")
 
 
 class WorkflowEventLoop:

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-import structlog
-
 from cereal.backends.postgres.driver import PostgresDriver
 from cereal.codec import check_name, describe_error, encode
 from cereal.errors import (
@@ -24,6 +22,7 @@ from cereal.errors import (
 )
 from cereal.event_loop import WorkflowEventLoop
 from cereal.executors import TaskExecutor, TaskFunction, WorkflowExecutor, task_callable
+from cereal.logging import get_logger
 from cereal.schedules import ScheduleOperations
 from cereal.services.heartbeat import Heartbeat, LostTaskReaper
 from cereal.services.pruner import HistoryPruner
@@ -32,7 +31,7 @@ from cereal.types import WorkflowInstanceInfo
 
 __all__ = ["Manager"]
 
-log = structlog.get_logger("cereal.manager")
+log = get_logger("cereal.manager")
 KILLED = "killed"
 
 

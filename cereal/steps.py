@@ -9,14 +9,11 @@ instance, so a crash anywhere re-delivers every event of the batch.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
-
-import structlog
 
 from cereal.codec import describe_error, storable_text, try_encode
+from cereal.driver import EventRow, InstanceRow, StepOutcome
 from cereal.executors import WorkflowExecutor
+from cereal.logging import Logger, get_logger
 from cereal.types import (
     CancelEvent,
     StartEvent,
@@ -25,7 +22,7 @@ from cereal.types import (
     TaskStatus,
     WorkflowStatus,
 )
-from cereal.workflow import Decision, DecisionKind, PendingTask, WorkflowInstance
+from cereal.workflow import Decision, DecisionKind, WorkflowInstance
 
 __all__ = [
     "CANCELED_STARTING",
@@ -38,60 +35,6 @@ __all__ = [
 
 ENQUEUE_AND_COMPLETE = "EnqueueTask and Complete called in same workflow step"
 CANCELED_STARTING = "canceled starting workflow"
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceRow:
-    """A live instance as stored, locked for processing."""
-
-    id: int
-    workflow_name: str
-    instance_name: str
-    parameters: Any
-    payload: Any
-    status: WorkflowStatus
-    enqueued_tasks: int
-    completed_tasks: int
-    started_at: datetime
-    problem: str | None = None
-    """Why the stored state cannot be used (it cannot be decoded); the instance then fails."""
-
-
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    """One pending event; the task fields are set for ``task_complete`` only."""
-
-    id: int
-    instance_id: int
-    kind: str
-    enqueued_at: datetime
-    task_name: str | None = None
-    task_parameters: Any = None
-    task_status: str | None = None
-    task_error: str | None = None
-    task_result: Any = None
-    problem: str | None = None
-    """Why the stored task fields cannot be used; the result is then ``UNUSABLE_RESULT``."""
-
-
-@dataclass(slots=True)
-class StepOutcome:
-    """What to commit for one instance after its events were handled."""
-
-    instance: InstanceRow
-    consumed: list[int] = field(default_factory=list)
-    payload_json: str | None = None
-    status: WorkflowStatus = WorkflowStatus.STARTING
-    enqueued_tasks: int = 0
-    completed_tasks: int = 0
-    tasks: list[PendingTask] = field(default_factory=list)
-    result_json: str | None = None
-    error: str | None = None
-    handled: int = 0
-
-    @property
-    def finished(self) -> bool:
-        return self.status in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED)
 
 
 def _task_result(event: EventRow) -> TaskResult:
@@ -138,14 +81,14 @@ def run_events(
     executor: WorkflowExecutor,
     instance: InstanceRow,
     events: list[EventRow],
-    log: structlog.typing.FilteringBoundLogger | None = None,
+    log: Logger | None = None,
 ) -> StepOutcome:
     """Deliver ``events`` in order and return the combined outcome.
 
     Stops at the first decision that finishes the instance; later events are left to be
     deleted with the instance.
     """
-    log = log or structlog.get_logger("cereal.workflow")
+    log = log or get_logger("cereal.workflow")
     out = StepOutcome(
         instance=instance,
         payload_json=None,

@@ -27,18 +27,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import structlog
 from psycopg import errors as pgerrors
 
 from cereal.backends.postgres.driver import PostgresDriver, is_transient
 from cereal.codec import describe_error, try_encode
 from cereal.driver import ClaimedTask, TaskOutcome
 from cereal.executors import TaskFunction
+from cereal.logging import get_logger
 from cereal.types import Task, TaskStatus
 
 __all__ = ["TaskPools", "TaskRegistration"]
 
-log = structlog.get_logger("cereal.tasks")
+log = get_logger("cereal.tasks")
 
 PREFETCH_BELOW = 0.05
 """Claim ahead for a sync task name while its runs average less than this (seconds)."""

@@ -5,9 +5,8 @@ from __future__ import annotations
 import random
 import threading
 
-import structlog
-
 from cereal.backends.postgres.driver import is_transient
+from cereal.logging import get_logger
 
 __all__ = ["PeriodicService"]
 
@@ -28,7 +27,7 @@ class PeriodicService:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.log = structlog.get_logger(f"cereal.{self.name}")
+        self.log = get_logger(f"cereal.{self.name}")
 
     def run_once(self) -> float | None:
         raise NotImplementedError

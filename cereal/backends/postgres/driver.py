@@ -12,7 +12,6 @@ from contextlib import contextmanager, suppress
 from typing import Any, LiteralString
 
 import psycopg
-import structlog
 from psycopg import errors as pgerrors
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
@@ -23,6 +22,7 @@ from cereal.backends.postgres.migrations import LOCK_NAMESPACE, migrate
 from cereal.backends.postgres.queries import load_queries
 from cereal.driver import ClaimedTask, TaskOutcome
 from cereal.errors import CerealError, DatabaseError, InvalidNameError
+from cereal.logging import get_logger
 from cereal.steps import EventRow, InstanceRow, StepOutcome
 from cereal.types import WorkflowInstanceInfo, WorkflowStatus
 
@@ -30,7 +30,7 @@ __all__ = ["PostgresDriver"]
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_SCHEMA_LENGTH = 48
-log = structlog.get_logger("cereal.postgres")
+log = get_logger("cereal.postgres")
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 

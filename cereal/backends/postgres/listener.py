@@ -7,12 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import structlog
 from psycopg import sql
+
+from cereal.logging import get_logger
 
 __all__ = ["PostgresListener"]
 
-log = structlog.get_logger("cereal.listener")
+log = get_logger("cereal.listener")
 
 
 class PostgresListener:

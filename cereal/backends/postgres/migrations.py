@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import psycopg
-import structlog
 from psycopg import sql
 
 from cereal.backends.postgres.queries import load_migrations
 from cereal.errors import MigrationError
+from cereal.logging import get_logger
 
 __all__ = ["LOCK_NAMESPACE", "migrate"]
 
 LOCK_NAMESPACE = 0x6365_7265  # "cere": keeps our advisory locks apart from other users'
-log = structlog.get_logger("cereal.migrations")
+log = get_logger("cereal.migrations")
 
 
 def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[int]:

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from cereal.backends.postgres.jsonb import Undecodable, use_lenient_jsonb
 from cereal.errors import (
     InvalidScheduleError,
     WorkflowScheduleExistsError,
     WorkflowScheduleNotFoundError,
 )
+from cereal.logging import get_logger
 from cereal.recurrence import Recurrence
 from cereal.types import Schedule
 
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DueRun", "PostgresScheduleStore"]
 
-log = structlog.get_logger("cereal.scheduler")
+log = get_logger("cereal.scheduler")
 Parse = Callable[[datetime], Recurrence]
 
 
