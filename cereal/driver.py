@@ -85,13 +85,15 @@ class EventRow:
     id: int
     instance_id: int
     kind: str
-    """``start``, ``task_complete`` or ``cancel``."""
+    """``start``, ``task_complete``, ``cancel`` or ``signal``."""
     enqueued_at: datetime
     task_name: str | None = None
     task_parameters: Any = None
     task_status: str | None = None
     task_error: str | None = None
     task_result: Any = None
+    signal_name: str | None = None
+    signal_payload: Any = None
     problem: str | None = None
     """Why the stored task fields cannot be used; the result is then ``UNUSABLE_RESULT``."""
 
@@ -362,14 +364,28 @@ class Driver(Protocol):
         """The live instance, else its latest finished run, else None."""
         ...
 
+    def enqueue_workflows(
+        self, items: Sequence[tuple[str, str, str | None]]
+    ) -> list[tuple[str, str]]:
+        """Insert many ``(workflow_name, instance_name, parameters_json)`` instances with
+        their start events in one round trip; return the pairs that were not inserted
+        because a live instance already existed (or that appear twice in ``items``)."""
+        ...
+
     def list_workflow_instances(
         self,
         workflow_name: str | None = None,
         instance_name: str | None = None,
         is_running: bool | None = None,
+        status: WorkflowStatus | None = None,
+        limit: int | None = None,
+        after: str | None = None,
     ) -> list[WorkflowInstanceInfo]:
-        """One row per pair (the live instance, else the latest finished run), ordered by
-        workflow and instance name."""
+        """One row per pair (the live instance, else the latest finished run).
+
+        Without ``limit``: every matching row, ordered by workflow and instance name. With
+        ``limit``: at most that many, newest first, continuing after the row whose
+        ``cursor`` is ``after`` (keyset paging, constant memory at any size)."""
         ...
 
     # workflow events

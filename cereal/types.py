@@ -106,6 +106,9 @@ class WorkflowInstanceInfo:
     """Why the instance failed (failed instances only)."""
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    cursor: str | None = field(default=None, compare=False, repr=False)
+    """Opaque position of this row in a paged listing: pass it as ``after`` to
+    ``list_workflow_instances`` to get the next page (None outside paged listings)."""
 
     @property
     def is_running(self) -> bool:
