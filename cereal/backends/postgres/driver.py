@@ -408,7 +408,7 @@ class PostgresDriver:
                 )
             ]
             if names:
-                self._notify(conn, ["e" + n for n in names])
+                self._notify(conn, ["e" + n for n in sorted(set(names))])
         return len(names)
 
     def prune_history(self, max_age: float | None, max_runs: int | None) -> int:

@@ -235,7 +235,8 @@ WITH lost AS (
     FROM lost ORDER BY id
     RETURNING instance_id
 )
-SELECT DISTINCT i.workflow_name
+-- One row per lost task (the caller counts them), naming its workflow.
+SELECT i.workflow_name
 FROM lost JOIN workflow_instances i ON i.id = lost.instance_id;
 
 -- name: db_now
