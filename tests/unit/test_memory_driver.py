@@ -1,0 +1,173 @@
+"""What the in-memory driver promises beyond the shared contract (tests/contract)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cereal.driver import EventsPending, StepOutcome, Wakeup
+from cereal.errors import CerealError, DatabaseError, SerializationError
+from cereal.testing import MemoryDriver, MemoryStore
+from cereal.types import WorkflowStatus
+from cereal.workflow import PendingTask
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+class Clock:
+    """A clock that only moves when told to."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_drivers_on_one_store_share_state_and_locks() -> None:
+    first = MemoryDriver()
+    second = MemoryDriver(store=first.store)
+    assert first.enqueue_workflow("w", "a", None)
+    assert not second.enqueue_workflow("w", "a", None)
+    with first.claim_events(["w"], 10, 10) as held, second.claim_events(["w"], 10, 10) as other:
+        assert len(held.instances) == 1 and other.instances == []
+    assert MemoryDriver().get_workflow_instance("w", "a") is None  # a new store is empty
+
+
+@pytest.mark.parametrize("text", ["{", "NaN", '"\\u0000"', "[1,]", "Infinity"])
+def test_values_jsonb_would_refuse_are_refused_before_anything_is_written(text: str) -> None:
+    driver = MemoryDriver()
+    with pytest.raises(SerializationError, match="parameters"):
+        driver.enqueue_workflow("w", "a", text)
+    with pytest.raises(SerializationError):
+        driver.enqueue_workflows([("w", "b", "1"), ("w", "c", text)])
+    assert driver.list_workflow_instances() == []
+
+
+def test_callers_never_share_mutable_values_with_the_store() -> None:
+    driver = MemoryDriver()
+    driver.enqueue_workflow("w", "a", json.dumps({"items": [1]}))
+    info = driver.get_workflow_instance("w", "a")
+    assert info is not None
+    info.parameters["items"].append(2)
+    again = driver.get_workflow_instance("w", "a")
+    assert again is not None and again.parameters == {"items": [1]}
+
+
+def test_a_commit_that_cannot_be_stored_writes_nothing_and_keeps_the_hold() -> None:
+    driver = MemoryDriver()
+    driver.enqueue_workflow("w", "a", None)
+    with driver.claim_events(["w"], 10, 10) as batch:
+        inst = batch.instances[0]
+        bad = StepOutcome(
+            instance=inst,
+            consumed=[e.id for e in batch.events[inst.id]],
+            payload_json="{}",
+            status=WorkflowStatus.RUNNING,
+            tasks=[PendingTask("t", "not json")],
+        )
+        with pytest.raises(SerializationError, match="task 't'"):
+            batch.commit([bad])
+        with driver.claim_events(["w"], 10, 10) as other:
+            assert other.instances == []
+    assert driver.claim_tasks({"t": 1}, "me") == ([], None)
+    with driver.claim_events(["w"], 10, 10) as batch:
+        assert [e.kind for e in batch.events[batch.instances[0].id]] == ["start"]
+
+
+def test_a_batch_commits_once() -> None:
+    driver = MemoryDriver()
+    driver.enqueue_workflow("w", "a", None)
+    with driver.claim_events(["w"], 10, 10) as batch:
+        batch.commit([])
+        with pytest.raises(CerealError, match="already committed"):
+            batch.commit([])
+
+
+def test_a_controlled_clock_drives_task_delays_and_schedules() -> None:
+    clock = Clock()
+    driver = MemoryDriver(MemoryStore(clock=clock))
+    driver.enqueue_workflow("w", "a", None)
+    with driver.claim_events(["w"], 10, 10) as batch:
+        inst = batch.instances[0]
+        batch.commit(
+            [
+                StepOutcome(
+                    instance=inst,
+                    consumed=[e.id for e in batch.events[inst.id]],
+                    status=WorkflowStatus.RUNNING,
+                    tasks=[PendingTask("t", None, delay=30.0)],
+                )
+            ]
+        )
+    assert driver.claim_tasks({"t": 1}, "me") == ([], 30.0)
+    clock.now += timedelta(seconds=30)
+    assert len(driver.claim_tasks({"t": 1}, "me")[0]) == 1
+
+    driver.insert_schedule("w", "s", None, "FREQ=HOURLY", True, T0 + timedelta(hours=1))
+    assert driver.seconds_until_next_schedule() == 3600 - 30
+    assert driver.run_due_schedule(lambda rule, now: now + timedelta(hours=1)) is None
+    clock.now = T0 + timedelta(hours=1)
+    run = driver.run_due_schedule(lambda rule, now: now + timedelta(hours=1))
+    assert run is not None and run.enqueued and run.ran_at == clock.now
+
+
+def test_an_enabled_schedule_needs_a_next_due_time() -> None:
+    driver = MemoryDriver()
+    with pytest.raises(DatabaseError, match="'w'/'s'"):
+        driver.insert_schedule("w", "s", None, "FREQ=DAILY", True, None)
+    assert driver.list_schedules() == []
+
+
+def test_bad_listing_arguments_are_refused_by_name() -> None:
+    driver = MemoryDriver()
+    with pytest.raises(CerealError, match="after"):
+        driver.list_workflow_instances(limit=5, after="not-a-cursor")
+    with pytest.raises(CerealError, match="limit"):
+        driver.list_workflow_instances(limit=-1)
+    with pytest.raises(CerealError, match="store"):
+        MemoryDriver(store=object())  # type: ignore[arg-type]
+
+
+def test_rows_outside_a_limited_listing_carry_no_cursor() -> None:
+    driver = MemoryDriver()
+    driver.enqueue_workflow("w", "a", None)
+    assert driver.list_workflow_instances()[0].cursor is None
+    assert driver.list_workflow_instances(limit=1)[0].cursor is not None
+
+
+def test_a_failing_wakeup_callback_does_not_stop_the_listener() -> None:
+    driver = MemoryDriver()
+    got: list[Wakeup] = []
+    seen = threading.Event()
+
+    def on_wakeup(wakeup: Wakeup) -> None:
+        got.append(wakeup)
+        if len(got) == 1:
+            raise RuntimeError("callback bug")
+        seen.set()
+
+    listener = driver.listener(on_wakeup, lambda: None)
+    listener.start()
+    try:
+        driver.enqueue_workflow("w", "a", None)
+        driver.enqueue_workflow("v", "a", None)
+        assert seen.wait(5)
+        assert got == [EventsPending("w"), EventsPending("v")]
+    finally:
+        listener.stop()
+    driver.enqueue_workflow("x", "a", None)  # a stopped listener gets nothing more
+    assert got == [EventsPending("w"), EventsPending("v")]
+
+
+def test_the_store_is_always_current_and_has_no_sql() -> None:
+    driver = MemoryDriver(schema="unit")
+    status = driver.schema_status()
+    assert (status.schema, status.applied, status.pending) == ("unit", [1], [])
+    assert "no SQL schema" in driver.migration_sql()
+    driver.close()
+    driver.ping()
+    assert driver.enqueue_workflow("w", "a", None)  # usable whether open or not
