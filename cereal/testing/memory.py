@@ -62,7 +62,7 @@ from cereal.types import Schedule, WorkflowInstanceInfo, WorkflowStatus
 if TYPE_CHECKING:
     from cereal.driver import Driver
 
-__all__ = ["MEMORY_MIGRATION", "MemoryDriver", "MemoryStore"]
+__all__ = ["MEMORY_MIGRATION", "MemoryDriver", "MemoryEventBatch", "MemoryListener", "MemoryStore"]
 
 log = get_logger("cereal.memory")
 
@@ -70,6 +70,7 @@ MEMORY_MIGRATION = (1, "memory")
 """The one pseudo-migration a memory store reports as applied: it is always current."""
 
 _REAP_BATCH = 1000
+_STATUSES = frozenset(s.value for s in WorkflowStatus)
 _CURSOR_PREFIX = "m1."
 Pair = tuple[str, str]
 
@@ -357,6 +358,12 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str, str]:
     return key
 
 
+def _status(status: object) -> WorkflowStatus:
+    if isinstance(status, str) and status in _STATUSES:
+        return WorkflowStatus(status)
+    raise CerealError(f"status must be a WorkflowStatus, got {status!r}")
+
+
 def _check_limit(limit: object, what: str = "limit") -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise CerealError(f"{what} must be a non-negative int, got {limit!r}")
@@ -535,7 +542,7 @@ class MemoryDriver:
         if after is not None and not isinstance(after, str):
             raise CerealError(f"after must be a cursor str or None, got {after!r}")
         start = None if after is None else _decode_cursor(after)
-        wanted = None if status is None else WorkflowStatus(status)
+        wanted = None if status is None else _status(status)
         s = self._store
         with s.lock:
             rows: list[WorkflowInstanceInfo] = []

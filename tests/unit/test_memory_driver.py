@@ -8,11 +8,19 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cereal.driver import EventsPending, StepOutcome, Wakeup
+from cereal.driver import EventsPending, StepOutcome, TaskOutcome, Wakeup
 from cereal.errors import CerealError, DatabaseError, SerializationError
+from cereal.steps import run_events
 from cereal.testing import MemoryDriver, MemoryStore
-from cereal.types import WorkflowStatus
-from cereal.workflow import PendingTask
+from cereal.types import (
+    CancelEvent,
+    StartEvent,
+    TaskCompleteEvent,
+    TaskStatus,
+    WorkflowInstanceInfo,
+    WorkflowStatus,
+)
+from cereal.workflow import Decision, PendingTask, WorkflowInstance
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -128,6 +136,8 @@ def test_bad_listing_arguments_are_refused_by_name() -> None:
         driver.list_workflow_instances(limit=5, after="not-a-cursor")
     with pytest.raises(CerealError, match="limit"):
         driver.list_workflow_instances(limit=-1)
+    with pytest.raises(CerealError, match="'done'"):
+        driver.list_workflow_instances(status="done")  # type: ignore[arg-type]
     with pytest.raises(CerealError, match="store"):
         MemoryDriver(store=object())  # type: ignore[arg-type]
 
@@ -171,3 +181,41 @@ def test_the_store_is_always_current_and_has_no_sql() -> None:
     driver.close()
     driver.ping()
     assert driver.enqueue_workflow("w", "a", None)  # usable whether open or not
+
+
+class Doubler:
+    """Starts one ``double`` task and completes with twice its result."""
+
+    def on_start(self, instance: WorkflowInstance, event: StartEvent) -> Decision:
+        instance.enqueue_task("double", instance.parameters)
+        return instance.continue_with({"asked": instance.parameters})
+
+    def on_task_complete(self, instance: WorkflowInstance, event: TaskCompleteEvent) -> Decision:
+        return instance.complete(event.result.value * 2)
+
+    def on_cancel(self, instance: WorkflowInstance, event: CancelEvent) -> Decision:
+        return instance.fail("cancelled")
+
+
+def _dispatch(driver: MemoryDriver) -> list[WorkflowInstanceInfo]:
+    with driver.claim_events(["double"], 10, 10) as batch:
+        outcomes = [run_events(Doubler(), inst, batch.events[inst.id]) for inst in batch.instances]
+        return batch.commit(outcomes)
+
+
+def test_a_workflow_runs_to_completion_on_the_engines_own_step_logic() -> None:
+    driver = MemoryDriver()
+    driver.enqueue_workflow("double", "a", "21")
+    assert _dispatch(driver) == []
+    running = driver.get_workflow_instance("double", "a")
+    assert running is not None and running.payload == {"asked": 21}
+    ((task,), _) = driver.claim_tasks({"double": 1}, "me")
+    assert task.parameters == 21
+    driver.complete_tasks(
+        [TaskOutcome(task.id, "double", TaskStatus.SUCCESS, result_json=str(task.parameters))],
+        "me",
+    )
+    (done,) = _dispatch(driver)
+    assert (done.status, done.result) == (WorkflowStatus.COMPLETED, 42)
+    stored = driver.get_workflow_instance("double", "a")
+    assert stored is not None and stored.result == 42
