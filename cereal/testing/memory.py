@@ -30,7 +30,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -566,7 +566,7 @@ class MemoryDriver:
         rows.sort(key=_page_key, reverse=True)
         if start is not None:
             rows = [r for r in rows if _page_key(r) < start]
-        return [_with_cursor(r) for r in rows[:limit]]
+        return [replace(r, cursor=_encode_cursor(*_page_key(r))) for r in rows[:limit]]
 
     # -- workflow events -------------------------------------------------------------------
 
@@ -1070,7 +1070,7 @@ class MemoryEventBatch:
                     row = s.finish_instance(inst, o.status, value, o.error, now)
                     info = _finished_info(row)
                     # The run as committed: the result is reported whatever the status.
-                    finished.append(_replace_result(info, _value(value)))
+                    finished.append(replace(info, result=_value(value)))
                     wakeups.append(InstanceFinished(inst.id))
                     continue
                 consumed = set(o.consumed)
@@ -1113,34 +1113,6 @@ def _check_due(
 def _page_key(info: WorkflowInstanceInfo) -> tuple[datetime, str, str]:
     assert info.started_at is not None
     return (info.started_at, info.workflow_name, info.instance_name)
-
-
-def _with_cursor(info: WorkflowInstanceInfo) -> WorkflowInstanceInfo:
-    return WorkflowInstanceInfo(
-        workflow_name=info.workflow_name,
-        instance_name=info.instance_name,
-        status=info.status,
-        parameters=info.parameters,
-        payload=info.payload,
-        result=info.result,
-        error=info.error,
-        started_at=info.started_at,
-        ended_at=info.ended_at,
-        cursor=_encode_cursor(*_page_key(info)),
-    )
-
-
-def _replace_result(info: WorkflowInstanceInfo, result: Any) -> WorkflowInstanceInfo:
-    return WorkflowInstanceInfo(
-        workflow_name=info.workflow_name,
-        instance_name=info.instance_name,
-        status=info.status,
-        parameters=info.parameters,
-        result=result,
-        error=info.error,
-        started_at=info.started_at,
-        ended_at=info.ended_at,
-    )
 
 
 def _live_info(inst: _Instance) -> WorkflowInstanceInfo:
