@@ -439,6 +439,46 @@ def test_two_concurrent_claimers_never_hold_the_same_instance(
             assert third.instances == []
 
 
+def test_concurrent_claimers_handle_every_event_exactly_once(
+    contract_driver: Driver, twin_driver: Driver
+) -> None:
+    for n in range(40):
+        start(contract_driver, f"i{n}")
+    handled: list[int] = []
+    holding: set[int] = set()
+    overlaps: list[int] = []
+    guard = threading.Lock()
+
+    def work(d: Driver) -> None:
+        while d.has_events([W]):
+            with d.claim_events([W], 3, 10) as batch:
+                ids = {i.id for i in batch.instances}
+                with guard:
+                    overlaps.extend(ids & holding)
+                    holding.update(ids)
+                time.sleep(0.001)
+                outcomes = [
+                    StepOutcome(
+                        instance=i,
+                        consumed=[e.id for e in batch.events[i.id]],
+                        status=WorkflowStatus.RUNNING,
+                    )
+                    for i in batch.instances
+                ]
+                with guard:
+                    holding.difference_update(ids)
+                    handled.extend(e.id for i in batch.instances for e in batch.events[i.id])
+                batch.commit(outcomes)
+
+    threads = [threading.Thread(target=work, args=(d,)) for d in (contract_driver, twin_driver) * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert overlaps == []
+    assert len(handled) == len(set(handled)) == 40
+
+
 def test_a_batch_left_without_commit_delivers_its_events_again(contract_driver: Driver) -> None:
     d = contract_driver
     start(d, "a")
