@@ -7,8 +7,8 @@ PostgreSQL driver, rule for rule (the contract tests in ``tests/contract`` run a
   and the newest one answers ``get_workflow_instance`` and listings;
 - :meth:`MemoryDriver.claim_events` holds the instances it returns until the batch commits or
   its context exits (which discards the batch): another claimer skips held instances, and
-  ``kill_workflow``, ``fail_instance`` and ``delete_schedule`` wait for them, as PostgreSQL's
-  row locks do. Calling those from the thread that holds the batch therefore waits forever;
+  ``kill_workflow`` and ``fail_instance`` wait for them, as PostgreSQL's row locks do.
+  Calling those from the thread that holds the batch therefore waits forever;
 - values arrive as JSON text, are checked as PostgreSQL's ``jsonb`` would check them, are
   stored as text and decoded on every read, so callers never share objects with the store;
 - every write that PostgreSQL would announce produces the same typed wakeups, delivered to
@@ -17,7 +17,8 @@ PostgreSQL driver, rule for rule (the contract tests in ``tests/contract`` run a
 Several drivers may share one store (``MemoryDriver(store=other.store)``), like processes
 sharing one database: two managers in one test can then compete for the same work.
 Everything runs under one lock; callbacks passed in (``update_schedule``'s ``change``,
-``run_due_schedule``'s ``next_due``) run outside it while their schedule is held.
+``run_due_schedule``'s ``next_due``) run outside it while their schedule is held: the
+scheduler then skips that schedule, and other updates and deletes of it wait.
 """
 
 from __future__ import annotations
@@ -381,6 +382,14 @@ class MemoryDriver:
     Nothing survives the process. :meth:`open` and :meth:`close` only mark the driver's
     state: like the PostgreSQL driver, which reopens its pool on use, every operation works
     whether or not the driver is open, and :meth:`ping` always succeeds.
+    :meth:`migration_sql` returns an SQL comment saying there is no schema (rather than
+    raising), so tools that print it keep working.
+
+    Example (two managers sharing one in-memory "database")::
+
+        driver = MemoryDriver()
+        first = Manager(driver=driver)
+        second = Manager(driver=MemoryDriver(store=driver.store))
     """
 
     def __init__(self, store: MemoryStore | None = None, *, schema: str = "memory") -> None:
