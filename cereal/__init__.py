@@ -5,6 +5,7 @@ from cereal.manager import Manager
 from cereal.types import (
     CancelEvent,
     Schedule,
+    SignalEvent,
     StartEvent,
     Task,
     TaskCompleteEvent,
@@ -20,6 +21,7 @@ __all__ = [
     "Decision",
     "Manager",
     "Schedule",
+    "SignalEvent",
     "StartEvent",
     "Task",
     "TaskCompleteEvent",

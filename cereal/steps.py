@@ -16,6 +16,7 @@ from cereal.executors import WorkflowExecutor
 from cereal.logging import Logger, get_logger
 from cereal.types import (
     CancelEvent,
+    SignalEvent,
     StartEvent,
     TaskCompleteEvent,
     TaskResult,
@@ -30,6 +31,7 @@ __all__ = [
     "EventRow",
     "InstanceRow",
     "StepOutcome",
+    "handles_signals",
     "run_events",
 ]
 
@@ -68,13 +70,28 @@ def _call(executor: WorkflowExecutor, handle: WorkflowInstance, event: EventRow)
         return executor.on_start(handle, StartEvent(event.enqueued_at))
     if event.kind == "cancel":
         return executor.on_cancel(handle, CancelEvent(event.enqueued_at))
+    if event.kind == "signal":
+        on_signal = executor.on_signal  # type: ignore[attr-defined]
+        return on_signal(
+            handle, SignalEvent(event.signal_name or "", event.signal_payload, event.enqueued_at)
+        )
     result = _task_result(event)
     return executor.on_task_complete(
         handle, TaskCompleteEvent(result.task_name, result, event.enqueued_at)
     )
 
 
-_CALLBACK = {"start": "on_start", "cancel": "on_cancel", "task_complete": "on_task_complete"}
+_CALLBACK = {
+    "start": "on_start",
+    "cancel": "on_cancel",
+    "task_complete": "on_task_complete",
+    "signal": "on_signal",
+}
+
+
+def handles_signals(executor: object) -> bool:
+    """True if ``executor`` defines ``on_signal`` (signals to others are discarded)."""
+    return callable(getattr(executor, "on_signal", None))
 
 
 def run_events(
@@ -111,6 +128,17 @@ def run_events(
         ):
             _finish(out, WorkflowStatus.FAILED, error=CANCELED_STARTING)
             break
+        if event.kind == "signal":
+            if out.status is WorkflowStatus.STARTING:
+                break  # never before on_start: the signal waits for a later batch
+            if not handles_signals(executor):
+                log.warning(
+                    "signal discarded: the workflow executor has no on_signal",
+                    signal=event.signal_name,
+                    event_id=event.id,
+                )
+                out.consumed.append(event.id)
+                continue
         if event.kind == "task_complete":
             out.completed_tasks += 1
         handle = WorkflowInstance(

@@ -15,6 +15,7 @@ from cereal.recurrence import load_recurrence
 __all__ = [
     "CancelEvent",
     "Schedule",
+    "SignalEvent",
     "StartEvent",
     "Task",
     "TaskCompleteEvent",
@@ -78,6 +79,16 @@ class StartEvent:
 class CancelEvent:
     """Delivered to ``on_cancel`` after ``cancel_workflow``."""
 
+    enqueued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SignalEvent:
+    """Delivered to ``on_signal`` after ``signal_workflow``, always after ``on_start``."""
+
+    name: str
+    payload: Any
+    """The JSON value sent with the signal (None when none was sent)."""
     enqueued_at: datetime
 
 
