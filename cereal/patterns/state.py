@@ -31,13 +31,17 @@ from cereal.workflow import Decision, DecisionKind, WorkflowInstance
 
 __all__ = [
     "ROUTES",
+    "SubCall",
     "SubWorkflowState",
     "check_executor",
     "finished_state",
     "new_state",
     "parameters_digest",
+    "pattern_value",
+    "read_routes",
     "read_state",
     "run_sub_workflow",
+    "take_route",
 ]
 
 log = get_logger("cereal.patterns")
@@ -137,7 +141,9 @@ def read_state(value: Any) -> StateDict:
     return state
 
 
-def finished_state(previous: StateDict, *, result: Any = None, error: str | None = None) -> StateDict:
+def finished_state(
+    previous: StateDict, *, result: Any = None, error: str | None = None
+) -> StateDict:
     """``previous`` finished with ``result`` (success) or ``error``; counters kept."""
     return {
         "payload": None,
@@ -210,9 +216,7 @@ def run_sub_workflow(
         return finished_state(previous, error=err), DecisionKind.FAIL
     pending = sub.pending_tasks
     for task in pending:
-        task_parameters = (
-            None if task.parameters_json is None else json.loads(task.parameters_json)
-        )
+        task_parameters = None if task.parameters_json is None else json.loads(task.parameters_json)
         start_after = task.start_at or (timedelta(seconds=task.delay) if task.delay else None)
         real.enqueue_task(task.name, task_parameters, start_after=start_after)
         routes.append([key, task.name, parameters_digest(task_parameters)])

@@ -1,0 +1,101 @@
+"""pytest fixtures for testing a service built on cereal against a real PostgreSQL.
+
+Enable them in a ``conftest.py``::
+
+    pytest_plugins = ["cereal.testing.pytest_plugin"]
+
+- ``cereal_dsn`` (session): the server of ``CEREAL_TEST_DSN`` if set, else the embedded
+  server (``pip install 'cereal[embedded]'``).
+- ``cereal_driver``: a ``PostgresDriver`` on a fresh schema of that server, closed and its
+  schema dropped after the test.
+- ``cereal_manager``: a factory ``cereal_manager(**options) -> Manager`` of managers on
+  ``cereal_driver``, with short poll and heartbeat intervals (``FAST_MANAGER_OPTIONS``,
+  overridable), every one stopped after the test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from cereal.backends.postgres import PostgresDriver
+    from cereal.manager import Manager
+
+__all__ = ["FAST_MANAGER_OPTIONS", "cereal_driver", "cereal_dsn", "cereal_manager"]
+
+FAST_MANAGER_OPTIONS: dict[str, Any] = {
+    "workflow_poll_interval": 0.2,
+    "task_poll_interval": 0.2,
+    "heartbeat_interval": 0.5,
+    "lost_task_timeout": 3.0,
+}
+"""Manager options the ``cereal_manager`` fixture uses unless told otherwise."""
+
+
+@pytest.fixture(scope="session")
+def cereal_dsn() -> str:
+    """Connection string of the PostgreSQL server the cereal fixtures use."""
+    dsn = os.environ.get("CEREAL_TEST_DSN")
+    if dsn:
+        return dsn
+    from cereal.backends.postgres.embedded import embedded_dsn
+
+    return embedded_dsn()
+
+
+@pytest.fixture
+def cereal_driver(cereal_dsn: str) -> Iterator[PostgresDriver]:
+    """A ``PostgresDriver`` on a schema of its own, dropped after the test."""
+    from cereal.backends.postgres import PostgresDriver
+
+    schema = "cereal_test_" + uuid.uuid4().hex[:12]
+    driver = PostgresDriver(cereal_dsn, schema=schema)
+    try:
+        yield driver
+    finally:
+        driver.close()
+        _drop_schema(cereal_dsn, schema)
+
+
+@pytest.fixture
+def cereal_manager(cereal_driver: PostgresDriver) -> Iterator[Callable[..., Manager]]:
+    """Factory ``cereal_manager(**options)`` of managers on ``cereal_driver``; each one is
+    stopped after the test (whether or not it was started)."""
+    from cereal.errors import ManagerStateError
+    from cereal.manager import Manager
+
+    built: list[Manager] = []
+
+    def make(**options: Any) -> Manager:
+        manager = Manager(cereal_driver, **(FAST_MANAGER_OPTIONS | options))
+        built.append(manager)
+        return manager
+
+    yield make
+
+    errors: list[BaseException] = []
+    for manager in reversed(built):
+        try:
+            manager.stop(timeout=10)
+        except ManagerStateError:
+            pass
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+def _drop_schema(dsn: str, schema: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    except psycopg.Error:
+        pass  # the server is gone; the schema name is never reused
