@@ -91,13 +91,16 @@ class ParallelWorkflowExecutor:
             return f"parallel workflow received {what} but its payload is not a parallel state"
         states: States = {}
         for key, value in payload["workflows"].items():
-            if key not in self._executors:
-                return self._unknown(key)
             try:
                 states[key] = read_state(value)
             except ValueError as exc:
                 return f"parallel payload is not a parallel state: {exc}"
         return states, read_routes(payload)
+
+    @staticmethod
+    def _sub_parameters(instance: WorkflowInstance, key: str) -> Any:
+        params = instance.parameters
+        return params.get(key) if isinstance(params, dict) else None
 
     # -- decisions ------------------------------------------------------------------------------
 
@@ -148,9 +151,6 @@ class ParallelWorkflowExecutor:
         return self._decide(instance, states, routes)
 
     def on_task_complete(self, instance: WorkflowInstance, event: TaskCompleteEvent) -> Decision:
-        params = self._parameters(instance)
-        if isinstance(params, str):
-            return instance.fail(params)
         read = self._read(instance, f"the result of task {event.task_name!r}")
         if isinstance(read, str):
             return instance.fail(read)
@@ -159,7 +159,12 @@ class ParallelWorkflowExecutor:
         if key is None:
             # No record (a payload written by hand or by an older version): deliver it only
             # if a single sub-workflow can be waiting for a task.
-            waiting = [k for k, s in states.items() if not s["finished"]]
+            running = [k for k, s in states.items() if not s["finished"]]
+            waiting = [
+                k for k in running if states[k]["enqueued_tasks"] > states[k]["completed_tasks"]
+            ]
+            if len(waiting) != 1:
+                waiting = running
             if len(waiting) != 1:
                 return instance.fail(
                     f"cannot tell which parallel sub-workflow enqueued task "
@@ -173,11 +178,13 @@ class ParallelWorkflowExecutor:
             )
         states[key]["completed_tasks"] += 1
         if not states[key]["finished"]:
+            if key not in self._executors:
+                return instance.fail(self._unknown(key))
             states[key] = self._run(
                 instance,
                 routes,
                 key,
-                params.get(key),
+                self._sub_parameters(instance, key),
                 states[key],
                 "on_task_complete",
                 _call(self._executors[key], "on_task_complete", event),
@@ -193,17 +200,16 @@ class ParallelWorkflowExecutor:
     def _broadcast(
         self, instance: WorkflowInstance, callback: str, event: object, what: str
     ) -> Decision:
-        params = self._parameters(instance)
-        if isinstance(params, str):
-            return instance.fail(params)
         read = self._read(instance, what)
         if isinstance(read, str):
             return instance.fail(read)
         states, routes = read
-        for key in sorted(states):
+        targets = sorted(k for k, s in states.items() if not s["finished"])
+        for key in targets:
+            if key not in self._executors:
+                return instance.fail(self._unknown(key))
+        for key in targets:
             executor = self._executors[key]
-            if states[key]["finished"]:
-                continue
             if callback == "on_signal" and not handles_signals(executor):
                 log.warning(
                     "signal discarded by a parallel sub-workflow without on_signal",
@@ -217,7 +223,7 @@ class ParallelWorkflowExecutor:
                 instance,
                 routes,
                 key,
-                params.get(key),
+                self._sub_parameters(instance, key),
                 states[key],
                 callback,
                 _call(executor, callback, event),
