@@ -8,7 +8,7 @@ import pytest
 
 from cereal import TaskStatus
 from cereal.errors import InvalidNameError
-from cereal.patterns import SingleTaskWorkflowExecutor
+from cereal.patterns import SingleTaskWorkflowExecutor, register_single_task_workflow
 from cereal.testing import cancel_event, run_callback, start_event, task_complete_event
 
 
@@ -67,3 +67,41 @@ def test_single_task_fails_with_cancelled_when_cancel_is_allowed() -> None:
 def test_single_task_rejects_a_bad_task_name() -> None:
     with pytest.raises(InvalidNameError, match="task_name"):
         SingleTaskWorkflowExecutor("")
+
+
+class RecordingManager:
+    """Records registrations; ``retry`` is accepted like a manager with task retries."""
+
+    def __init__(self) -> None:
+        self.tasks: list[tuple[str, Any, dict[str, Any]]] = []
+        self.workflows: list[tuple[str, Any]] = []
+
+    def register_task_executor(self, name: str, executor: Any, **options: Any) -> None:
+        self.tasks.append((name, executor, options))
+
+    def register_workflow_executor(self, name: str, executor: Any) -> None:
+        self.workflows.append((name, executor))
+
+
+def test_register_single_task_workflow_passes_every_option() -> None:
+    manager = RecordingManager()
+    policy = object()
+    register_single_task_workflow(
+        manager,  # type: ignore[arg-type]
+        "resize",
+        print,
+        allow_cancel=True,
+        workers=3,
+        timeout=2.5,
+        retry=policy,
+    )
+    assert manager.tasks == [("resize", print, {"workers": 3, "timeout": 2.5, "retry": policy})]
+    [(name, workflow)] = manager.workflows
+    assert name == "resize" and workflow.task_name == "resize" and workflow.allow_cancel
+
+
+def test_register_single_task_workflow_leaves_retry_out_when_not_given() -> None:
+    manager = RecordingManager()
+    register_single_task_workflow(manager, "resize", print)  # type: ignore[arg-type]
+    assert manager.tasks == [("resize", print, {"workers": 1, "timeout": None})]
+    assert manager.workflows[0][1].allow_cancel is False
