@@ -17,6 +17,7 @@ from cereal.patterns import (
     ChainWorkflowExecutor,
     ParallelState,
     ParallelWorkflowExecutor,
+    SingleTaskWorkflowExecutor,
     register_single_task_workflow,
 )
 
@@ -122,14 +123,21 @@ def test_single_task_workflow_honours_timeout(make_manager: MakeManager) -> None
 def test_single_task_workflow_cancel_is_ignored_unless_allowed(make_manager: MakeManager) -> None:
     started = threading.Event()
     release = threading.Event()
+    cancels: list[str] = []
+
+    class Recording(SingleTaskWorkflowExecutor):
+        def on_cancel(self, inst: Any, ev: Any) -> Any:
+            cancels.append(inst.instance_name)
+            return super().on_cancel(inst, ev)
 
     def held(task: Task) -> str:
         started.set()
-        release.wait(20) or task.cancelled.wait(20)
+        wait_for(lambda: release.is_set() or task.cancelled.is_set(), timeout=20)
         return "finished"
 
     manager = make_manager()
-    register_single_task_workflow(manager, "held", held, workers=2)
+    manager.register_task_executor("held", held)
+    manager.register_workflow_executor("held", Recording("held"))
     register_single_task_workflow(manager, "stoppable", held, allow_cancel=True)
     manager.start()
     manager.enqueue_workflow("stoppable", "s")
@@ -142,7 +150,7 @@ def test_single_task_workflow_cancel_is_ignored_unless_allowed(make_manager: Mak
     manager.enqueue_workflow("held", "h")
     assert started.wait(10)
     manager.cancel_workflow("held", "h")
-    time.sleep(0.5)  # the cancel is handled (and ignored) while the task still runs
+    wait_for(lambda: cancels == ["h"], what="the cancel to be handled")
     assert manager.get_workflow_instance("held", "h").is_running
     release.set()
     done = manager.await_workflow("held", "h", timeout=20)
