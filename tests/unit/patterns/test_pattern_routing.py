@@ -106,3 +106,23 @@ def test_a_partial_state_reads_with_defaults() -> None:
         read_state([1])
     with pytest.raises(ValueError, match="enqueued_tasks"):
         read_state({"enqueued_tasks": "2"})
+
+
+def test_state_readers_follow_the_instance_status() -> None:
+    from datetime import UTC, datetime
+
+    from cereal import WorkflowInstanceInfo, WorkflowStatus
+    from cereal.patterns import ChainState, ParallelState
+
+    now = datetime.now(UTC)
+    starting = WorkflowInstanceInfo("w", "i", WorkflowStatus.STARTING, [1], started_at=now)
+    assert ChainState.from_info(starting) == ChainState(True, False, [])
+    running = WorkflowInstanceInfo(
+        "w", "i", WorkflowStatus.RUNNING, {"a": 1}, payload={"workflows": {"a": {}}, "routes": []}
+    )
+    live = ParallelState.from_info(running)
+    assert live.is_running and live.sub_workflow("a").parameters == 1
+    assert not live.sub_workflow("a").finished
+    failed = WorkflowInstanceInfo("w", "i", WorkflowStatus.FAILED, [1], error="killed")
+    assert ChainState.from_info(failed).error == "killed"
+    assert ParallelState.from_info(failed).workflows == {}
