@@ -16,11 +16,12 @@ from psycopg import errors as pgerrors
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
+from cereal.backends.postgres import operator_views
 from cereal.backends.postgres.jsonb import Undecodable, use_lenient_jsonb, use_strict_jsonb
 from cereal.backends.postgres.listener import PostgresListener
 from cereal.backends.postgres.migrations import LOCK_NAMESPACE, migrate
 from cereal.backends.postgres.queries import load_queries
-from cereal.driver import ClaimedTask, TaskOutcome
+from cereal.driver import ClaimedTask, SchemaStatus, TaskInfo, TaskOutcome
 from cereal.errors import CerealError, DatabaseError, InvalidNameError
 from cereal.logging import get_logger
 from cereal.steps import EventRow, InstanceRow, StepOutcome
@@ -439,6 +440,38 @@ class PostgresDriver:
     ) -> PostgresListener:
         """A LISTEN connection on this schema's channel (not started)."""
         return PostgresListener(self.connect, self.channel, on_notify, on_reconnect)
+
+    # -- operator views (cereal/backends/postgres/operator_views.py) ----------------------
+
+    def list_tasks(
+        self,
+        *,
+        task_name: str | None = None,
+        workflow_name: str | None = None,
+        instance_name: str | None = None,
+        limit: int | None = None,
+    ) -> list[TaskInfo]:
+        """Queued and running tasks, oldest first, with the age of each running task's
+        last heartbeat."""
+        return operator_views.list_tasks(
+            self,
+            task_name=task_name,
+            workflow_name=workflow_name,
+            instance_name=instance_name,
+            limit=limit,
+        )
+
+    def schema_status(self) -> SchemaStatus:
+        """Which migrations are applied (creates and migrates nothing)."""
+        return operator_views.schema_status(self)
+
+    def migration_sql(self) -> str:
+        """The SQL that creates this schema from scratch; touches no database."""
+        return operator_views.migration_sql(self._schema)
+
+    def ping(self) -> None:
+        """Raise :class:`~cereal.errors.DatabaseError` unless the server answers."""
+        operator_views.ping(self)
 
 
 class _PostgresEventBatch:
