@@ -438,6 +438,31 @@ class Manager(ScheduleOperations):
                     self._finished.wait(wait)
             pause = min(pause * 2, 0.5 if self._state == "started" else 0.25)
 
+    # -- late configuration --------------------------------------------------------------------
+
+    def configure(
+        self, *, scheduler: bool | None = None, workflow_workers: int | None = None
+    ) -> None:
+        """Change run options of a manager that is built but not started (as the ``cereal
+        worker`` command does with ``--no-scheduler`` and ``--workflow-workers``). Each
+        option left as None keeps its value. Raises :class:`ManagerStateError` after
+        :meth:`start` and :class:`CerealError` for a bad value."""
+        self._require_new("configure()")
+        if scheduler is not None:
+            if not isinstance(scheduler, bool):
+                raise CerealError(f"scheduler must be a bool, got {scheduler!r}")
+            self._run_scheduler = scheduler
+        if workflow_workers is not None:
+            if (
+                isinstance(workflow_workers, bool)
+                or not isinstance(workflow_workers, int)
+                or workflow_workers < 1
+            ):
+                raise CerealError(
+                    f"workflow_workers must be a positive int, got {workflow_workers!r}"
+                )
+            self._workflow_workers = workflow_workers
+
 
 def _not_found(workflow_name: str, instance_name: str) -> WorkflowInstanceNotFoundError:
     return WorkflowInstanceNotFoundError(
