@@ -201,7 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     ctx: Context | None = None
     try:
         args = _parser().parse_args(argv)
-        level = logging.DEBUG if args.verbose else logging.INFO
+        # Operator commands log warnings only (stderr stays for errors); the long-running
+        # worker and demo log what they do. Each -v shows one level more.
+        quiet = args.command not in ("worker", "demo", "web")
+        base = logging.WARNING if quiet else logging.INFO
+        level = max(logging.DEBUG, base - 10 * args.verbose)
         configure_logging(level, args.log_format)
         ctx = Context(args)
         code: int = args.run(ctx, args)

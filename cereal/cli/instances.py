@@ -115,6 +115,7 @@ def _list(ctx: Context, args: argparse.Namespace) -> int:
             for i in rows
         ],
         wide=args.wide,
+        cut_first=(5,),
     )
     return EXIT_OK
 

@@ -70,19 +70,23 @@ def print_table(
     *,
     wide: bool = False,
     width: int = TERMINAL_WIDTH,
+    cut_first: Sequence[int] = (),
 ) -> None:
     """Print rows under ``headers`` in aligned columns, two spaces apart. Unless ``wide``,
-    the widest columns are cut (ending in ``…``) until a line fits in ``width``."""
+    the widest columns are cut (ending in ``…``) until a line fits in ``width``: first
+    those listed in ``cut_first`` (JSON values, say), then any."""
     cells = [[format_value(v) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     if not wide:
         budget = width - 2 * (len(headers) - 1)
-        while sum(widths) > budget:
-            widest = max(range(len(widths)), key=lambda i: widths[i])
-            floor = max(_MIN_WIDTH, len(headers[widest]))
-            if widths[widest] <= floor:
-                break
-            widths[widest] = max(floor, widths[widest] - (sum(widths) - budget))
+        for candidates in (list(cut_first), list(range(len(widths)))):
+            while candidates and sum(widths) > budget:
+                widest = max(candidates, key=lambda i: widths[i])
+                floor = max(_MIN_WIDTH, len(headers[widest]))
+                if widths[widest] <= floor:
+                    candidates.remove(widest)
+                    continue
+                widths[widest] = max(floor, widths[widest] - (sum(widths) - budget))
     lines = [headers, *cells]
     for line in lines:
         text = "  ".join(_cut(c, w).ljust(w) for c, w in zip(line, widths, strict=True))

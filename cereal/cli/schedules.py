@@ -112,6 +112,7 @@ def _list(ctx: Context, args: argparse.Namespace) -> int:
             for s in schedules
         ],
         wide=args.wide,
+        cut_first=(5,),
     )
     return EXIT_OK
 

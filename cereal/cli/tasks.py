@@ -58,5 +58,6 @@ def _list(ctx: Context, args: argparse.Namespace) -> int:
             for t in tasks
         ],
         wide=args.wide,
+        cut_first=(7,),
     )
     return EXIT_OK

@@ -1,0 +1,7 @@
+"""``python -m cereal.cli``: the ``cereal`` command."""
+
+import sys
+
+from cereal.cli import main
+
+sys.exit(main())
