@@ -85,6 +85,9 @@ def _parser() -> Parser:
     check.set_defaults(run=_check)
 
     demo = commands.add_parser("demo", help="run a small demo service and print what happens")
+    demo.add_argument(
+        "--schema", dest="demo_schema", metavar="NAME", help="schema (default cereal_demo)"
+    )
     demo.set_defaults(run=_demo)
 
     web = commands.add_parser("web", help="serve the web dashboard (cereal[web])")
@@ -168,7 +171,7 @@ def _check(ctx: Context, args: argparse.Namespace) -> int:
 def _demo(ctx: Context, args: argparse.Namespace) -> int:
     from cereal.demo import run_demo
 
-    return run_demo(ctx.dsn, ctx.args.schema or "cereal_demo")
+    return run_demo(ctx.dsn, args.demo_schema or ctx.args.schema or "cereal_demo")
 
 
 def _web(ctx: Context, args: argparse.Namespace) -> int:
