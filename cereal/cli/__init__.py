@@ -181,7 +181,10 @@ def _web(ctx: Context, args: argparse.Namespace) -> int:
         raise CommandError(
             f"the web dashboard needs the cereal[web] extra (pip install 'cereal[web]'): {exc}"
         ) from None
-    web_module.serve(ctx.driver(), host=args.host, port=args.port, read_only=args.read_only)
+    serve = getattr(web_module, "serve", None)
+    if serve is None:
+        raise CommandError("this version of cereal.web has no serve(): cannot run the dashboard")
+    serve(ctx.driver(), host=args.host, port=args.port, read_only=args.read_only)
     return EXIT_OK
 
 
@@ -220,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         return _exit_code(exc)
     except KeyboardInterrupt:
         sys.stderr.write("cereal: interrupted\n")
+        return EXIT_ERROR
+    except Exception as exc:  # not expected: still one line (the traceback with -v)
+        if ctx is not None and ctx.args.verbose:
+            raise
+        message = " ".join(str(exc).split())
+        sys.stderr.write(f"cereal: error: {type(exc).__name__}: {message}\n")
         return EXIT_ERROR
     finally:
         if ctx is not None:
