@@ -63,7 +63,7 @@ def _parser() -> Parser:
         env="CEREAL_VERBOSE",
         action="count",
         default=0,
-        help="debug logs",
+        help="more log lines on stderr (repeat for debug)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     worker.add_parser(commands)
