@@ -2,7 +2,7 @@
 
 Global options come before the command: ``--dsn URL`` (else ``CEREAL_DATABASE_URL``, else
 the embedded PostgreSQL), ``--schema NAME`` (else ``CEREAL_SCHEMA``, else ``cereal``),
-``--log-format console|json`` (log lines on stderr) and ``-v`` (debug logs). Every option
+``--log-format console|json`` (log lines on stderr) and ``-v`` (more log lines). Every option
 ``--some-name`` may also be set as ``CEREAL_SOME_NAME``. Exit codes: 0 success, 1 error,
 2 usage, 3 not found; an error is one line on stderr.
 """
