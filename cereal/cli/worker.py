@@ -131,6 +131,14 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.args.schema:
         os.environ["CEREAL_SCHEMA"] = ctx.args.schema
     manager = load_app(args.app)
+    used = getattr(getattr(manager, "driver", None), "schema", None)
+    if ctx.args.schema and used is not None and used != ctx.args.schema:
+        log.warning(
+            "the app's manager uses another schema than --schema/CEREAL_SCHEMA",
+            app=args.app,
+            schema=used,
+            asked=ctx.args.schema,
+        )
     manager.configure(
         scheduler=False if args.no_scheduler else None,
         workflow_workers=args.workflow_workers,
