@@ -16,20 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.helpers.timings import FAST_MANAGER_OPTIONS
+
 if TYPE_CHECKING:
     from cereal import Manager
     from cereal.backends.postgres import PostgresDriver
 
 TESTS_DIR = Path(__file__).resolve().parent
 INTEGRATION_DIRS = (TESTS_DIR / "integration", TESTS_DIR / "faults")
-
-# Short intervals so that tests see polling, heartbeats and lost-task recovery within seconds.
-MANAGER_TEST_DEFAULTS: dict[str, Any] = {
-    "workflow_poll_interval": 0.5,
-    "task_poll_interval": 0.5,
-    "heartbeat_interval": 0.5,
-    "lost_task_timeout": 3,
-}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -91,7 +85,7 @@ def make_manager(pg_dsn: str, schema: str) -> Iterator[Callable[..., Manager]]:
     """Factory ``make_manager(**options)`` of managers on this test's schema.
 
     Each manager gets its own ``PostgresDriver`` and the fast intervals of
-    ``MANAGER_TEST_DEFAULTS`` unless ``options`` say otherwise. After the test, every manager built
+    ``tests.helpers.timings`` unless ``options`` say otherwise. After the test, every manager built
     is stopped, then every driver closed.
     """
     from cereal import Manager
@@ -103,7 +97,7 @@ def make_manager(pg_dsn: str, schema: str) -> Iterator[Callable[..., Manager]]:
     def make(**options: Any) -> Manager:
         drv = PostgresDriver(pg_dsn, schema=schema)
         try:
-            manager = Manager(driver=drv, **(MANAGER_TEST_DEFAULTS | options))
+            manager = Manager(driver=drv, **(FAST_MANAGER_OPTIONS | options))
         except BaseException:
             drv.close()
             raise

@@ -12,18 +12,24 @@ from typing import Any
 
 import pytest
 
-from cereal.chaos import WorkerOptions, Workload
+from tests.faults.chaos import WorkerOptions, Workload
+from tests.helpers.timings import (
+    HEARTBEAT_INTERVAL,
+    LOST_TASK_TIMEOUT,
+    TASK_POLL_INTERVAL,
+    WORKFLOW_POLL_INTERVAL,
+)
 
 MakeWorkload = Callable[..., Workload]
 
-# The intervals of MANAGER_TEST_DEFAULTS, for worker processes.
+# Worker processes run with the fast intervals of every test manager.
 FAST = WorkerOptions(
     task_delay=0.2,
     task_workers=4,
-    workflow_poll=0.5,
-    task_poll=0.5,
-    heartbeat=0.5,
-    lost_timeout=2.5,
+    workflow_poll=WORKFLOW_POLL_INTERVAL,
+    task_poll=TASK_POLL_INTERVAL,
+    heartbeat=HEARTBEAT_INTERVAL,
+    lost_timeout=LOST_TASK_TIMEOUT,
     stop_timeout=20,
 )
 

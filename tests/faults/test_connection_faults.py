@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from cereal.chaos import Workload
+from tests.faults.chaos import Workload
 
 MakeWorkload = Callable[..., Workload]
 

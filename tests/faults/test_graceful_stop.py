@@ -6,7 +6,7 @@ import random
 import time
 from collections.abc import Callable
 
-from cereal.chaos import Workload
+from tests.faults.chaos import Workload
 
 MakeWorkload = Callable[..., Workload]
 

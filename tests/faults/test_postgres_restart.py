@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cereal.backends.postgres.embedded import embedded_dsn, stop_embedded
-from cereal.chaos import Workload
+from tests.faults.chaos import Workload
 
 MakeWorkload = Callable[..., Workload]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cereal.chaos import Workload
+from tests.faults.chaos import Workload
 
 MakeWorkload = Callable[..., Workload]
 

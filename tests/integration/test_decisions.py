@@ -11,9 +11,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from flows import Flow, wait_for
 
 from cereal import Decision, Manager, Task, TaskStatus, WorkflowInstance, WorkflowStatus
+from tests.helpers.recorders import Flow, TaskLog
+from tests.helpers.waiting import wait_for
 
 WF = "wf"
 MakeManager = Callable[..., Manager]
@@ -41,20 +42,6 @@ def manager(
         m.register_task_executor(name, fn, workers=workers)
     m.start()
     return m
-
-
-class TaskLog:
-    """A task executor that records the parameters of every run."""
-
-    def __init__(self, result: Callable[[Task], Any] = lambda task: task.parameters) -> None:
-        self._result = result
-        self._lock = threading.Lock()
-        self.runs: list[Any] = []
-
-    def __call__(self, task: Task) -> Any:
-        with self._lock:
-            self.runs.append(task.parameters)
-        return self._result(task)
 
 
 def run_sentinel(m: Manager) -> None:

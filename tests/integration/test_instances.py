@@ -10,7 +10,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from flows import Flow, wait_for
 
 from cereal import (
     Decision,
@@ -28,6 +27,8 @@ from cereal.errors import (
     WorkflowInstanceExistsError,
     WorkflowInstanceNotFoundError,
 )
+from tests.helpers.recorders import Flow
+from tests.helpers.waiting import wait_for
 
 WF = "wf"
 MakeManager = Callable[..., Manager]

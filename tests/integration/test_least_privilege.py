@@ -23,6 +23,7 @@ from cereal import Decision, Manager, Task, WorkflowInstance, WorkflowStatus
 from cereal.backends.postgres import PostgresDriver
 from cereal.backends.postgres.queries import load_migrations, load_queries
 from cereal.errors import InvalidNameError, MigrationError
+from tests.helpers.timings import FAST_MANAGER_OPTIONS
 
 PACKAGE = Path(__file__).resolve().parents[2] / "cereal"
 WF = "wf"
@@ -145,10 +146,7 @@ def test_a_role_that_only_owns_its_schema_runs_workflows_tasks_and_schedules(
     managers = [
         Manager(
             drv,
-            workflow_poll_interval=0.5,
-            task_poll_interval=0.5,
-            heartbeat_interval=0.5,
-            lost_task_timeout=3,
+            **FAST_MANAGER_OPTIONS,
             history_prune_interval=0.5,  # the pruner's advisory lock runs as the role too
             history_max_runs=100,
             on_workflow_complete=on_complete,

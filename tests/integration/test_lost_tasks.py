@@ -11,8 +11,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from flows import wait_for
-from procs import Child
 from psycopg import sql
 
 from cereal import (
@@ -26,6 +24,9 @@ from cereal import (
     WorkflowStatus,
 )
 from cereal.backends.postgres import PostgresDriver
+from tests.helpers.processes import program
+from tests.helpers.timings import LOST_TASK_TIMEOUT
+from tests.helpers.waiting import wait_for
 
 MakeManager = Callable[..., Manager]
 
@@ -110,14 +111,14 @@ def test_heartbeats_keep_a_task_longer_than_the_lost_task_timeout_alive(
 def test_task_of_a_killed_process_is_reported_lost_once_by_another_manager(
     make_manager: MakeManager, pg_dsn: str, schema: str, tmp_path: Path
 ) -> None:
-    lost_task_timeout = 3.0  # the same in the child (tests/procs.py) and here
+    lost_task_timeout = LOST_TASK_TIMEOUT  # the child's, and these managers'
     manager = make_manager(lost_task_timeout=lost_task_timeout)
     manager.register_workflow_executor("watch", Watch())
     manager.start()
     # A second live manager whose reaper races the first one for the report.
     make_manager(lost_task_timeout=lost_task_timeout).start()
 
-    with Child("blocker", pg_dsn, schema, log_file=tmp_path / "blocker.log") as child:
+    with program("blocker", pg_dsn, schema, log_file=tmp_path / "blocker.log") as child:
         child.expect("ready")
         manager.enqueue_workflow("watch", "victim", {"tasks": ["block"]})
         [task_id] = child.expect("claimed")
@@ -125,7 +126,7 @@ def test_task_of_a_killed_process_is_reported_lost_once_by_another_manager(
             pg_dsn, schema, "SELECT state, claimed_by FROM tasks WHERE id = %s", int(task_id)
         )
         assert state == "running"
-        assert f":{child.proc.pid}:" in owner
+        assert f":{child.pid}:" in owner
 
         # Its heartbeats keep it alive while the process lives.
         time.sleep(1.0)

@@ -12,13 +12,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from procs import Child
 from psycopg import sql
 
 from cereal.backends.postgres import PostgresDriver
 from cereal.backends.postgres.migrations import migrate
 from cereal.backends.postgres.queries import load_migrations
 from cereal.errors import CerealError, MigrationError
+from tests.helpers.processes import program
 
 VERSIONS = [version for version, _, _ in load_migrations()]
 
@@ -110,7 +110,7 @@ def test_concurrent_first_opens_in_separate_processes_apply_each_migration_once(
 ) -> None:
     when = str(time.time() + 2.0)  # all three start migrating at this moment
     children = [
-        Child("migrate", pg_dsn, schema, when, log_file=tmp_path / f"m{n}.log") for n in range(3)
+        program("migrate", pg_dsn, schema, when, log_file=tmp_path / f"m{n}.log") for n in range(3)
     ]
     applied: list[list[int]] = []
     try:
@@ -119,7 +119,7 @@ def test_concurrent_first_opens_in_separate_processes_apply_each_migration_once(
             assert child.finish() == 0, child.log_tail()
     finally:
         for child in children:
-            child.__exit__()
+            child.close()
 
     assert sorted(v for done in applied for v in done) == VERSIONS
     assert Counter(len(done) for done in applied) == {len(VERSIONS): 1, 0: 2}

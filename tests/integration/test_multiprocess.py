@@ -11,10 +11,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from procs import Child
 from psycopg import sql
 
 from cereal import Manager, WorkflowStatus
+from tests.helpers.processes import program
 
 MakeManager = Callable[..., Manager]
 INSTANCES = 200
@@ -30,8 +30,8 @@ def test_two_processes_drain_a_shared_queue_completing_each_instance_exactly_onc
 ) -> None:
     logs = [tmp_path / f"worker{n}.jsonl" for n in (1, 2)]
     with (
-        Child("worker", pg_dsn, schema, str(logs[0]), log_file=tmp_path / "w1.log") as one,
-        Child("worker", pg_dsn, schema, str(logs[1]), log_file=tmp_path / "w2.log") as two,
+        program("worker", pg_dsn, schema, str(logs[0]), log_file=tmp_path / "w1.log") as one,
+        program("worker", pg_dsn, schema, str(logs[1]), log_file=tmp_path / "w2.log") as two,
     ):
         one.expect("ready")
         two.expect("ready")
@@ -79,6 +79,6 @@ def test_two_processes_drain_a_shared_queue_completing_each_instance_exactly_onc
     assert tasks == {(name, task): 1 for name in names for task in ("double", "square")}
 
     # Both processes handled workflow events and ran tasks.
-    pids = {one.proc.pid, two.proc.pid}
+    pids = {one.pid, two.pid}
     work = Counter((r["pid"], "task" if r["kind"] == "task" else "event") for r in records)
     assert set(work) == {(pid, kind) for pid in pids for kind in ("task", "event")}, work

@@ -9,11 +9,9 @@ that, as they do with the embedded server or any server on the same host.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice, pairwise
 from typing import Any, TypeVar
@@ -23,7 +21,7 @@ import pytest
 import structlog.testing
 from dateutil.rrule import DAILY, MINUTELY, SECONDLY, rrule, rruleset
 
-from cereal import Manager, Schedule, StartEvent, WorkflowInstance
+from cereal import Manager, Schedule, WorkflowInstance
 from cereal.backends.postgres import PostgresDriver
 from cereal.errors import (
     CerealError,
@@ -32,6 +30,8 @@ from cereal.errors import (
     WorkflowScheduleExistsError,
     WorkflowScheduleNotFoundError,
 )
+from tests.helpers.recorders import Flow, complete
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -64,67 +64,21 @@ def rule(dtstart: datetime, rrule_text: str) -> str:
     return f"DTSTART:{stamp(dtstart)}\nRRULE:{rrule_text}"
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
-
-
 def sleep_until(moment: datetime) -> None:
     time.sleep(max(0.0, (moment - utcnow()).total_seconds()))
 
 
-@dataclass(frozen=True)
-class Run:
-    """One ``on_start`` call."""
-
-    instance_name: str
-    parameters: Any
-    enqueued_at: datetime  # the database time of the transaction that enqueued the run
-    seen_at: datetime  # local time of the call
-
-
-class Recorder:
+def recording_flow(*, hold: bool = False) -> Flow:
     """A workflow executor that records each start. It completes at once, or with
     ``hold=True`` keeps the instance running until it is cancelled or killed."""
 
-    def __init__(self, *, hold: bool = False) -> None:
-        self.hold = hold
-        self._lock = threading.Lock()
-        self._runs: dict[tuple[str, datetime], Run] = {}
+    def on_start(instance: WorkflowInstance, event: Any) -> Any:
+        return instance.continue_with() if hold else instance.complete({"ok": True})
 
-    def on_start(self, instance: WorkflowInstance, event: StartEvent) -> Any:
-        run = Run(instance.instance_name, instance.parameters, event.enqueued_at, utcnow())
-        with self._lock:
-            # A re-delivered start event has the same enqueue time: count it once.
-            self._runs.setdefault((run.instance_name, run.enqueued_at), run)
-        return instance.continue_with() if self.hold else instance.complete({"ok": True})
-
-    def on_task_complete(self, instance: WorkflowInstance, event: Any) -> Any:
-        return instance.complete()
-
-    def on_cancel(self, instance: WorkflowInstance, event: Any) -> Any:
-        return instance.complete()
-
-    def runs(self, instance_name: str | None = None) -> list[Run]:
-        with self._lock:
-            found = [r for r in self._runs.values() if instance_name in (None, r.instance_name)]
-        return sorted(found, key=lambda r: r.enqueued_at)
-
-    def wait_for(self, count: int, timeout: float, instance_name: str | None = None) -> list[Run]:
-        return wait_until(
-            lambda: (runs := self.runs(instance_name)) and len(runs) >= count and runs,
-            timeout,
-            f"{count} run(s) of {instance_name or 'any schedule'}",
-        )
+    return Flow(on_start=on_start, on_task=complete, on_cancel=complete)
 
 
-def started(make_manager: MakeManager, recorder: Recorder, **options: Any) -> Manager:
+def started(make_manager: MakeManager, recorder: Flow, **options: Any) -> Manager:
     manager = make_manager(**options)
     manager.register_workflow_executor(WF, recorder)
     manager.start()
@@ -164,7 +118,7 @@ def fields(schedule: Schedule) -> tuple[Any, ...]:
 def test_schedule_runs_every_occurrence_on_time_with_its_parameters(
     make_manager: MakeManager,
 ) -> None:
-    recorder = Recorder()
+    recorder = recording_flow()
     manager = started(make_manager, recorder)
     first = second_after(2)
     params = {"n": 1, "tags": ["a", None], "text": "grüße ☃", "big": 2**62, "f": 0.1}
@@ -184,7 +138,7 @@ def test_schedule_runs_every_occurrence_on_time_with_its_parameters(
 
     due = [first + timedelta(seconds=4 * k) for k in range(3)]
     for name, expected_params in (("every4", params), ("zoned4", [1, 2])):
-        runs = recorder.wait_for(3, (due[-1] - utcnow()).total_seconds() + 3, name)
+        runs = recorder.wait_for_starts(3, (due[-1] - utcnow()).total_seconds() + 3, name)
         assert len(runs) == 3
         for run, occurrence in zip(runs, due, strict=True):
             assert run.instance_name == name
@@ -199,7 +153,7 @@ def test_schedule_runs_every_occurrence_on_time_with_its_parameters(
 def test_rule_that_runs_out_runs_its_last_occurrences_then_schedule_is_disabled(
     make_manager: MakeManager,
 ) -> None:
-    recorder = Recorder()
+    recorder = recording_flow()
     manager = started(make_manager, recorder)
     at = second_after(1)
     two = timedelta(seconds=2)
@@ -214,11 +168,11 @@ def test_rule_that_runs_out_runs_its_last_occurrences_then_schedule_is_disabled(
         manager.create_workflow_schedule(WF, name, {"k": name}, recurrence=recurrence)
         assert manager.get_workflow_schedule(WF, name).next_due_at == at
     for name, (_, occurrences) in expected.items():
-        runs = recorder.wait_for(len(occurrences), 6, name)
+        runs = recorder.wait_for_starts(len(occurrences), 6, name)
         for run, occurrence in zip(runs, occurrences, strict=True):
             assert abs(run.seen_at - occurrence) <= TOLERANCE
             assert run.parameters == {"k": name}
-        schedule = wait_until(
+        schedule = wait_for(
             lambda name=name: (s := manager.get_workflow_schedule(WF, name)).enabled is False and s,
             3,
             f"{name} to be disabled",
@@ -228,7 +182,7 @@ def test_rule_that_runs_out_runs_its_last_occurrences_then_schedule_is_disabled(
         assert schedule.next_occurrences(3) == []
     time.sleep(1.5)
     for name, (_, occurrences) in expected.items():
-        assert len(recorder.runs(name)) == len(occurrences), name
+        assert len(recorder.starts(name)) == len(occurrences), name
         assert len(history(manager.driver, name)) == len(occurrences), name
     assert not manager.list_workflow_instances(is_running=True)
 
@@ -256,15 +210,15 @@ def test_rule_that_runs_out_runs_its_last_occurrences_then_schedule_is_disabled(
 
 
 def test_updated_parameters_reach_the_next_run_without_restart(make_manager: MakeManager) -> None:
-    recorder = Recorder()
+    recorder = recording_flow()
     manager = started(make_manager, recorder)
     first = second_after(1)
     manager.create_workflow_schedule(
         WF, "params", {"v": 1}, recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=2")
     )
-    recorder.wait_for(1, 4, "params")
+    recorder.wait_for_starts(1, 4, "params")
     manager.update_workflow_schedule(WF, "params", parameters={"v": 2})
-    runs = recorder.wait_for(2, 4, "params")
+    runs = recorder.wait_for_starts(2, 4, "params")
     assert [r.parameters for r in runs[:2]] == [{"v": 1}, {"v": 2}]
     assert abs(runs[1].seen_at - (first + timedelta(seconds=2))) <= TOLERANCE
     manager.update_workflow_schedule(WF, "params", parameters=None)
@@ -274,7 +228,7 @@ def test_updated_parameters_reach_the_next_run_without_restart(make_manager: Mak
 def test_updated_recurrence_recomputes_next_due_and_runs_follow_the_new_rule(
     make_manager: MakeManager,
 ) -> None:
-    recorder = Recorder()
+    recorder = recording_flow()
     manager = started(make_manager, recorder)
     manager.create_workflow_schedule(
         WF, "rule", {"r": 1}, recurrence=rule(second_after(3600), "FREQ=HOURLY")
@@ -288,29 +242,29 @@ def test_updated_recurrence_recomputes_next_due_and_runs_follow_the_new_rule(
     assert schedule.enabled
     assert schedule.parameters == {"r": 1}
 
-    runs = recorder.wait_for(2, (first - utcnow()).total_seconds() + 4, "rule")
+    runs = recorder.wait_for_starts(2, (first - utcnow()).total_seconds() + 4, "rule")
     for run, occurrence in zip(runs, (first, first + timedelta(seconds=2)), strict=False):
         assert abs(run.seen_at - occurrence) <= TOLERANCE
 
 
 def test_disabled_schedule_stops_running(make_manager: MakeManager) -> None:
-    recorder = Recorder()
+    recorder = recording_flow()
     manager = started(make_manager, recorder)
     first = second_after(1)
     manager.create_workflow_schedule(WF, "off", recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=2"))
-    recorder.wait_for(1, 4, "off")
+    recorder.wait_for_starts(1, 4, "off")
     manager.update_workflow_schedule(WF, "off", enabled=False)
-    count = len(recorder.runs("off"))
+    count = len(recorder.starts("off"))
     assert manager.get_workflow_schedule(WF, "off").enabled is False
     sleep_until(first + timedelta(seconds=2.8))  # the next occurrence has passed
-    assert len(recorder.runs("off")) == count
+    assert len(recorder.starts("off")) == count
     assert len(history(manager.driver, "off")) == count
 
 
 def test_reenabling_recomputes_next_due_and_does_not_fire_the_stale_occurrence(
     make_manager: MakeManager,
 ) -> None:
-    recorder = Recorder()
+    recorder = recording_flow()
     manager = started(make_manager, recorder)
     first = second_after(1)
     manager.create_workflow_schedule(
@@ -323,7 +277,7 @@ def test_reenabling_recomputes_next_due_and_does_not_fire_the_stale_occurrence(
     assert schedule.enabled
     assert schedule.next_due_at == first + timedelta(seconds=10)
     time.sleep(1.5)
-    assert recorder.runs("stale") == []
+    assert recorder.starts("stale") == []
     assert history(manager.driver, "stale") == []
 
 
@@ -580,18 +534,18 @@ def test_get_list_delete_and_not_found_errors(make_manager: MakeManager) -> None
 
 
 def test_last_run_fields_reflect_the_latest_finished_run(make_manager: MakeManager) -> None:
-    recorder = Recorder()
+    recorder = recording_flow()
     manager = started(make_manager, recorder)
     first = second_after(1)
     manager.create_workflow_schedule(WF, "last", recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=2"))
     fresh = manager.get_workflow_schedule(WF, "last")
     assert fresh.last_enqueued_at is fresh.last_start is fresh.last_end is None
 
-    runs = recorder.wait_for(2, 6, "last")
+    runs = recorder.wait_for_starts(2, 6, "last")
     manager.update_workflow_schedule(WF, "last", enabled=False)
-    runs = recorder.runs("last")
+    runs = recorder.starts("last")
     info = manager.await_workflow(WF, "last", timeout=5)
-    schedule = wait_until(
+    schedule = wait_for(
         lambda: (
             (s := manager.get_workflow_schedule(WF, "last")).last_end is not None
             and s.last_start == info.started_at
@@ -642,17 +596,17 @@ def test_next_occurrences_returns_n_increasing_utc_datetimes_from_the_rule(
 
 
 def test_occurrence_is_skipped_while_the_previous_run_is_live(make_manager: MakeManager) -> None:
-    recorder = Recorder(hold=True)
+    recorder = recording_flow(hold=True)
     manager = started(make_manager, recorder)
     first = second_after(1)
     manager.create_workflow_schedule(
         WF, "busy", {"b": 1}, recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=2")
     )
-    (run,) = recorder.wait_for(1, 4, "busy")
+    (run,) = recorder.wait_for_starts(1, 4, "busy")
     # The run stays live across the next occurrence, which is skipped (and logged).
     skipped = first + timedelta(seconds=2)
     with structlog.testing.capture_logs() as logs:
-        wait_until(
+        wait_for(
             lambda: (
                 (s := manager.get_workflow_schedule(WF, "busy")).next_due_at is not None
                 and s.next_due_at > skipped
@@ -670,20 +624,20 @@ def test_occurrence_is_skipped_while_the_previous_run_is_live(make_manager: Make
     assert schedule.enabled
     assert schedule.next_due_at == skipped + timedelta(seconds=2)
     assert schedule.last_enqueued_at == run.enqueued_at
-    assert recorder.runs("busy") == [run]
+    assert recorder.starts("busy") == [run]
     assert manager.get_workflow_instance(WF, "busy").is_running
     assert len(history(manager.driver, "busy")) == 1
 
     # The scheduler carries on: once the run ends, the next occurrence runs again.
     manager.kill_workflow(WF, "busy")
-    runs = recorder.wait_for(2, 4, "busy")
+    runs = recorder.wait_for_starts(2, 4, "busy")
     assert abs(runs[1].seen_at - (skipped + timedelta(seconds=2))) <= TOLERANCE
 
 
 def test_missed_occurrences_are_coalesced_into_one_run(
     make_manager: MakeManager, driver: PostgresDriver
 ) -> None:
-    recorder = Recorder()
+    recorder = recording_flow()
     # Managers without a scheduler run workflows but never fire schedules.
     started(make_manager, recorder, scheduler=False)
     offline = make_manager(scheduler=False)
@@ -703,18 +657,18 @@ def test_missed_occurrences_are_coalesced_into_one_run(
         seconds=90
     )
     time.sleep(0.5)
-    assert recorder.runs() == []
+    assert recorder.starts() == []
 
     started(make_manager, recorder)
-    (run,) = recorder.wait_for(1, 5, "missed")
+    (run,) = recorder.wait_for_starts(1, 5, "missed")
     assert run.parameters == {"m": 1}
-    schedule = wait_until(
+    schedule = wait_for(
         lambda: (s := offline.get_workflow_schedule(WF, "missed")).last_end is not None and s,
         3,
         "the coalesced run to finish",
     )
     time.sleep(1.5)
-    assert recorder.runs() == [run]
+    assert recorder.starts() == [run]
     assert len(history(driver, "missed")) == 1
     assert schedule.enabled
     assert schedule.last_enqueued_at == run.enqueued_at
@@ -736,13 +690,13 @@ def test_unreadable_stored_rule_disables_its_schedule_and_others_still_run(
             "UPDATE workflow_schedules SET recurrence = 'FREQ=BOGUS',"
             " next_due_at = now() - interval '1 minute' WHERE instance_name = 'broken'"
         )
-    recorder = Recorder()
+    recorder = recording_flow()
     started(make_manager, recorder)
-    (run,) = recorder.wait_for(1, 5, "fine")
+    (run,) = recorder.wait_for_starts(1, 5, "fine")
     assert abs(run.seen_at - at) <= TOLERANCE
     broken = setup.get_workflow_schedule(WF, "broken")
     assert broken.enabled is False
-    assert recorder.runs("broken") == []
+    assert recorder.starts("broken") == []
     with pytest.raises(InvalidScheduleError):
         setup.update_workflow_schedule(WF, "broken", enabled=True)
     # A valid rule repairs it.
@@ -758,7 +712,7 @@ def test_unreadable_stored_rule_disables_its_schedule_and_others_still_run(
 def test_each_occurrence_is_enqueued_once_with_three_managers(
     make_manager: MakeManager, driver: PostgresDriver
 ) -> None:
-    recorder = Recorder()
+    recorder = recording_flow()
     managers = [started(make_manager, recorder) for _ in range(3)]
     first = second_after(1)
     with structlog.testing.capture_logs() as logs:
@@ -776,7 +730,7 @@ def test_each_occurrence_is_enqueued_once_with_three_managers(
     assert windows and max(windows.values()) == 1, windows
     assert all(0 <= k < occurrences for k in windows), windows
     assert occurrences - 1 <= len(starts) <= occurrences, (occurrences, starts)
-    runs = recorder.runs("once")
+    runs = recorder.starts("once")
     assert [r.enqueued_at for r in runs] == starts
     for run in runs:
         window = math.floor((run.enqueued_at - first).total_seconds())
@@ -792,14 +746,14 @@ def test_each_occurrence_is_enqueued_once_with_three_managers(
 def test_sleeping_scheduler_wakes_on_notify_from_another_manager(
     make_manager: MakeManager,
 ) -> None:
-    recorder = Recorder()
+    recorder = recording_flow()
     started(make_manager, recorder)
     time.sleep(1)  # its first pass found nothing and it now sleeps for up to a minute
     other = make_manager(scheduler=False)  # its own driver; never started
 
     at = second_after(1)
     other.create_workflow_schedule(WF, "created", recurrence=rule(at, "FREQ=HOURLY"))
-    (run,) = recorder.wait_for(1, 4, "created")
+    (run,) = recorder.wait_for_starts(1, 4, "created")
     assert abs(run.seen_at - at) <= TOLERANCE
 
     other.create_workflow_schedule(
@@ -808,5 +762,5 @@ def test_sleeping_scheduler_wakes_on_notify_from_another_manager(
     time.sleep(0.5)
     at = second_after(1)
     other.update_workflow_schedule(WF, "updated", recurrence=rule(at, "FREQ=HOURLY"))
-    (run,) = recorder.wait_for(1, 4, "updated")
+    (run,) = recorder.wait_for_starts(1, 4, "updated")
     assert abs(run.seen_at - at) <= TOLERANCE

@@ -3,61 +3,30 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-import structlog.testing
 
-from cereal import Manager, StartEvent, WorkflowInstance
+from cereal import Manager
 from cereal.backends.postgres import PostgresDriver
+from cereal.logging import CONTEXT_ATTRIBUTE
+from tests.helpers.processes import program
+from tests.helpers.recorders import Flow, complete
 
 pytestmark = pytest.mark.timeout(60)
 
 WF = "scheduled"
-ROOT = Path(__file__).resolve().parents[2]
-PROC = ROOT / "tests" / "schedule_proc.py"
-
-
-class Recorder:
-    """Records the enqueue time of each start; completes every instance at once."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.enqueued: set[datetime] = set()
-
-    def on_start(self, instance: WorkflowInstance, event: StartEvent) -> Any:
-        with self.lock:
-            self.enqueued.add(event.enqueued_at)
-        return instance.complete()
-
-    def on_task_complete(self, instance: WorkflowInstance, event: Any) -> Any:
-        return instance.complete()
-
-    def on_cancel(self, instance: WorkflowInstance, event: Any) -> Any:
-        return instance.complete()
 
 
 def second_after(seconds: float) -> datetime:
     moment = datetime.now(UTC) + timedelta(seconds=seconds)
     return moment.replace(microsecond=0) + timedelta(seconds=1 if moment.microsecond else 0)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def history(driver: PostgresDriver, instance_name: str) -> list[datetime]:
@@ -79,57 +48,32 @@ def test_each_occurrence_is_enqueued_once_with_schedulers_in_two_processes(
     pg_dsn: str,
     schema: str,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     runs_file = tmp_path / "runs.txt"
     log_file = tmp_path / "child.log"
-    env = os.environ | {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    }
-    with log_file.open("w") as log:
-        child = subprocess.Popen(
-            [sys.executable, str(PROC), pg_dsn, schema, WF, str(runs_file)],
-            stdin=subprocess.PIPE,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        )
-    try:
-        wait_until(
-            lambda: Path(f"{runs_file}.ready").exists() or child.poll() is not None,
-            30,
-            "the child manager to start",
-        )
-        assert child.poll() is None, log_file.read_text()
+    caplog.set_level(logging.INFO, logger="cereal")
+    with program("scheduler", pg_dsn, schema, WF, str(runs_file), log_file=log_file) as child:
+        child.expect("ready")
 
-        recorder = Recorder()
+        recorder = Flow(on_start=complete, on_task=complete, on_cancel=complete)
         manager = make_manager()
         manager.register_workflow_executor(WF, recorder)
         manager.start()
 
         first = second_after(1)
-        with structlog.testing.capture_logs() as logs:
-            manager.create_workflow_schedule(
-                WF,
-                "shared",
-                recurrence=f"DTSTART:{first:%Y%m%dT%H%M%SZ}\nRRULE:FREQ=SECONDLY;INTERVAL=1",
-            )
-            time.sleep(
-                max(0.0, (first + timedelta(seconds=6.5) - datetime.now(UTC)).total_seconds())
-            )
-            manager.delete_workflow_schedule(WF, "shared")
-            stopped_at = datetime.now(UTC)
-            time.sleep(0.5)  # the last run finishes
-    finally:
-        assert child.stdin is not None
-        child.stdin.close()
-        try:
-            child.wait(timeout=20)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-    assert child.returncode == 0, log_file.read_text()
+        manager.create_workflow_schedule(
+            WF,
+            "shared",
+            recurrence=f"DTSTART:{first:%Y%m%dT%H%M%SZ}\nRRULE:FREQ=SECONDLY;INTERVAL=1",
+        )
+        time.sleep(max(0.0, (first + timedelta(seconds=6.5) - datetime.now(UTC)).total_seconds()))
+        manager.delete_workflow_schedule(WF, "shared")
+        stopped_at = datetime.now(UTC)
+        time.sleep(0.5)  # the last run finishes
+        assert child.finish(timeout=20) == 0, child.log_tail()
+    logs = [getattr(r, CONTEXT_ATTRIBUTE, {}) for r in caplog.records]
+    enqueued_here = {start.enqueued_at for start in recorder.starts()}
 
     occurrences = math.floor((stopped_at - first).total_seconds()) + 1  # 7
     starts = history(driver, "shared")
@@ -148,8 +92,8 @@ def test_each_occurrence_is_enqueued_once_with_schedulers_in_two_processes(
         if runs_file.exists()
         else set()
     )
-    assert not child_runs & recorder.enqueued
-    assert sorted(child_runs | recorder.enqueued) == starts
+    assert not child_runs & enqueued_here
+    assert sorted(child_runs | enqueued_here) == starts
 
     # No occurrence was handled by both schedulers either (a second enqueue of an occurrence
     # whose run is still live would be hidden from the history as a skip).

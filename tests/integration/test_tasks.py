@@ -11,7 +11,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from flows import wait_for
 
 from cereal import (
     CancelEvent,
@@ -23,6 +22,7 @@ from cereal import (
     WorkflowInstance,
     WorkflowStatus,
 )
+from tests.helpers.waiting import wait_for
 
 MakeManager = Callable[..., Manager]
 

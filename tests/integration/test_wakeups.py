@@ -12,8 +12,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from flows import wait_for
-from procs import Child
 from psycopg import sql
 
 from cereal import (
@@ -28,6 +26,8 @@ from cereal import (
     WorkflowStatus,
 )
 from cereal.errors import WorkflowInstanceNotFoundError
+from tests.helpers.processes import program
+from tests.helpers.waiting import wait_for
 
 MakeManager = Callable[..., Manager]
 SLOW_POLLS = {"workflow_poll_interval": 30, "task_poll_interval": 30}
@@ -113,7 +113,7 @@ def test_workflow_enqueued_by_another_process_runs_end_to_end_at_once(
     manager = started_manager(make_manager, pg_dsn, timeline)
     time.sleep(0.3)  # let the start-up round finish: from now on only a wakeup helps
 
-    with Child("client", pg_dsn, schema, log_file=tmp_path / "client.log") as client:
+    with program("client", pg_dsn, schema, log_file=tmp_path / "client.log") as client:
         client.expect("ready")
         for instance in ("i1", "i2", "i3"):
             client.send(f"enqueue w {instance}")
@@ -132,7 +132,7 @@ def test_cancel_from_another_process_wakes_the_workflow_loop_at_once(
     timeline = Timeline()
     manager = started_manager(make_manager, pg_dsn, timeline)
 
-    with Child("client", pg_dsn, schema, log_file=tmp_path / "client.log") as client:
+    with program("client", pg_dsn, schema, log_file=tmp_path / "client.log") as client:
         client.expect("ready")
         client.send('enqueue w i1 {"task": false}')  # no task: it waits for the cancel
         client.expect("done")
@@ -169,7 +169,7 @@ def test_kill_from_another_process_stops_running_tasks_at_once(
     manager.start()
     wait_for(lambda: listening_backends(pg_dsn, manager.driver.channel), 10, "the listener")
 
-    with Child("client", pg_dsn, schema, log_file=tmp_path / "client.log") as client:
+    with program("client", pg_dsn, schema, log_file=tmp_path / "client.log") as client:
         client.expect("ready")
         client.send("enqueue w i1")
         client.expect("done")

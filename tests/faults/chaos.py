@@ -1,8 +1,8 @@
 """A fault-injection workload that proves cereal loses and duplicates nothing.
 
-``python -m cereal.chaos run`` (or ``scripts/chaos``) runs the workload against an embedded
+``python -m tests.faults.chaos run`` (or ``scripts/chaos``) runs the workload against an embedded
 PostgreSQL it owns (or ``--dsn``), SIGKILLs a worker process every few seconds, restarts the
-server once (embedded only) and prints what the checker found. ``python -m cereal.chaos
+server once (embedded only) and prints what the checker found. ``python -m tests.faults.chaos
 worker ...`` is one worker process; :class:`Workload` drives them and is what the fault tests
 use.
 
@@ -57,6 +57,7 @@ from cereal import (
     WorkflowInstanceInfo,
 )
 from cereal.backends.postgres import PostgresDriver
+from tests.helpers.processes import Child
 
 __all__ = [
     "FINAL_TASK",
@@ -355,23 +356,21 @@ def run_worker(
 class Worker:
     """A worker process started by :meth:`Workload.start_worker`."""
 
-    def __init__(
-        self, index: int, application_name: str, log_path: Path, proc: subprocess.Popen[str]
-    ) -> None:
+    def __init__(self, index: int, application_name: str, log_path: Path, child: Child) -> None:
         self.index = index
         self.application_name = application_name
         self.log_path = log_path
-        self.proc = proc
+        self.child = child
         self.killed = False
 
     @property
     def pid(self) -> int:
         """The process id."""
-        return self.proc.pid
+        return self.child.pid
 
     def alive(self) -> bool:
         """True while the process runs."""
-        return self.proc.poll() is None
+        return self.child.alive()
 
     def records(self) -> list[dict[str, Any]]:
         """Everything this worker logged so far."""
@@ -388,11 +387,7 @@ class Worker:
 
     def stderr_tail(self, chars: int = 3000) -> str:
         """The end of the worker's log output."""
-        path = self.log_path.with_suffix(".log")
-        try:
-            return path.read_text(encoding="utf-8", errors="replace")[-chars:]
-        except FileNotFoundError:
-            return ""
+        return self.child.log_tail(chars)
 
     def __repr__(self) -> str:
         return f"Worker({self.index}, pid={self.pid}, alive={self.alive()})"
@@ -546,10 +541,6 @@ def _callback_key(record: dict[str, Any]) -> tuple[Any, ...]:
 # -- the harness ---------------------------------------------------------------------------
 
 
-def _package_root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
-
-
 class Workload:
     """Drives a chaos run: worker processes, the enqueued instances, and the checker.
 
@@ -609,9 +600,7 @@ class Workload:
         """Kill every worker still running and release everything."""
         self.kill_all()
         for worker in self.workers:
-            for stream in (worker.proc.stdout, worker.proc.stdin):
-                if stream is not None:
-                    stream.close()
+            worker.child.close()
         if self._client is not None:
             self._client.stop()
             self._client = None
@@ -648,49 +637,26 @@ class Workload:
         index = len(self.workers)
         name = f"{self.app_prefix}-w{index}"
         log_path = self.log_dir / f"worker-{index}.jsonl"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH")]))
-        with open(log_path.with_suffix(".log"), "w", encoding="utf-8") as stderr:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "cereal.chaos",
-                    "worker",
-                    f"--dsn={self.dsn}",
-                    f"--schema={self.schema}",
-                    f"--log={log_path}",
-                    f"--application-name={name}",
-                    *options.argv(),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                env=env,
-            )
-        worker = Worker(index, name, log_path, proc)
+        child = Child(
+            "tests.faults.chaos",
+            "worker",
+            f"--dsn={self.dsn}",
+            f"--schema={self.schema}",
+            f"--log={log_path}",
+            f"--application-name={name}",
+            *options.argv(),
+            log_file=log_path.with_suffix(".log"),
+        )
+        worker = Worker(index, name, log_path, child)
         self.workers.append(worker)
         return worker
 
     def _expect(self, worker: Worker, word: str, timeout: float) -> None:
-        assert worker.proc.stdout is not None
-        got: list[str] = []
-
-        def read() -> None:
-            assert worker.proc.stdout is not None
-            line = worker.proc.stdout.readline()
-            got.append(line.strip())
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not got or got[0] != word:
-            worker.proc.kill()
-            raise RuntimeError(
-                f"worker {worker.index} did not say {word!r} within {timeout:g}s "
-                f"(said {got!r}, exit code {worker.proc.poll()}):\n{worker.stderr_tail()}"
-            )
+        try:
+            worker.child.expect(word, timeout)
+        except AssertionError:
+            worker.child.kill()
+            raise
 
     def alive_workers(self) -> list[Worker]:
         """The workers whose process is running."""
@@ -710,8 +676,7 @@ class Workload:
                     worker = random.choice(busy or alive)
                     break
                 time.sleep(0.05)
-        worker.proc.send_signal(signal.SIGKILL)
-        worker.proc.wait(10)
+        worker.child.kill()
         worker.killed = True
         self.mark("kill")
         return worker
@@ -723,16 +688,14 @@ class Workload:
 
     def signal_stop(self, worker: Worker) -> None:
         """Ask ``worker`` to stop gracefully without waiting."""
-        if worker.alive():
-            worker.proc.send_signal(signal.SIGTERM)
+        worker.child.signal(signal.SIGTERM)
 
     def wait_stopped(self, worker: Worker, timeout: float = 60.0) -> int:
         """Wait for ``worker`` to exit; return its exit code (killing it after ``timeout``)."""
         try:
-            return worker.proc.wait(timeout)
+            return worker.child.wait(timeout)
         except subprocess.TimeoutExpired:
-            worker.proc.kill()
-            worker.proc.wait(10)
+            worker.child.kill()
             raise RuntimeError(
                 f"worker {worker.index} did not stop within {timeout:g}s:\n{worker.stderr_tail()}"
             ) from None
@@ -747,8 +710,7 @@ class Workload:
     def kill_all(self) -> None:
         """SIGKILL every running worker."""
         for worker in self.alive_workers():
-            worker.proc.kill()
-            worker.proc.wait(10)
+            worker.child.kill()
 
     def terminate_worker_connections(self) -> int:
         """``pg_terminate_backend`` every connection of the workers; return how many."""
@@ -1051,8 +1013,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m cereal.chaos``."""
-    parser = argparse.ArgumentParser(prog="python -m cereal.chaos", description=__doc__)
+    """Entry point of ``python -m tests.faults.chaos``."""
+    parser = argparse.ArgumentParser(prog="python -m tests.faults.chaos", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m cereal.bench`` (or ``scripts/bench``).
+"""Benchmarks: ``python -m benchmarks.bench`` from the repository root (or ``scripts/bench``).
 
 Each workload runs in a fresh schema on the embedded PostgreSQL (or ``--dsn``) and prints one
 table. Throughputs are also shown as a ratio to the raw commit rate of a trivial one-row
@@ -176,7 +176,7 @@ class Bench:
         m = self.manager(schema)
         for i in range(instances):
             m.enqueue_workflow("fan", f"i{i}", {"tasks": 1})
-        cmd = [sys.executable, "-m", "cereal.bench", "--worker", self.driver_dsn, schema]
+        cmd = [sys.executable, "-m", "benchmarks.bench", "--worker", self.driver_dsn, schema]
         procs = [
             subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             for _ in range(2)
@@ -436,7 +436,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(Row("L2 enqueue_task -> run p99", _pct(l2, 0.99), "ms"))
         if "m1" in wanted:
             out = subprocess.run(
-                [sys.executable, "-m", "cereal.bench", "--memory", bench.driver_dsn, "3", str(n1)],
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bench",
+                    "--memory",
+                    bench.driver_dsn,
+                    "3",
+                    str(n1),
+                ],
                 capture_output=True,
                 text=True,
                 check=True,

@@ -1,0 +1,1 @@
+"""Benchmarks of cereal: ``python -m benchmarks.bench`` (or ``scripts/bench``)."""

@@ -1,0 +1,1 @@
+"""cereal's test suite."""
