@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
-import structlog.testing
 from dateutil.rrule import DAILY, MINUTELY, SECONDLY, rrule, rruleset
 
 from cereal import Manager, Schedule, WorkflowInstance
@@ -30,6 +29,7 @@ from cereal.errors import (
     WorkflowScheduleExistsError,
     WorkflowScheduleNotFoundError,
 )
+from tests.helpers.logs import capture_logs
 from tests.helpers.recorders import Flow, complete
 from tests.helpers.waiting import wait_for
 
@@ -605,7 +605,7 @@ def test_occurrence_is_skipped_while_the_previous_run_is_live(make_manager: Make
     (run,) = recorder.wait_for_starts(1, 4, "busy")
     # The run stays live across the next occurrence, which is skipped (and logged).
     skipped = first + timedelta(seconds=2)
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         wait_for(
             lambda: (
                 (s := manager.get_workflow_schedule(WF, "busy")).next_due_at is not None
@@ -715,7 +715,7 @@ def test_each_occurrence_is_enqueued_once_with_three_managers(
     recorder = recording_flow()
     managers = [started(make_manager, recorder) for _ in range(3)]
     first = second_after(1)
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         managers[0].create_workflow_schedule(
             WF, "once", recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=1")
         )

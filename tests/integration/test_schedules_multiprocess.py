@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from collections import Counter
@@ -15,7 +14,7 @@ import pytest
 
 from cereal import Manager
 from cereal.backends.postgres import PostgresDriver
-from cereal.logging import CONTEXT_ATTRIBUTE
+from tests.helpers.logs import capture_logs
 from tests.helpers.processes import program
 from tests.helpers.recorders import Flow, complete
 
@@ -48,12 +47,13 @@ def test_each_occurrence_is_enqueued_once_with_schedulers_in_two_processes(
     pg_dsn: str,
     schema: str,
     tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     runs_file = tmp_path / "runs.txt"
     log_file = tmp_path / "child.log"
-    caplog.set_level(logging.INFO, logger="cereal")
-    with program("scheduler", pg_dsn, schema, WF, str(runs_file), log_file=log_file) as child:
+    with (
+        program("scheduler", pg_dsn, schema, WF, str(runs_file), log_file=log_file) as child,
+        capture_logs() as logs,
+    ):
         child.expect("ready")
 
         recorder = Flow(on_start=complete, on_task=complete, on_cancel=complete)
@@ -72,7 +72,6 @@ def test_each_occurrence_is_enqueued_once_with_schedulers_in_two_processes(
         stopped_at = datetime.now(UTC)
         time.sleep(0.5)  # the last run finishes
         assert child.finish(timeout=20) == 0, child.log_tail()
-    logs = [getattr(r, CONTEXT_ATTRIBUTE, {}) for r in caplog.records]
     enqueued_here = {start.enqueued_at for start in recorder.starts()}
 
     occurrences = math.floor((stopped_at - first).total_seconds()) + 1  # 7

@@ -246,6 +246,8 @@ def test_tasks_and_results_wake_managers_that_split_workflows_and_tasks(
         info = deciders.await_workflow("w", f"i{n}", timeout=5)
         assert time.monotonic() - started < PROMPT
         assert info.result == ["done", f"i{n}"]
+    # The hook runs just after await_workflow is woken: give the last call a moment.
+    wait_for(lambda: len(ended) >= 3, 5, "on_workflow_complete of every run")
     assert [i.instance_name for i in ended] == ["i0", "i1", "i2"]
 
 

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import structlog
 from psycopg import sql
 
 from cereal import Decision, Manager, WorkflowInstance, WorkflowStatus
@@ -18,6 +17,7 @@ from cereal.errors import (
     DatabaseError,
     InvalidScheduleError,
 )
+from tests.helpers.logs import capture_logs
 from tests.helpers.recorders import Flow
 from tests.integration.bad_input.hostile import (
     AWAIT,
@@ -264,7 +264,7 @@ def test_corrupt_stored_schedules_are_disabled_once_and_others_still_run(
     )
     bad = [f"bad{n}" for n, _ in enumerate(CORRUPT_RULES)] + ["bad-params"]
 
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         m = make_manager()
         m.register_workflow_executor(WF, Noop())
         m.start()
