@@ -45,6 +45,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from cereal import Manager, Task, WorkflowInstance, WorkflowInstanceInfo
+from cereal.backends.postgres import PostgresDriver
+from cereal.backends.postgres.migrations import migrate
+from cereal.logging import CONTEXT_ATTRIBUTE
+from tests.helpers.recorders import Flow, complete
+from tests.helpers.timings import FAST_MANAGER_OPTIONS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -178,9 +185,6 @@ def say(*words: object) -> None:
 
 
 def blocker(dsn: str, schema: str) -> None:
-    from cereal import Manager, Task
-    from cereal.backends.postgres import PostgresDriver
-    from tests.helpers.timings import FAST_MANAGER_OPTIONS
 
     def block(task: Task) -> None:
         say("claimed", task.id)
@@ -194,8 +198,6 @@ def blocker(dsn: str, schema: str) -> None:
 
 
 def client(dsn: str, schema: str) -> None:
-    from cereal import Manager
-    from cereal.backends.postgres import PostgresDriver
 
     manager = Manager(PostgresDriver(dsn, schema=schema), close_driver=True)
     manager.driver.open()
@@ -238,10 +240,6 @@ class _Log:
 
 
 def worker(dsn: str, schema: str, log_path: str) -> None:
-    from cereal import Manager, Task, WorkflowInstance, WorkflowInstanceInfo
-    from cereal.backends.postgres import PostgresDriver
-    from tests.helpers.recorders import Flow
-    from tests.helpers.timings import FAST_MANAGER_OPTIONS
 
     log = _Log(log_path)
 
@@ -303,8 +301,6 @@ def worker(dsn: str, schema: str, log_path: str) -> None:
 
 
 def migrate_at(dsn: str, schema: str, when: str) -> None:
-    from cereal.backends.postgres import PostgresDriver
-    from cereal.backends.postgres.migrations import migrate
 
     driver = PostgresDriver(dsn, schema=schema)
     time.sleep(max(0.0, float(when) - time.time()))
@@ -314,17 +310,12 @@ def migrate_at(dsn: str, schema: str, when: str) -> None:
 
 class _JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        from cereal.logging import CONTEXT_ATTRIBUTE
 
         fields = getattr(record, CONTEXT_ATTRIBUTE, None) or {"event": record.getMessage()}
         return json.dumps({"level": record.levelname.lower(), **fields}, default=str)
 
 
 def scheduler(dsn: str, schema: str, workflow: str, runs: str) -> None:
-    from cereal import Manager, WorkflowInstance
-    from cereal.backends.postgres import PostgresDriver
-    from tests.helpers.recorders import Flow, complete
-    from tests.helpers.timings import FAST_MANAGER_OPTIONS
 
     lock = threading.Lock()
 
