@@ -34,6 +34,7 @@ from cereal.driver import (
 from cereal.testing import MemoryDriver
 from cereal.types import TaskStatus, WorkflowStatus
 from cereal.workflow import PendingTask
+from tests.helpers.waiting import wait_for
 
 W = "orders"
 OWNER = "worker-1"
@@ -128,15 +129,6 @@ def events_of(d: Driver, name: str, workflow: str = W) -> list[Any]:
     with claim(d, workflow) as batch:
         inst = [i for i in batch.instances if i.instance_name == name]
         return batch.events[inst[0].id] if inst else []
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
 
 
 def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
@@ -995,30 +987,33 @@ def test_a_listener_is_told_of_every_kind_of_change(
     listener = twin_driver.listener(got.append, lambda: reconnects.append(1))
     listener.start()
     try:
-        assert wait_until(lambda: reconnects == [1])
+        wait_for(lambda: reconnects == [1], what="reconnects == [1]")
         start(d, "a")
-        assert wait_until(lambda: bool(got))
+        wait_for(lambda: bool(got), what="bool(got)")
         if isinstance(got[0], str):
             pytest.skip("typed wakeups not implemented by this driver yet")
-        assert wait_until(lambda: EventsPending(W) in got)
+        wait_for(lambda: EventsPending(W) in got, what="EventsPending(W) in got")
         step(d, "a", tasks=[PendingTask("t", None)])
-        assert wait_until(lambda: TasksQueued("t") in got)
+        wait_for(lambda: TasksQueued("t") in got, what='TasksQueued("t") in got')
         ((task,), _) = d.claim_tasks({"t": 1}, OWNER)
         got.clear()
         d.release_tasks([task.id], OWNER)
-        assert wait_until(lambda: TasksQueued("t") in got)
+        wait_for(lambda: TasksQueued("t") in got, what='TasksQueued("t") in got')
         ((task,), _) = d.claim_tasks({"t": 1}, OWNER)
         got.clear()
         d.complete_tasks([TaskOutcome(task.id, W, "success")], OWNER)
-        assert wait_until(lambda: EventsPending(W) in got)
+        wait_for(lambda: EventsPending(W) in got, what="EventsPending(W) in got")
         got.clear()
         d.cancel_workflow(W, "a")
-        assert wait_until(lambda: EventsPending(W) in got)
+        wait_for(lambda: EventsPending(W) in got, what="EventsPending(W) in got")
         d.kill_workflow(W, "a", "killed")
-        assert wait_until(lambda: any(isinstance(w, InstanceFinished) for w in got))
+        wait_for(
+            lambda: any(isinstance(w, InstanceFinished) for w in got),
+            what="any(isinstance(w, InstanceFinished) for w in got)",
+        )
         if hasattr(d, "insert_schedule"):
             d.insert_schedule(W, "s", None, "FREQ=DAILY", False, None)
-            assert wait_until(lambda: SchedulesChanged() in got)
+            wait_for(lambda: SchedulesChanged() in got, what="SchedulesChanged() in got")
         assert reconnects == [1]
     finally:
         listener.stop()

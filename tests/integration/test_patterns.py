@@ -8,8 +8,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flows import wait_for
-
 from cereal import Manager, Task, WorkflowStatus
 from cereal.errors import WorkflowInstanceNotFoundError
 from cereal.patterns import (
@@ -20,6 +18,7 @@ from cereal.patterns import (
     SingleTaskWorkflowExecutor,
     register_single_task_workflow,
 )
+from tests.helpers.waiting import wait_for
 
 MakeManager = Callable[..., Manager]
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from scripted import SignalSub, Sub
 
 from cereal import SignalEvent, WorkflowStatus
 from cereal.steps import CANCELED_STARTING, EventRow, InstanceRow, run_events
+from tests.helpers.scripted import SignalSub, Sub
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

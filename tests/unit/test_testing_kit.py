@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from scripted import SignalSub, Sub
 
 from cereal import TaskStatus
 from cereal.errors import CerealError, InvalidNameError, SerializationError
@@ -19,6 +18,7 @@ from cereal.testing import (
     start_event,
     task_complete_event,
 )
+from tests.helpers.scripted import SignalSub, Sub
 
 
 class Fanout:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from scripted import SignalSub, Sub, state
 
 from cereal.errors import CerealError, InvalidExecutorError, WorkflowInstanceNotFoundError
 from cereal.patterns import ChainState, ChainWorkflowExecutor
@@ -17,6 +16,7 @@ from cereal.testing import (
     start_event,
     task_complete_event,
 )
+from tests.helpers.scripted import SignalSub, Sub, state
 
 
 def continuing(payload: Any = None, *tasks: tuple[str, Any]) -> Any:

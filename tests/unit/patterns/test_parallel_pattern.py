@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from scripted import SignalSub, Sub, state
 
 from cereal.errors import CerealError, InvalidExecutorError, WorkflowInstanceNotFoundError
 from cereal.patterns import ParallelState, ParallelWorkflowExecutor
@@ -18,6 +17,7 @@ from cereal.testing import (
     start_event,
     task_complete_event,
 )
+from tests.helpers.scripted import SignalSub, Sub, state
 
 
 def workflows(outcome: CallbackOutcome) -> dict[str, dict[str, Any]]:

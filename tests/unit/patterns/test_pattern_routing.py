@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from scripted import Sub
 
 from cereal.patterns import ChainWorkflowExecutor, ParallelWorkflowExecutor
 from cereal.patterns.state import parameters_digest, read_state, take_route
 from cereal.testing import run_callback, start_event, task_complete_event
+from tests.helpers.scripted import Sub
 
 ANY_JSON = [
     {"AField": "afield"},
