@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from itertools import islice, pairwise
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -36,7 +36,6 @@ from tests.helpers.waiting import wait_for
 pytestmark = pytest.mark.timeout(60)
 
 WF = "scheduled"
-T = TypeVar("T")
 MakeManager = Callable[..., Manager]
 TOLERANCE = timedelta(seconds=1)
 
