@@ -14,7 +14,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from flows import wait_for
+
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
