@@ -32,6 +32,7 @@ from cereal.workflow import PendingTask
 
 __all__ = [
     "PRUNE_BATCH",
+    "AsyncDriver",
     "ClaimedTask",
     "Driver",
     "DueRun",
@@ -518,4 +519,135 @@ class Driver(Protocol):
 
     def ping(self) -> None:
         """Raise :class:`~cereal.errors.DatabaseError` unless the storage answers."""
+        ...
+
+
+# -- the async client driver ------------------------------------------------------------------
+
+
+class AsyncDriver(Protocol):
+    """The client operations of :class:`Driver` as coroutines, for ``Manager.aio``.
+
+    A backend's sync driver makes its twin with ``async_driver()``. The same rules apply
+    (only :mod:`cereal.errors` types, JSON text in, decoded values out), and one more: no
+    method blocks the running event loop or holds a thread while it waits. Resources are
+    opened lazily by the first call, on the event loop making it.
+    """
+
+    @property
+    def schema(self) -> str:
+        """The name space this driver's data lives in."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and stop listening; a later call opens them again."""
+        ...
+
+    def close_soon(self) -> None:
+        """Close from synchronous code in any thread (e.g. ``Manager.stop``) without waiting
+        for the event loop the resources belong to."""
+        ...
+
+    # workflow instances
+
+    async def enqueue_workflow(
+        self, workflow_name: str, instance_name: str, parameters_json: str | None
+    ) -> bool:
+        """As :meth:`Driver.enqueue_workflow`."""
+        ...
+
+    async def enqueue_workflows(
+        self, items: Sequence[tuple[str, str, str | None]]
+    ) -> list[tuple[str, str]]:
+        """As :meth:`Driver.enqueue_workflows`."""
+        ...
+
+    async def cancel_workflow(self, workflow_name: str, instance_name: str) -> bool:
+        """As :meth:`Driver.cancel_workflow`."""
+        ...
+
+    async def kill_workflow(self, workflow_name: str, instance_name: str, error: str) -> bool:
+        """As :meth:`Driver.kill_workflow`."""
+        ...
+
+    async def signal_workflow(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        signal_name: str,
+        payload_json: str | None,
+    ) -> bool:
+        """Queue a signal event for the live instance and wake its handlers; False if
+        there is no live instance."""
+        ...
+
+    async def get_workflow_instance(
+        self, workflow_name: str, instance_name: str
+    ) -> WorkflowInstanceInfo | None:
+        """As :meth:`Driver.get_workflow_instance`."""
+        ...
+
+    async def list_workflow_instances(
+        self,
+        workflow_name: str | None = None,
+        instance_name: str | None = None,
+        is_running: bool | None = None,
+        status: WorkflowStatus | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> list[WorkflowInstanceInfo]:
+        """As :meth:`Driver.list_workflow_instances`."""
+        ...
+
+    # waiting for runs to finish
+
+    def change_counter(self) -> int:
+        """A counter that moves whenever a run may have finished in any process (and after
+        each reconnection of the listener, since wakeups sent meanwhile are lost). Reading
+        it starts listening. Read it before looking at the database, then pass it to
+        :meth:`wait_for_change`, so that no finish goes unnoticed."""
+        ...
+
+    async def wait_for_change(self, since: int, timeout: float | None) -> int:
+        """Wait until :meth:`change_counter` differs from ``since`` or ``timeout`` seconds
+        pass (None: no limit), and return the counter. Returns sooner, after a short poll
+        interval, while the listener is disconnected, so waiters fall back to polling."""
+        ...
+
+    # schedules
+
+    async def now(self) -> datetime:
+        """As :meth:`Driver.now`."""
+        ...
+
+    async def insert_schedule(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        recurrence: str,
+        enabled: bool,
+        next_due_at: datetime | None,
+    ) -> bool:
+        """As :meth:`Driver.insert_schedule`."""
+        ...
+
+    async def update_schedule(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        change: Callable[[StoredSchedule, datetime], ScheduleChange],
+    ) -> bool:
+        """As :meth:`Driver.update_schedule` (``change`` is a plain function, run on the
+        event loop inside the transaction)."""
+        ...
+
+    async def delete_schedule(self, workflow_name: str, instance_name: str) -> bool:
+        """As :meth:`Driver.delete_schedule`."""
+        ...
+
+    async def list_schedules(
+        self, workflow_name: str | None = None, instance_name: str | None = None
+    ) -> list[Schedule]:
+        """As :meth:`Driver.list_schedules`."""
         ...

@@ -9,16 +9,24 @@ import time
 import uuid
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cereal.backends.postgres.driver import PostgresDriver
+from cereal.checks import (
+    KILLED,
+    MAX_SECONDS,
+    await_timed_out,
+    check_list_filters,
+    instance_exists,
+    wait_timeout,
+)
+from cereal.checks import instance_not_found as _not_found
+from cereal.checks import timeout_seconds as _timeout
 from cereal.codec import check_name, describe_error, encode
 from cereal.errors import (
     CerealError,
     InvalidExecutorError,
     ManagerStateError,
-    WorkflowInstanceExistsError,
-    WorkflowInstanceNotFoundError,
 )
 from cereal.event_loop import WorkflowEventLoop
 from cereal.executors import TaskExecutor, TaskFunction, WorkflowExecutor, task_callable
@@ -29,14 +37,12 @@ from cereal.services.pruner import HistoryPruner
 from cereal.task_pool import TaskPools, TaskRegistration
 from cereal.types import WorkflowInstanceInfo
 
+if TYPE_CHECKING:
+    from cereal.aio import AsyncManagerClient
+
 __all__ = ["Manager"]
 
 log = get_logger("cereal.manager")
-KILLED = "killed"
-
-
-MAX_SECONDS = 100 * 365 * 86400.0
-"""Longest accepted time option: beyond it, waits and deadlines overflow."""
 
 
 def _positive(name: str, value: object, *, allow_none: bool = False) -> float | None:
@@ -51,17 +57,6 @@ def _positive(name: str, value: object, *, allow_none: bool = False) -> float | 
             f"{name} must be a positive number of seconds (at most {MAX_SECONDS:g}), got {value!r}"
         )
     return float(value)
-
-
-def _timeout(value: object) -> float | None:
-    """A wait's ``timeout``: None (no limit) or a number of seconds (<= 0: do not wait)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise CerealError(f"timeout must be a number of seconds or None, got {value!r}")
-    if value > MAX_SECONDS:  # longer than any wait can last (and maybe not even a float)
-        return None
-    return max(float(value), 0.0) if value > -1 else 0.0
 
 
 class Manager(ScheduleOperations):
@@ -272,6 +267,8 @@ class Manager(ScheduleOperations):
             self.log.info("manager stopped")
         if self._owns_driver and was != "stopped":
             self.driver.close()
+        if self._aio is not None:
+            self._aio.close_soon()
         with self._finished:
             self._finished.notify_all()
 
@@ -358,9 +355,7 @@ class Manager(ScheduleOperations):
         check_name("instance_name", instance_name)
         params = encode(parameters, f"parameters of workflow {workflow_name!r}")
         if not self.driver.enqueue_workflow(workflow_name, instance_name, params):
-            raise WorkflowInstanceExistsError(
-                f"workflow instance {workflow_name!r}/{instance_name!r} already exists"
-            )
+            raise instance_exists(workflow_name, instance_name)
         if self._event_loop is not None and workflow_name in self._workflows:
             self._event_loop.wake()
 
@@ -397,12 +392,7 @@ class Manager(ScheduleOperations):
     ) -> list[WorkflowInstanceInfo]:
         """One row per ``(workflow_name, instance_name)``: the live instance, else its
         latest finished run. Each filter left as None matches everything."""
-        if workflow_name is not None:
-            check_name("workflow_name", workflow_name)
-        if instance_name is not None:
-            check_name("instance_name", instance_name)
-        if is_running is not None and not isinstance(is_running, bool):
-            raise CerealError(f"is_running must be a bool or None, got {is_running!r}")
+        check_list_filters(workflow_name, instance_name, is_running)
         return self.driver.list_workflow_instances(workflow_name, instance_name, is_running)
 
     def await_workflow(
@@ -413,11 +403,7 @@ class Manager(ScheduleOperations):
         Raises :class:`TimeoutError` after ``timeout`` seconds and
         :class:`WorkflowInstanceNotFoundError` if no such instance was ever enqueued.
         """
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
-        ):
-            raise CerealError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
-        timeout = _timeout(timeout)
+        timeout = wait_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.01
         while True:
@@ -428,10 +414,7 @@ class Manager(ScheduleOperations):
                 return info
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise TimeoutError(
-                    f"workflow instance {workflow_name!r}/{instance_name!r} did not finish "
-                    f"within {timeout:g}s"
-                )
+                raise await_timed_out(workflow_name, instance_name, timeout)
             wait = pause if left is None else min(pause, left)
             with self._finished:
                 if self._finish_seq == seq:
@@ -463,8 +446,17 @@ class Manager(ScheduleOperations):
                 )
             self._workflow_workers = workflow_workers
 
+    # -- async client ------------------------------------------------------------------------
 
-def _not_found(workflow_name: str, instance_name: str) -> WorkflowInstanceNotFoundError:
-    return WorkflowInstanceNotFoundError(
-        f"workflow instance {workflow_name!r}/{instance_name!r} not found"
-    )
+    _aio: AsyncManagerClient | None = None
+
+    @property
+    def aio(self) -> AsyncManagerClient:
+        """The instance and schedule operations as coroutines that never block the event
+        loop (same names, arguments and errors). Closed by :meth:`stop`, usable without
+        :meth:`start`."""
+        if self._aio is None:
+            from cereal.aio import AsyncManagerClient
+
+            self._aio = AsyncManagerClient.for_driver(self.driver)
+        return self._aio

@@ -9,7 +9,7 @@ import select
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any, LiteralString
+from typing import TYPE_CHECKING, Any, LiteralString
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -26,6 +26,9 @@ from cereal.errors import CerealError, DatabaseError, InvalidNameError
 from cereal.logging import get_logger
 from cereal.steps import EventRow, InstanceRow, StepOutcome
 from cereal.types import WorkflowInstanceInfo, WorkflowStatus
+
+if TYPE_CHECKING:
+    from cereal.backends.postgres.async_driver import AsyncPostgresDriver
 
 __all__ = ["PostgresDriver"]
 
@@ -472,6 +475,12 @@ class PostgresDriver:
     def ping(self) -> None:
         """Raise :class:`~cereal.errors.DatabaseError` unless the server answers."""
         operator_views.ping(self)
+
+    def async_driver(self) -> AsyncPostgresDriver:
+        """This driver's async twin (same database, schema and options), for ``Manager.aio``."""
+        from cereal.backends.postgres.async_driver import AsyncPostgresDriver
+
+        return AsyncPostgresDriver.twin_of(self)
 
 
 class _PostgresEventBatch:

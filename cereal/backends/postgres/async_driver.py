@@ -1,0 +1,644 @@
+"""The async twin of :class:`~cereal.backends.postgres.PostgresDriver`, for ``Manager.aio``.
+
+It runs the named statements of ``queries.sql`` on psycopg's async connections: an
+:class:`~psycopg_pool.AsyncConnectionPool` for the operations and one async LISTEN
+connection, shared by every waiter, for the notifications that a run finished. Nothing here
+blocks the event loop or takes a thread per call; the only thread ever used is for the
+one-time schema migration (and the embedded server's start) before the first connection.
+
+Pool and listener belong to the event loop that opened them. A call made on another loop
+(a second ``asyncio.run``, a test client's loop) opens fresh ones and lets the old go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import select
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, LiteralString
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from cereal.backends.postgres.jsonb import use_strict_jsonb
+from cereal.backends.postgres.migrations import migrate
+from cereal.backends.postgres.queries import load_queries
+from cereal.checks import decode_cursor, encode_cursor, not_enqueued
+from cereal.driver import ScheduleChange, StoredSchedule
+from cereal.errors import (
+    CerealError,
+    DatabaseError,
+    SerializationError,
+    TransientDatabaseError,
+)
+from cereal.logging import get_logger
+from cereal.types import Schedule, WorkflowInstanceInfo, WorkflowStatus
+
+if TYPE_CHECKING:
+    from cereal.backends.postgres.driver import PostgresDriver
+
+__all__ = ["AsyncPostgresDriver"]
+
+log = get_logger("cereal.postgres.aio")
+
+AsyncConnection = psycopg.AsyncConnection[tuple[Any, ...]]
+
+POLL_INTERVAL = 1.0
+"""How often waiters look at the database while the listen connection is down."""
+RECHECK_INTERVAL = 10.0
+"""How often waiters look anyway while it is up (a safety net; wakeups do the work)."""
+
+# Statements not (yet) in queries.sql: bulk enqueue, paged listing and signals.
+_OWN: dict[str, LiteralString] = {
+    "enqueue_workflows": """
+WITH items AS (
+    SELECT * FROM unnest(%(workflow_names)s::text[], %(instance_names)s::text[],
+                         %(parameters)s::text[]) WITH ORDINALITY
+        AS t(workflow_name, instance_name, parameters, n)
+), inserted AS (
+    INSERT INTO workflow_instances (workflow_name, instance_name, parameters)
+    SELECT workflow_name, instance_name, parameters::jsonb FROM items ORDER BY n
+    ON CONFLICT ON CONSTRAINT workflow_instances_name DO NOTHING
+    RETURNING id, workflow_name, instance_name
+), start_events AS (
+    INSERT INTO workflow_events (instance_id, event_type)
+    SELECT id, 'start' FROM inserted ORDER BY id
+), notified AS (
+    SELECT pg_notify(%(channel)s, 'e' || w.workflow_name)
+    FROM (SELECT DISTINCT workflow_name FROM inserted) w
+)
+SELECT workflow_name, instance_name, (SELECT count(*) FROM notified) FROM inserted""",
+    "list_instances_page": """
+SELECT * FROM (
+    SELECT workflow_name, instance_name, status, parameters, payload, NULL::jsonb AS result,
+           NULL::text AS error, started_at, NULL::timestamptz AS ended_at
+    FROM workflow_instances
+    WHERE (%(workflow_name)s::text IS NULL OR workflow_name = %(workflow_name)s)
+      AND (%(instance_name)s::text IS NULL OR instance_name = %(instance_name)s)
+      AND (%(status)s::text IS NULL OR status = %(status)s)
+      AND %(include_live)s
+    UNION ALL
+    SELECT * FROM (
+        SELECT DISTINCT ON (r.workflow_name, r.instance_name)
+               r.workflow_name, r.instance_name, r.status, r.parameters, NULL::jsonb,
+               r.result, r.error, r.started_at, r.ended_at
+        FROM workflow_results r
+        WHERE (%(workflow_name)s::text IS NULL OR r.workflow_name = %(workflow_name)s)
+          AND (%(instance_name)s::text IS NULL OR r.instance_name = %(instance_name)s)
+          AND %(include_finished)s
+          AND NOT EXISTS (
+              SELECT 1 FROM workflow_instances i
+              WHERE i.workflow_name = r.workflow_name AND i.instance_name = r.instance_name)
+        ORDER BY r.workflow_name, r.instance_name, r.id DESC
+    ) finished
+    WHERE %(status)s::text IS NULL OR finished.status = %(status)s
+) page
+WHERE %(after_at)s::timestamptz IS NULL
+   OR (started_at, workflow_name, instance_name)
+      < (%(after_at)s::timestamptz, %(after_workflow)s::text, %(after_instance)s::text)
+ORDER BY started_at DESC, workflow_name DESC, instance_name DESC
+LIMIT %(limit)s""",
+    "signal_workflow": """
+WITH target AS (
+    SELECT id FROM workflow_instances
+    WHERE workflow_name = %(workflow_name)s AND instance_name = %(instance_name)s
+    FOR KEY SHARE
+), ev AS (
+    INSERT INTO workflow_events (instance_id, event_type, signal_name, signal_payload)
+    SELECT id, 'signal', %(signal_name)s, %(payload)s::jsonb FROM target
+    RETURNING instance_id
+)
+SELECT instance_id, pg_notify(%(channel)s, 'e' || %(workflow_name)s) FROM ev""",
+}
+
+
+class _LoopState:
+    """The pool, listener and change counter of one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pool: AsyncConnectionPool[AsyncConnection] | None = None
+        self.opening: asyncio.Task[AsyncConnectionPool[AsyncConnection]] | None = None
+        self.listener: asyncio.Task[None] | None = None
+        self.connected = False
+        self.counter = 0
+        self.changed: asyncio.Future[None] = loop.create_future()
+
+    def bump(self) -> None:
+        self.counter += 1
+        if not self.changed.done():
+            self.changed.set_result(None)
+        self.changed = self.loop.create_future()
+
+
+class AsyncPostgresDriver:
+    """Implements :class:`cereal.driver.AsyncDriver` on PostgreSQL.
+
+    Made by :meth:`PostgresDriver.async_driver` (same database, schema and options);
+    ``prepare`` resolves the connection string and migrates the schema (run once, in a
+    worker thread, before the first connection).
+    """
+
+    def __init__(
+        self,
+        prepare: Callable[[], str],
+        *,
+        schema: str,
+        channel: str,
+        pool_size: int = 10,
+        connect_timeout: float = 10.0,
+        application_name: str = "cereal",
+    ) -> None:
+        self._prepare = prepare
+        self._dsn: str | None = None
+        self._schema = schema
+        self._channel = channel
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._application_name = application_name
+        self._q = load_queries()
+        self._st: _LoopState | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def twin_of(cls, driver: PostgresDriver) -> AsyncPostgresDriver:
+        """The async twin of a synchronous driver."""
+
+        def prepare() -> str:
+            with driver.connect() as conn:
+                migrate(conn, driver.schema)
+            return driver.dsn
+
+        return cls(
+            prepare,
+            schema=driver.schema,
+            channel=driver.channel,
+            pool_size=getattr(driver, "_pool_size", 10),
+            connect_timeout=getattr(driver, "_connect_timeout", 10.0),
+            application_name=getattr(driver, "_application_name", "cereal"),
+        )
+
+    @property
+    def schema(self) -> str:
+        return self._schema
+
+    def _query(self, name: str) -> LiteralString:
+        return self._q.get(name) or _OWN[name]
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        st = self._st
+        if st is None or st.loop is not loop:
+            if st is not None:
+                self._abandon(st)
+            st = self._st = _LoopState(loop)
+        return st
+
+    async def _pool(self) -> AsyncConnectionPool[AsyncConnection]:
+        st = self._state()
+        if st.pool is not None:
+            return st.pool
+        opening = st.opening
+        if opening is None or (opening.done() and (opening.cancelled() or opening.exception())):
+            opening = st.opening = st.loop.create_task(self._open_pool(st))
+        return await asyncio.shield(opening)
+
+    async def _open_pool(self, st: _LoopState) -> AsyncConnectionPool[AsyncConnection]:
+        if self._dsn is None:
+            self._dsn = await asyncio.to_thread(self._prepare)
+        pool: AsyncConnectionPool[AsyncConnection] = AsyncConnectionPool(
+            self._dsn,
+            min_size=1,
+            max_size=self._pool_size,
+            kwargs=self._connect_kwargs(),
+            configure=self._configure,
+            check=_check_connection,
+            open=False,
+            name=f"cereal-aio-{self._schema}",
+        )
+        try:
+            await pool.open(wait=True, timeout=self._connect_timeout)
+        except psycopg.Error as exc:
+            await pool.close(timeout=0)
+            raise TransientDatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
+        st.pool = pool
+        return pool
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "autocommit": True,
+            "connect_timeout": max(1, round(self._connect_timeout)),
+            "application_name": self._application_name,
+        }
+
+    async def _configure(self, conn: AsyncConnection) -> None:
+        use_strict_jsonb(conn.adapters)
+        await conn.execute(
+            "SELECT set_config('search_path', %s, false), set_config('TimeZone', 'UTC', false)",
+            ('"' + self._schema + '"',),
+        )
+
+    async def close(self) -> None:
+        st, self._st = self._st, None
+        if st is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is st.loop:
+            await self._close_state(st)
+        else:
+            self._abandon(st)
+
+    def close_soon(self) -> None:
+        st, self._st = self._st, None
+        if st is not None:
+            self._abandon(st)
+
+    def _abandon(self, st: _LoopState) -> None:
+        """Close ``st`` on its own loop as well as we can from here, without waiting on it."""
+        loop = st.loop
+        if loop.is_closed():
+            return  # its tasks were cancelled when it closed; the sockets go with the objects
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            task = loop.create_task(self._close_state(st))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        elif loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._close_state(st), loop)
+
+    async def _close_state(self, st: _LoopState) -> None:
+        for task in (st.listener, st.opening):
+            if task is not None and not task.done():
+                task.cancel()
+                with suppress(BaseException):
+                    await task
+        st.connected = False
+        if st.pool is not None:
+            await st.pool.close(timeout=5)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection; psycopg errors inside come out as :mod:`cereal.errors`."""
+        try:
+            pool = await self._pool()
+            async with pool.connection(timeout=max(self._connect_timeout, 30.0)) as conn:
+                yield conn
+        except CerealError:
+            raise
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        async with self._connection() as conn:
+            cur = await conn.execute(self._query(name), params)
+            return await cur.fetchall()
+
+    async def _notify(self, conn: AsyncConnection, payloads: Sequence[str]) -> None:
+        await conn.execute(
+            self._q["notify"], {"channel": self._channel, "payloads": list(payloads)}
+        )
+
+    # -- workflow instances --------------------------------------------------------------------
+
+    async def enqueue_workflow(
+        self, workflow_name: str, instance_name: str, parameters_json: str | None
+    ) -> bool:
+        rows = await self._rows(
+            "enqueue_workflow",
+            {
+                "workflow_name": workflow_name,
+                "instance_name": instance_name,
+                "parameters": parameters_json,
+                "channel": self._channel,
+            },
+        )
+        return bool(rows)
+
+    async def enqueue_workflows(
+        self, items: Sequence[tuple[str, str, str | None]]
+    ) -> list[tuple[str, str]]:
+        if not items:
+            return []
+        rows = await self._rows(
+            "enqueue_workflows",
+            {
+                "workflow_names": [w for w, _, _ in items],
+                "instance_names": [i for _, i, _ in items],
+                "parameters": [p for _, _, p in items],
+                "channel": self._channel,
+            },
+        )
+        return not_enqueued(items, [(r[0], r[1]) for r in rows])
+
+    async def cancel_workflow(self, workflow_name: str, instance_name: str) -> bool:
+        params = {"workflow_name": workflow_name, "instance_name": instance_name}
+        return bool(await self._rows("cancel_workflow", params | {"channel": self._channel}))
+
+    async def kill_workflow(self, workflow_name: str, instance_name: str, error: str) -> bool:
+        params = {"workflow_name": workflow_name, "instance_name": instance_name}
+        rows = await self._rows(
+            "kill_workflow", params | {"error": error, "channel": self._channel}
+        )
+        return bool(rows)
+
+    async def signal_workflow(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        signal_name: str,
+        payload_json: str | None,
+    ) -> bool:
+        rows = await self._rows(
+            "signal_workflow",
+            {
+                "workflow_name": workflow_name,
+                "instance_name": instance_name,
+                "signal_name": signal_name,
+                "payload": payload_json,
+                "channel": self._channel,
+            },
+        )
+        return bool(rows)
+
+    async def get_workflow_instance(
+        self, workflow_name: str, instance_name: str
+    ) -> WorkflowInstanceInfo | None:
+        params = {"workflow_name": workflow_name, "instance_name": instance_name}
+        async with self._connection() as conn:
+            cur = await conn.execute(self._q["get_live_instance"], params)
+            row = await cur.fetchone()
+            if row is not None:
+                return WorkflowInstanceInfo(
+                    workflow_name=row[0],
+                    instance_name=row[1],
+                    status=WorkflowStatus(row[2]),
+                    parameters=row[3],
+                    payload=row[4],
+                    started_at=row[5],
+                )
+            cur = await conn.execute(self._q["get_latest_result"], params)
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        status = WorkflowStatus(row[2])
+        return WorkflowInstanceInfo(
+            workflow_name=row[0],
+            instance_name=row[1],
+            status=status,
+            parameters=row[3],
+            result=row[4] if status is WorkflowStatus.COMPLETED else None,
+            error=row[5],
+            started_at=row[6],
+            ended_at=row[7],
+        )
+
+    async def list_workflow_instances(
+        self,
+        workflow_name: str | None = None,
+        instance_name: str | None = None,
+        is_running: bool | None = None,
+        status: WorkflowStatus | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> list[WorkflowInstanceInfo]:
+        params: dict[str, Any] = {
+            "workflow_name": workflow_name,
+            "instance_name": instance_name,
+            "include_live": is_running is not False,
+            "include_finished": is_running is not True,
+        }
+        if limit is None:
+            rows = await self._rows("list_instances", params)
+            infos = [_info(r) for r in rows]
+            return infos if status is None else [i for i in infos if i.status is status]
+        after_at, after_workflow, after_instance = (
+            (None, None, None) if after is None else decode_cursor(after)
+        )
+        rows = await self._rows(
+            "list_instances_page",
+            params
+            | {
+                "status": None if status is None else status.value,
+                "limit": limit,
+                "after_at": after_at,
+                "after_workflow": after_workflow,
+                "after_instance": after_instance,
+            },
+        )
+        page = []
+        for r in rows:
+            info = _info(r)
+            page.append(
+                WorkflowInstanceInfo(
+                    workflow_name=info.workflow_name,
+                    instance_name=info.instance_name,
+                    status=info.status,
+                    parameters=info.parameters,
+                    payload=info.payload,
+                    result=info.result,
+                    error=info.error,
+                    started_at=info.started_at,
+                    ended_at=info.ended_at,
+                    cursor=encode_cursor(info),
+                )
+            )
+        return page
+
+    # -- waiting for runs to finish ------------------------------------------------------------
+
+    def change_counter(self) -> int:
+        st = self._state()
+        if st.listener is None or st.listener.done():
+            st.listener = st.loop.create_task(self._listen(st))
+        return st.counter
+
+    async def wait_for_change(self, since: int, timeout: float | None) -> int:
+        st = self._state()
+        if st.counter == since:
+            wait = RECHECK_INTERVAL if st.connected else POLL_INTERVAL
+            if timeout is not None:
+                wait = min(wait, max(timeout, 0.0))
+            await asyncio.wait([st.changed], timeout=wait)
+        return st.counter
+
+    async def _listen(self, st: _LoopState) -> None:
+        """Keep a LISTEN connection on this schema's channel; count finish notifications."""
+        delay = POLL_INTERVAL
+        listen = sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
+        while True:
+            try:
+                await self._pool()  # resolves the connection string and migrates once
+                assert self._dsn is not None
+                conn = await psycopg.AsyncConnection.connect(self._dsn, **self._connect_kwargs())
+                async with conn:
+                    await conn.execute(listen)
+                    st.connected = True
+                    delay = POLL_INTERVAL
+                    st.bump()  # finishes announced while we were not listening are lost
+                    async for note in conn.notifies():
+                        if note.payload.startswith("f"):
+                            st.bump()
+            except Exception as exc:
+                log.warning(
+                    "async listen connection lost; waiters poll until it is back",
+                    error=str(exc),
+                    delay=delay,
+                )
+            finally:
+                st.connected = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    # -- schedules -----------------------------------------------------------------------------
+
+    async def now(self) -> datetime:
+        async with self._connection() as conn:
+            return await _now(conn, self._q["db_now"])
+
+    async def insert_schedule(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        recurrence: str,
+        enabled: bool,
+        next_due_at: datetime | None,
+    ) -> bool:
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                self._q["insert_schedule"],
+                {
+                    "workflow_name": workflow_name,
+                    "instance_name": instance_name,
+                    "parameters": parameters_json,
+                    "recurrence": recurrence,
+                    "enabled": enabled,
+                    "next_due_at": next_due_at,
+                },
+            )
+            if await cur.fetchone() is None:
+                return False
+            await self._notify(conn, ["s"])
+        return True
+
+    async def update_schedule(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        change: Callable[[StoredSchedule, datetime], ScheduleChange],
+    ) -> bool:
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                self._q["lock_schedule"],
+                {"workflow_name": workflow_name, "instance_name": instance_name},
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            sched_id, params, text, enabled, next_due = row
+            now = await _now(conn, self._q["db_now"])
+            new = change(StoredSchedule(_json(params), text, enabled, next_due), now)
+            await conn.execute(
+                self._q["update_schedule"],
+                {
+                    "id": sched_id,
+                    "parameters": new.parameters_json,
+                    "recurrence": new.recurrence,
+                    "enabled": new.enabled,
+                    "next_due_at": new.next_due_at,
+                },
+            )
+            await self._notify(conn, ["s"])
+        return True
+
+    async def delete_schedule(self, workflow_name: str, instance_name: str) -> bool:
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                self._q["delete_schedule"],
+                {"workflow_name": workflow_name, "instance_name": instance_name},
+            )
+            if await cur.fetchone() is None:
+                return False
+            await self._notify(conn, ["s"])
+        return True
+
+    async def list_schedules(
+        self, workflow_name: str | None = None, instance_name: str | None = None
+    ) -> list[Schedule]:
+        rows = await self._rows(
+            "select_schedules", {"workflow_name": workflow_name, "instance_name": instance_name}
+        )
+        return [Schedule(*r) for r in rows]
+
+
+def translate(exc: psycopg.Error) -> CerealError:
+    """The :mod:`cereal.errors` type of a psycopg error (the message is the server's)."""
+    if isinstance(
+        exc,
+        psycopg.OperationalError
+        | psycopg.InterfaceError
+        | pgerrors.DeadlockDetected
+        | pgerrors.SerializationFailure
+        | pgerrors.InvalidSqlStatementName
+        | pgerrors.ReadOnlySqlTransaction,
+    ):
+        return TransientDatabaseError(str(exc))
+    if isinstance(exc, psycopg.DataError):
+        return SerializationError(str(exc))
+    return DatabaseError(str(exc))
+
+
+async def _check_connection(conn: AsyncConnection) -> None:
+    """Refuse a pooled connection that is visibly dead, without a round trip when it is
+    quiet (an idle session is silent: anything to read is an error or the end)."""
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        readable = bool(poller.poll(0))
+    else:  # Windows
+        readable = bool(select.select([conn.fileno()], [], [], 0)[0])
+    if readable:
+        await AsyncConnectionPool.check_connection(conn)
+
+
+async def _now(conn: AsyncConnection, query: LiteralString) -> datetime:
+    cur = await conn.execute(query)
+    row = await cur.fetchone()
+    assert row is not None
+    value: datetime = row[0]
+    return value
+
+
+def _info(r: tuple[Any, ...]) -> WorkflowInstanceInfo:
+    return WorkflowInstanceInfo(
+        workflow_name=r[0],
+        instance_name=r[1],
+        status=WorkflowStatus(r[2]),
+        parameters=r[3],
+        payload=r[4],
+        result=r[5],
+        error=r[6],
+        started_at=r[7],
+        ended_at=r[8],
+    )
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))

@@ -1,0 +1,273 @@
+"""Argument checks and errors shared by the manager's operations and their async twins.
+
+:class:`cereal.Manager` and :class:`cereal.aio.AsyncManagerClient` validate through these
+functions, so a bad argument gets the same exception type and message from either.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from cereal.codec import check_name, encode
+from cereal.driver import ScheduleChange, StoredSchedule
+from cereal.errors import (
+    CerealError,
+    InvalidScheduleError,
+    WorkflowInstanceExistsError,
+    WorkflowInstanceNotFoundError,
+    WorkflowScheduleExistsError,
+    WorkflowScheduleNotFoundError,
+)
+from cereal.recurrence import Recurrence
+from cereal.types import WorkflowInstanceInfo, WorkflowStatus
+
+__all__ = [
+    "KILLED",
+    "MAX_SECONDS",
+    "await_timed_out",
+    "check_list_filters",
+    "check_pair",
+    "decode_cursor",
+    "encode_cursor",
+    "enqueue_items",
+    "first_due",
+    "instance_exists",
+    "instance_not_found",
+    "not_enqueued",
+    "schedule_change",
+    "schedule_exists",
+    "schedule_not_found",
+    "signal_arguments",
+    "timeout_seconds",
+    "wait_timeout",
+]
+
+KILLED = "killed"
+"""The error stored for an instance ended by ``kill_workflow``."""
+
+MAX_SECONDS = 100 * 365 * 86400.0
+"""Longest accepted time option: beyond it, waits and deadlines overflow."""
+
+
+# -- workflow instances -----------------------------------------------------------------------
+
+
+def check_pair(workflow_name: object, instance_name: object) -> None:
+    """Raise :class:`~cereal.errors.InvalidNameError` unless both names are valid."""
+    check_name("workflow_name", workflow_name)
+    check_name("instance_name", instance_name)
+
+
+def instance_exists(workflow_name: str, instance_name: str) -> WorkflowInstanceExistsError:
+    return WorkflowInstanceExistsError(
+        f"workflow instance {workflow_name!r}/{instance_name!r} already exists"
+    )
+
+
+def instance_not_found(workflow_name: str, instance_name: str) -> WorkflowInstanceNotFoundError:
+    return WorkflowInstanceNotFoundError(
+        f"workflow instance {workflow_name!r}/{instance_name!r} not found"
+    )
+
+
+def enqueue_items(items: object) -> list[tuple[str, str, str | None]]:
+    """Validate and encode the items of ``enqueue_workflows``, all before anything is written:
+    ``(workflow_name, instance_name, parameters_json)`` for each."""
+    if isinstance(items, str | bytes | dict) or not isinstance(items, Iterable):
+        raise CerealError(
+            f"items must be an iterable of (workflow_name, instance_name, parameters) tuples, "
+            f"got {type(items).__name__}"
+        )
+    checked: list[tuple[str, str, str | None]] = []
+    for item in items:
+        if not isinstance(item, tuple | list) or len(item) != 3:
+            raise CerealError(
+                f"each item must be a (workflow_name, instance_name, parameters) tuple, "
+                f"got {item!r}"
+            )
+        workflow_name, instance_name, parameters = item
+        check_pair(workflow_name, instance_name)
+        checked.append(
+            (
+                workflow_name,
+                instance_name,
+                encode(parameters, f"parameters of workflow {workflow_name!r}"),
+            )
+        )
+    return checked
+
+
+def not_enqueued(
+    items: Iterable[tuple[str, str, Any]], inserted: Iterable[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The pairs of ``items`` (in order) that ``inserted`` does not account for: a pair
+    inserted once accounts for its first occurrence only."""
+    left = set(inserted)
+    skipped: list[tuple[str, str]] = []
+    for workflow_name, instance_name, _ in items:
+        pair = (workflow_name, instance_name)
+        if pair in left:
+            left.discard(pair)
+        else:
+            skipped.append(pair)
+    return skipped
+
+
+def check_list_filters(
+    workflow_name: object,
+    instance_name: object,
+    is_running: object,
+    status: object = None,
+    limit: object = None,
+    after: object = None,
+) -> WorkflowStatus | None:
+    """Validate the filters of ``list_workflow_instances``; return ``status`` as a
+    :class:`~cereal.types.WorkflowStatus` (or None)."""
+    if workflow_name is not None:
+        check_name("workflow_name", workflow_name)
+    if instance_name is not None:
+        check_name("instance_name", instance_name)
+    if is_running is not None and not isinstance(is_running, bool):
+        raise CerealError(f"is_running must be a bool or None, got {is_running!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise CerealError(f"limit must be a positive int or None, got {limit!r}")
+    if after is not None:
+        if limit is None:
+            raise CerealError(f"after needs a limit (it continues a paged listing), got {after!r}")
+        decode_cursor(after)
+    if status is None:
+        return None
+    if isinstance(status, str) and status in WorkflowStatus._value2member_map_:
+        return WorkflowStatus(status)
+    raise CerealError(f"status must be a WorkflowStatus or None, got {status!r}")
+
+
+def encode_cursor(info: WorkflowInstanceInfo) -> str:
+    """The opaque ``after`` cursor of a row of a paged listing."""
+    assert info.started_at is not None
+    raw = json.dumps([info.started_at.isoformat(), info.workflow_name, info.instance_name])
+    return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii")
+
+
+def decode_cursor(after: object) -> tuple[datetime, str, str]:
+    """``(started_at, workflow_name, instance_name)`` of a cursor, or :class:`CerealError`."""
+    try:
+        if not isinstance(after, str):
+            raise TypeError
+        started, workflow_name, instance_name = json.loads(
+            base64.urlsafe_b64decode(after.encode("ascii"))
+        )
+        when = datetime.fromisoformat(started)
+        if when.tzinfo is None or not isinstance(workflow_name, str):
+            raise ValueError
+        if not isinstance(instance_name, str):
+            raise ValueError
+    except (TypeError, ValueError, binascii.Error, UnicodeError):
+        raise CerealError(
+            f"after must be the cursor of a row of list_workflow_instances, got {after!r}"
+        ) from None
+    return when, workflow_name, instance_name
+
+
+def signal_arguments(
+    workflow_name: object, instance_name: object, signal_name: object, payload: Any
+) -> str | None:
+    """Validate the arguments of ``signal_workflow``; return the payload as JSON text."""
+    check_pair(workflow_name, instance_name)
+    check_name("signal_name", signal_name)
+    return encode(payload, f"payload of signal {signal_name!r}")
+
+
+def timeout_seconds(value: object) -> float | None:
+    """A wait's ``timeout``: None (no limit) or a number of seconds (<= 0: do not wait)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise CerealError(f"timeout must be a number of seconds or None, got {value!r}")
+    if value > MAX_SECONDS:  # longer than any wait can last (and maybe not even a float)
+        return None
+    return max(float(value), 0.0) if value > -1 else 0.0
+
+
+def wait_timeout(timeout: object) -> float | None:
+    """The ``timeout`` of ``await_workflow``: None or a number of seconds >= 0."""
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
+    ):
+        raise CerealError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+    return timeout_seconds(timeout)
+
+
+def await_timed_out(workflow_name: str, instance_name: str, timeout: float | None) -> TimeoutError:
+    return TimeoutError(
+        f"workflow instance {workflow_name!r}/{instance_name!r} did not finish "
+        f"within {timeout or 0:g}s"
+    )
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+
+def _pair(workflow_name: str, instance_name: str) -> str:
+    return f"{workflow_name!r}/{instance_name!r}"
+
+
+def schedule_exists(workflow_name: str, instance_name: str) -> WorkflowScheduleExistsError:
+    return WorkflowScheduleExistsError(
+        f"workflow schedule {_pair(workflow_name, instance_name)} already exists"
+    )
+
+
+def schedule_not_found(workflow_name: str, instance_name: str) -> WorkflowScheduleNotFoundError:
+    return WorkflowScheduleNotFoundError(
+        f"workflow schedule {_pair(workflow_name, instance_name)} not found"
+    )
+
+
+def first_due(rule: Recurrence, now: datetime) -> datetime:
+    """When a new schedule first runs: its first occurrence at or after ``now``."""
+    next_due = rule.next_after(now, inclusive=True)
+    if next_due is None:
+        raise InvalidScheduleError(
+            f"recurrence has no occurrence at or after {now.isoformat()}: {rule.text!r}"
+        )
+    return next_due
+
+
+def schedule_change(
+    workflow_name: str,
+    instance_name: str,
+    stored: StoredSchedule,
+    now: datetime,
+    *,
+    enabled: bool | None,
+    parameters_json: str | None,
+    set_parameters: bool,
+    parse: Callable[[datetime], Recurrence] | None,
+    load: Callable[[str], Recurrence],
+) -> ScheduleChange:
+    """The new state of a schedule for ``update_workflow_schedule``: a new rule or a
+    re-enable recomputes the next run from ``now`` (a stale occurrence never fires)."""
+    text, next_due = stored.recurrence, stored.next_due_at
+    new_enabled = stored.enabled if enabled is None else enabled
+    if parse is not None or (new_enabled and not stored.enabled):
+        rule = parse(now) if parse is not None else load(text)
+        text = rule.text
+        next_due = rule.next_after(now, inclusive=True)
+        if next_due is None:
+            raise InvalidScheduleError(
+                f"recurrence has no occurrence at or after {now.isoformat()}, so "
+                f"schedule {_pair(workflow_name, instance_name)} cannot run again: "
+                f"{text!r}"
+            )
+    return ScheduleChange(
+        parameters_json=parameters_json if set_parameters else stored.parameters_json,
+        recurrence=text,
+        enabled=new_enabled,
+        next_due_at=next_due,
+    )
