@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -28,7 +29,9 @@ from cereal.types import WorkflowInstanceInfo, WorkflowStatus
 
 __all__ = [
     "KILLED",
+    "MAX_PAGE",
     "MAX_SECONDS",
+    "ListFilters",
     "await_timed_out",
     "check_list_filters",
     "check_pair",
@@ -52,6 +55,11 @@ KILLED = "killed"
 
 MAX_SECONDS = 100 * 365 * 86400.0
 """Longest accepted time option: beyond it, waits and deadlines overflow."""
+
+MAX_PAGE = 10_000
+"""Largest ``limit`` of a paged listing."""
+
+_CURSOR_PREFIX = "c1."
 
 
 # -- workflow instances -----------------------------------------------------------------------
@@ -78,11 +86,8 @@ def instance_not_found(workflow_name: str, instance_name: str) -> WorkflowInstan
 def enqueue_items(items: object) -> list[tuple[str, str, str | None]]:
     """Validate and encode the items of ``enqueue_workflows``, all before anything is written:
     ``(workflow_name, instance_name, parameters_json)`` for each."""
-    if isinstance(items, str | bytes | dict) or not isinstance(items, Iterable):
-        raise CerealError(
-            f"items must be an iterable of (workflow_name, instance_name, parameters) tuples, "
-            f"got {type(items).__name__}"
-        )
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise CerealError(f"items must be an iterable of 3-tuples, got {items!r}")
     checked: list[tuple[str, str, str | None]] = []
     for item in items:
         if not isinstance(item, tuple | list) or len(item) != 3:
@@ -92,13 +97,8 @@ def enqueue_items(items: object) -> list[tuple[str, str, str | None]]:
             )
         workflow_name, instance_name, parameters = item
         check_pair(workflow_name, instance_name)
-        checked.append(
-            (
-                workflow_name,
-                instance_name,
-                encode(parameters, f"parameters of workflow {workflow_name!r}"),
-            )
-        )
+        what = f"parameters of workflow instance {workflow_name!r}/{instance_name!r}"
+        checked.append((workflow_name, instance_name, encode(parameters, what)))
     return checked
 
 
@@ -127,51 +127,88 @@ def check_list_filters(
     after: object = None,
 ) -> WorkflowStatus | None:
     """Validate the filters of ``list_workflow_instances``; return ``status`` as a
-    :class:`~cereal.types.WorkflowStatus` (or None)."""
+    :class:`~cereal.types.WorkflowStatus` (or None). ``after`` is checked to be a string
+    only: :func:`decode_cursor` reads it against the filters."""
     if workflow_name is not None:
         check_name("workflow_name", workflow_name)
     if instance_name is not None:
         check_name("instance_name", instance_name)
     if is_running is not None and not isinstance(is_running, bool):
         raise CerealError(f"is_running must be a bool or None, got {is_running!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise CerealError(f"limit must be a positive int or None, got {limit!r}")
+    wanted = _status_filter(status)
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE
+    ):
+        raise CerealError(f"limit must be an int from 1 to {MAX_PAGE} or None, got {limit!r}")
     if after is not None:
+        if not isinstance(after, str):
+            raise CerealError(f"after must be a cursor string or None, got {after!r}")
         if limit is None:
-            raise CerealError(f"after needs a limit (it continues a paged listing), got {after!r}")
-        decode_cursor(after)
-    if status is None:
-        return None
+            raise CerealError("after needs a limit: pass the limit of the listing it came from")
+    return wanted
+
+
+def _status_filter(status: object) -> WorkflowStatus | None:
+    if status is None or isinstance(status, WorkflowStatus):
+        return status
     if isinstance(status, str) and status in WorkflowStatus._value2member_map_:
         return WorkflowStatus(status)
-    raise CerealError(f"status must be a WorkflowStatus or None, got {status!r}")
+    allowed = ", ".join(s.value for s in WorkflowStatus)
+    raise CerealError(f"status must be a WorkflowStatus ({allowed}) or None, got {status!r}")
 
 
-def encode_cursor(info: WorkflowInstanceInfo) -> str:
-    """The opaque ``after`` cursor of a row of a paged listing."""
+ListFilters = tuple[str | None, str | None, bool | None, WorkflowStatus | None]
+"""``(workflow_name, instance_name, is_running, status)`` of a listing."""
+
+
+def _fingerprint(filters: ListFilters) -> str:
+    workflow_name, instance_name, is_running, status = filters
+    key = json.dumps([workflow_name, instance_name, is_running, status and status.value])
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def encode_cursor(filters: ListFilters, info: WorkflowInstanceInfo) -> str:
+    """The opaque ``after`` cursor of a row of a paged listing with these filters: the
+    row's position (``started_at``, workflow and instance name) and the filters' print."""
     assert info.started_at is not None
-    raw = json.dumps([info.started_at.isoformat(), info.workflow_name, info.instance_name])
-    return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii")
+    body = json.dumps(
+        [
+            _fingerprint(filters),
+            info.started_at.isoformat(),
+            info.workflow_name,
+            info.instance_name,
+        ],
+        ensure_ascii=True,
+        separators=(",", ":"),
+    )
+    return _CURSOR_PREFIX + base64.urlsafe_b64encode(body.encode("ascii")).decode("ascii")
 
 
-def decode_cursor(after: object) -> tuple[datetime, str, str]:
-    """``(started_at, workflow_name, instance_name)`` of a cursor, or :class:`CerealError`."""
+def decode_cursor(after: str, filters: ListFilters) -> tuple[datetime, str, str]:
+    """``(started_at, workflow_name, instance_name)`` of a cursor made for a listing with
+    these filters, else :class:`CerealError`."""
+    shown = after if len(after) <= 80 else after[:77] + "..."
     try:
-        if not isinstance(after, str):
-            raise TypeError
-        started, workflow_name, instance_name = json.loads(
-            base64.urlsafe_b64decode(after.encode("ascii"))
-        )
-        when = datetime.fromisoformat(started)
-        if when.tzinfo is None or not isinstance(workflow_name, str):
-            raise ValueError
-        if not isinstance(instance_name, str):
-            raise ValueError
-    except (TypeError, ValueError, binascii.Error, UnicodeError):
+        if not after.startswith(_CURSOR_PREFIX):
+            raise ValueError("unknown prefix")
+        raw = base64.urlsafe_b64decode(after[len(_CURSOR_PREFIX) :].encode("ascii"))
+        fingerprint, stamp, workflow_name, instance_name = json.loads(raw)
+        started_at = datetime.fromisoformat(stamp)
+        if (
+            not isinstance(fingerprint, str)
+            or not isinstance(workflow_name, str)
+            or not isinstance(instance_name, str)
+            or started_at.tzinfo is None
+        ):
+            raise ValueError("bad fields")
+    except (ValueError, TypeError, UnicodeError, binascii.Error) as exc:
+        raise CerealError(f"after is not a listing cursor: {shown!r}") from exc
+    if fingerprint != _fingerprint(filters):
         raise CerealError(
-            f"after must be the cursor of a row of list_workflow_instances, got {after!r}"
-        ) from None
-    return when, workflow_name, instance_name
+            f"after is a cursor of a listing with other filters: {shown!r}; page with the "
+            f"filters the cursor was made for, or start again without after"
+        )
+    return started_at, workflow_name, instance_name
 
 
 def signal_arguments(

@@ -207,13 +207,13 @@ def test_enqueue_workflows_with_a_bad_item_writes_nothing(
     make_manager: Callable[..., Manager],
 ) -> None:
     m = make_manager()
-    with pytest.raises(SerializationError, match="parameters of workflow 'order'"):
+    with pytest.raises(SerializationError, match="parameters of workflow instance 'order'/'o-2'"):
         run(m.aio.enqueue_workflows([("order", "o-1", None), ("order", "o-2", {1, 2})]))
     with pytest.raises(InvalidNameError, match="instance_name must not be empty"):
         run(m.aio.enqueue_workflows([("order", "o-1", None), ("order", "", None)]))
     with pytest.raises(CerealError, match="each item must be a"):
         run(m.aio.enqueue_workflows([("order", "o-1")]))  # type: ignore[list-item]
-    with pytest.raises(CerealError, match="items must be an iterable"):
+    with pytest.raises(CerealError, match="items must be an iterable of 3-tuples, got 'order'"):
         run(m.aio.enqueue_workflows("order"))  # type: ignore[arg-type]
     assert m.list_workflow_instances() == []
     assert run(m.aio.enqueue_workflows([])) == []
@@ -270,16 +270,24 @@ def test_paged_listing_visits_every_pair_once_newest_first(
     assert pages == [["o-3", "o-6", "o-5"], ["o-4", "o-2", "o-1"], ["o-0"]]
     failed = run(m.aio.list_workflow_instances(status=WorkflowStatus.FAILED, limit=10))
     assert [r.instance_name for r in failed] == ["o-5"]
+    first = run(m.aio.list_workflow_instances(workflow_name="order", limit=3))
+    with pytest.raises(CerealError, match="a cursor of a listing with other filters"):
+        run(m.aio.list_workflow_instances(is_running=True, limit=3, after=first[-1].cursor))
 
 
 BAD_LIST_CALLS: list[tuple[dict[str, Any], str]] = [
-    ({"limit": 0}, "limit must be a positive int or None, got 0"),
-    ({"limit": True}, "limit must be a positive int or None, got True"),
-    ({"limit": 2.5}, "limit must be a positive int or None, got 2.5"),
-    ({"status": "done"}, "status must be a WorkflowStatus or None, got 'done'"),
-    ({"limit": 5, "after": "not a cursor"}, "after must be the cursor of a row"),
-    ({"limit": 5, "after": 12}, "after must be the cursor of a row"),
-    ({"after": "eyJ9"}, "after needs a limit"),
+    ({"limit": 0}, "limit must be an int from 1 to 10000 or None, got 0"),
+    ({"limit": True}, "limit must be an int from 1 to 10000 or None, got True"),
+    ({"limit": 2.5}, "limit must be an int from 1 to 10000 or None, got 2.5"),
+    ({"limit": 10_001}, "limit must be an int from 1 to 10000 or None, got 10001"),
+    (
+        {"status": "done"},
+        "status must be a WorkflowStatus (starting, running, completed, failed) or None, "
+        "got 'done'",
+    ),
+    ({"limit": 5, "after": "not a cursor"}, "after is not a listing cursor: 'not a cursor'"),
+    ({"limit": 5, "after": 12}, "after must be a cursor string or None, got 12"),
+    ({"after": "c1.e30="}, "after needs a limit: pass the limit of the listing it came from"),
 ]
 
 

@@ -426,8 +426,9 @@ class AsyncPostgresDriver:
             rows = await self._rows("list_instances", params)
             infos = [_info(r) for r in rows]
             return infos if status is None else [i for i in infos if i.status is status]
+        filters = (workflow_name, instance_name, is_running, status)
         after_at, after_workflow, after_instance = (
-            (None, None, None) if after is None else decode_cursor(after)
+            (None, None, None) if after is None else decode_cursor(after, filters)
         )
         rows = await self._rows(
             "list_instances_page",
@@ -454,7 +455,7 @@ class AsyncPostgresDriver:
                     error=info.error,
                     started_at=info.started_at,
                     ended_at=info.ended_at,
-                    cursor=encode_cursor(info),
+                    cursor=encode_cursor(filters, info),
                 )
             )
         return page
