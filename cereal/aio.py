@@ -160,17 +160,21 @@ class AsyncManagerClient:
         enqueued. Waiting costs no thread and no polling while the listener is connected.
         """
         seconds = wait_timeout(timeout)
+        check_pair(workflow_name, instance_name)
         loop = asyncio.get_running_loop()
         deadline = None if seconds is None else loop.time() + seconds
-        while True:
-            seen = self._driver.change_counter()
-            info = await self.get_workflow_instance(workflow_name, instance_name)
-            if not info.is_running:
-                return info
-            left = None if deadline is None else deadline - loop.time()
-            if left is not None and left <= 0:
-                raise await_timed_out(workflow_name, instance_name, seconds)
-            await self._driver.wait_for_change(seen, left)
+        watch = self._driver.watch_instance(workflow_name, instance_name)
+        try:
+            while True:
+                info = await self.get_workflow_instance(workflow_name, instance_name)
+                if not info.is_running:
+                    return info
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    raise await_timed_out(workflow_name, instance_name, seconds)
+                await watch.wait(left)
+        finally:
+            watch.close()
 
     # -- schedules ---------------------------------------------------------------------------
 

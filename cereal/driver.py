@@ -41,6 +41,7 @@ __all__ = [
     "EventsPending",
     "InstanceFinished",
     "InstanceRow",
+    "InstanceWatch",
     "Listener",
     "Overview",
     "ScheduleChange",
@@ -525,6 +526,22 @@ class Driver(Protocol):
 # -- the async client driver ------------------------------------------------------------------
 
 
+class InstanceWatch(Protocol):
+    """A watch on one ``(workflow_name, instance_name)``, from
+    :meth:`AsyncDriver.watch_instance`. However many there are, the driver looks at the
+    database once per wakeup for all of them, not once per watch."""
+
+    async def wait(self, timeout: float | None) -> None:
+        """Return once the pair may have no live instance any more (confirm with the
+        database), or after ``timeout`` seconds (None: no limit). While the listener is
+        disconnected the driver polls, so this still returns soon after a finish."""
+        ...
+
+    def close(self) -> None:
+        """Stop watching."""
+        ...
+
+
 class AsyncDriver(Protocol):
     """The client operations of :class:`Driver` as coroutines, for ``Manager.aio``.
 
@@ -601,17 +618,10 @@ class AsyncDriver(Protocol):
 
     # waiting for runs to finish
 
-    def change_counter(self) -> int:
-        """A counter that moves whenever a run may have finished in any process (and after
-        each reconnection of the listener, since wakeups sent meanwhile are lost). Reading
-        it starts listening. Read it before looking at the database, then pass it to
-        :meth:`wait_for_change`, so that no finish goes unnoticed."""
-        ...
-
-    async def wait_for_change(self, since: int, timeout: float | None) -> int:
-        """Wait until :meth:`change_counter` differs from ``since`` or ``timeout`` seconds
-        pass (None: no limit), and return the counter. Returns sooner, after a short poll
-        interval, while the listener is disconnected, so waiters fall back to polling."""
+    def watch_instance(self, workflow_name: str, instance_name: str) -> InstanceWatch:
+        """Start watching the pair for the end of its live instance (this starts listening
+        for finishes in every process). Watch before looking at the database, then
+        :meth:`InstanceWatch.wait`, so that no finish goes unnoticed."""
         ...
 
     # schedules

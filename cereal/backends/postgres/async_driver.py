@@ -53,7 +53,8 @@ POLL_INTERVAL = 1.0
 RECHECK_INTERVAL = 10.0
 """How often waiters look anyway while it is up (a safety net; wakeups do the work)."""
 
-# Statements not (yet) in queries.sql: bulk enqueue, paged listing and signals.
+# Statements not (yet) in queries.sql: bulk enqueue, paged listing, signals, and which of
+# the awaited pairs have no live instance (one statement for every waiter of a loop).
 _OWN: dict[str, LiteralString] = {
     "enqueue_workflows": """
 WITH items AS (
@@ -103,6 +104,13 @@ WHERE %(after_at)s::timestamptz IS NULL
       < (%(after_at)s::timestamptz, %(after_workflow)s::text, %(after_instance)s::text)
 ORDER BY started_at DESC, workflow_name DESC, instance_name DESC
 LIMIT %(limit)s""",
+    "not_live": """
+SELECT p.workflow_name, p.instance_name
+FROM unnest(%(workflow_names)s::text[], %(instance_names)s::text[])
+    AS p(workflow_name, instance_name)
+WHERE NOT EXISTS (
+    SELECT 1 FROM workflow_instances i
+    WHERE i.workflow_name = p.workflow_name AND i.instance_name = p.instance_name)""",
     "signal_workflow": """
 WITH target AS (
     SELECT id FROM workflow_instances
@@ -117,17 +125,52 @@ SELECT instance_id, pg_notify(%(channel)s, 'e' || %(workflow_name)s) FROM ev""",
 }
 
 
+class _Watch:
+    """An :class:`~cereal.driver.InstanceWatch`: woken by the driver's checker."""
+
+    def __init__(self, driver: AsyncPostgresDriver, pair: tuple[str, str]) -> None:
+        self._driver = driver
+        self.pair = pair
+        self.woken = asyncio.Event()
+        self.state: _LoopState | None = None
+
+    async def wait(self, timeout: float | None) -> None:
+        self._driver._attach(self)  # again after the client was closed and reopened
+        if not self.woken.is_set():
+            with suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.woken.wait()
+        self.woken.clear()
+
+    def close(self) -> None:
+        if self.state is not None:
+            self.state.detach(self)
+            self.state = None
+
+
 class _LoopState:
-    """The pool, listener and change counter of one event loop."""
+    """The pool, listener, watches and change counter of one event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.pool: AsyncConnectionPool[AsyncConnection] | None = None
         self.opening: asyncio.Task[AsyncConnectionPool[AsyncConnection]] | None = None
         self.listener: asyncio.Task[None] | None = None
+        self.checker: asyncio.Task[None] | None = None
+        self.pools: list[AsyncConnectionPool[AsyncConnection]] = []
+        """Every pool made on this loop, closed by the guard whatever happens."""
+        self.guard: asyncio.Task[None] | None = None
+        self.watches: dict[tuple[str, str], set[_Watch]] = {}
         self.connected = False
         self.counter = 0
         self.changed: asyncio.Future[None] = loop.create_future()
+
+    def detach(self, watch: _Watch) -> None:
+        watching = self.watches.get(watch.pair)
+        if watching is not None:
+            watching.discard(watch)
+            if not watching:
+                del self.watches[watch.pair]
 
     def bump(self) -> None:
         self.counter += 1
@@ -199,7 +242,20 @@ class AsyncPostgresDriver:
             if st is not None:
                 self._abandon(st)
             st = self._st = _LoopState(loop)
+            st.guard = loop.create_task(self._guard(st))
         return st
+
+    async def _guard(self, st: _LoopState) -> None:
+        """Close the loop's pools when this task is cancelled: by :meth:`close`, or by
+        ``asyncio.run`` ending. psycopg's pool workers ignore cancellation, so a pool left
+        open would keep ``asyncio.run`` from ever returning."""
+        try:
+            await st.loop.create_future()  # until cancelled
+        finally:
+            st.connected = False
+            for pool in st.pools:
+                with suppress(Exception):
+                    await pool.close(timeout=5)
 
     async def _pool(self) -> AsyncConnectionPool[AsyncConnection]:
         st = self._state()
@@ -223,9 +279,11 @@ class AsyncPostgresDriver:
             open=False,
             name=f"cereal-aio-{self._schema}",
         )
+        st.pools.append(pool)
         try:
             await pool.open(wait=True, timeout=self._connect_timeout)
         except psycopg.Error as exc:
+            st.pools.remove(pool)
             await pool.close(timeout=0)
             raise TransientDatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
         st.pool = pool
@@ -280,14 +338,16 @@ class AsyncPostgresDriver:
             asyncio.run_coroutine_threadsafe(self._close_state(st), loop)
 
     async def _close_state(self, st: _LoopState) -> None:
-        for task in (st.listener, st.opening):
+        for watching in st.watches.values():
+            for watch in watching:
+                watch.state = None
+                watch.woken.set()  # it looks again, and watches on through fresh connections
+        st.watches.clear()
+        for task in (st.checker, st.listener, st.opening, st.guard):
             if task is not None and not task.done():
                 task.cancel()
                 with suppress(BaseException):
                     await task
-        st.connected = False
-        if st.pool is not None:
-            await st.pool.close(timeout=5)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -462,20 +522,52 @@ class AsyncPostgresDriver:
 
     # -- waiting for runs to finish ------------------------------------------------------------
 
-    def change_counter(self) -> int:
+    def watch_instance(self, workflow_name: str, instance_name: str) -> _Watch:
+        watch = _Watch(self, (workflow_name, instance_name))
+        self._attach(watch)
+        return watch
+
+    def _attach(self, watch: _Watch) -> None:
         st = self._state()
+        if watch.state is st:
+            return
+        if watch.state is not None:
+            watch.state.detach(watch)
+        watch.state = st
+        st.watches.setdefault(watch.pair, set()).add(watch)
         if st.listener is None or st.listener.done():
             st.listener = st.loop.create_task(self._listen(st))
-        return st.counter
+        if st.checker is None or st.checker.done():
+            st.checker = st.loop.create_task(self._check_watches(st))
 
-    async def wait_for_change(self, since: int, timeout: float | None) -> int:
-        st = self._state()
-        if st.counter == since:
-            wait = RECHECK_INTERVAL if st.connected else POLL_INTERVAL
-            if timeout is not None:
-                wait = min(wait, max(timeout, 0.0))
-            await asyncio.wait([st.changed], timeout=wait)
-        return st.counter
+    async def _check_watches(self, st: _LoopState) -> None:
+        """While anything is watched: after each wakeup (or a re-check interval), ask the
+        database in one statement which watched pairs are no longer live; wake their
+        watches."""
+        seen = -1  # look once at the start: a finish may predate the listener
+        while st.watches:
+            if st.counter == seen:
+                wait = RECHECK_INTERVAL if st.connected else POLL_INTERVAL
+                await asyncio.wait([st.changed], timeout=wait)
+            seen = st.counter
+            pairs = list(st.watches)
+            if not pairs:
+                break
+            try:
+                rows = await self._rows(
+                    "not_live",
+                    {
+                        "workflow_names": [w for w, _ in pairs],
+                        "instance_names": [i for _, i in pairs],
+                    },
+                )
+            except CerealError as exc:
+                _reraise_cancel(exc)
+                log.warning("cannot check awaited instances; trying again", error=str(exc))
+                continue
+            for row in rows:
+                for watch in st.watches.get((row[0], row[1]), ()):
+                    watch.woken.set()
 
     async def _listen(self, st: _LoopState) -> None:
         """Keep a LISTEN connection on this schema's channel; count finish notifications."""
@@ -495,6 +587,7 @@ class AsyncPostgresDriver:
                         if note.payload.startswith("f"):
                             st.bump()
             except Exception as exc:
+                _reraise_cancel(exc)
                 log.warning(
                     "async listen connection lost; waiters poll until it is back",
                     error=str(exc),
@@ -585,6 +678,14 @@ class AsyncPostgresDriver:
             "select_schedules", {"workflow_name": workflow_name, "instance_name": instance_name}
         )
         return [Schedule(*r) for r in rows]
+
+
+def _reraise_cancel(exc: BaseException) -> None:
+    """Let a cancelled background task end even when psycopg turned the cancellation into
+    an error of its own (e.g. while connecting); otherwise it would retry for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
 
 
 def translate(exc: psycopg.Error) -> CerealError:
