@@ -765,3 +765,25 @@ def test_readme_fastapi_example_enqueues_and_awaits(
             "result": None,
         }
     namespace["manager"].stop()
+
+
+def test_stop_called_on_the_event_loop_closes_the_client_there(pg_dsn: str, schema: str) -> None:
+    name = "aio-" + schema
+    m = Manager(PostgresDriver(pg_dsn, schema=schema, application_name=name), close_driver=True)
+
+    async def scenario() -> tuple[int, int, str]:
+        await m.aio.enqueue_workflow("order", "o-1")
+        with pytest.raises(TimeoutError):
+            await m.aio.await_workflow("order", "o-1", timeout=0.3)
+        open_now = len(await asyncio.to_thread(backends_of, pg_dsn, name))
+        m.stop()  # as from a lifespan handler: returns at once, the closing runs on this loop
+        await asyncio.sleep(1.0)
+        open_after = len(await asyncio.to_thread(backends_of, pg_dsn, name))
+        again = await m.aio.get_workflow_instance("order", "o-1")  # opens afresh
+        await m.aio.close()
+        return open_now, open_after, again.instance_name
+
+    open_now, open_after, again = run(scenario())
+    assert open_now >= 2  # the async pool and the listener (the sync pool was never opened)
+    assert open_after == 0
+    assert again == "o-1"
