@@ -18,6 +18,7 @@ from typing import Any
 from cereal.checks import (
     KILLED,
     await_timed_out,
+    check_flag,
     check_list_filters,
     check_pair,
     enqueue_items,
@@ -33,7 +34,7 @@ from cereal.checks import (
 from cereal.codec import encode
 from cereal.driver import AsyncDriver, ScheduleChange, StoredSchedule
 from cereal.errors import CerealError
-from cereal.schedules import UNCHANGED, RecurrenceInput, _flag, _load, _parse
+from cereal.schedules import UNCHANGED, RecurrenceInput, _load, _parse
 from cereal.types import Schedule, WorkflowInstanceInfo, WorkflowStatus
 
 __all__ = ["AsyncManagerClient"]
@@ -194,7 +195,7 @@ class AsyncManagerClient:
         never occurs again."""
         check_pair(workflow_name, instance_name)
         params = encode(parameters, f"parameters of schedule {workflow_name!r}")
-        flag = _flag("enabled", enabled)
+        flag = check_flag("enabled", enabled)
         now = await self._driver.now()
         rule = _parse(recurrence, now)
         next_due = first_due(rule, now)
@@ -220,7 +221,7 @@ class AsyncManagerClient:
         params = (
             encode(parameters, f"parameters of schedule {workflow_name!r}") if set_params else None
         )
-        flag = None if enabled is None else _flag("enabled", enabled)
+        flag = None if enabled is None else check_flag("enabled", enabled)
 
         def parse(now: datetime) -> Any:
             assert recurrence is not None

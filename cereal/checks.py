@@ -33,6 +33,7 @@ __all__ = [
     "MAX_SECONDS",
     "ListFilters",
     "await_timed_out",
+    "check_flag",
     "check_list_filters",
     "check_pair",
     "decode_cursor",
@@ -248,6 +249,13 @@ def await_timed_out(workflow_name: str, instance_name: str, timeout: float | Non
 
 
 # -- schedules --------------------------------------------------------------------------------
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` if it is a bool, else :class:`CerealError` naming it."""
+    if not isinstance(value, bool):
+        raise CerealError(f"{name} must be a bool, got {value!r}")
+    return value
 
 
 def _pair(workflow_name: str, instance_name: str) -> str:
