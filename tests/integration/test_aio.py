@@ -16,8 +16,6 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
-from flows import Flow, wait_for
-from procs import Child
 
 from cereal import Manager, WorkflowStatus
 from cereal.backends.postgres import PostgresDriver
@@ -30,6 +28,9 @@ from cereal.errors import (
     TransientDatabaseError,
     WorkflowInstanceNotFoundError,
 )
+from tests.helpers.processes import program
+from tests.helpers.recorders import Flow
+from tests.helpers.waiting import wait_for
 
 T = TypeVar("T")
 DAILY = "DTSTART:20250101T090000Z\nRRULE:FREQ=DAILY"
@@ -308,7 +309,7 @@ def test_await_returns_when_another_process_finishes_the_instance(
     make_manager: Callable[..., Manager], pg_dsn: str, schema: str, tmp_path: Path
 ) -> None:
     m = make_manager()
-    with Child("worker", pg_dsn, schema, str(tmp_path / "log"), log_file=tmp_path / "w.err") as w:
+    with program("worker", pg_dsn, schema, str(tmp_path / "log"), log_file=tmp_path / "w.err") as w:
         w.expect("ready")
 
         # Awaiting an instance that does not exist yet raises at once: enqueue first.
@@ -336,7 +337,7 @@ def test_await_wakes_on_the_finish_notification_of_another_manager(
     only the notification can wake it within the 5 s timeout."""
     m = make_manager()
     m.enqueue_workflow("order", "o-1")
-    with Child("client", pg_dsn, schema, log_file=tmp_path / "c.err") as other:
+    with program("client", pg_dsn, schema, log_file=tmp_path / "c.err") as other:
         other.expect("ready")
 
         async def scenario() -> tuple[Any, float]:
