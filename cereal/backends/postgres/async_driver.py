@@ -231,7 +231,9 @@ class AsyncPostgresDriver:
         return self._schema
 
     def _query(self, name: str) -> LiteralString:
-        return self._q.get(name) or _OWN[name]
+        # This module's own statements first: a statement of the same name added to
+        # queries.sql may take other parameters or return other rows.
+        return _OWN.get(name) or self._q[name]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
