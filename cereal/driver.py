@@ -41,6 +41,7 @@ __all__ = [
     "EventsPending",
     "InstanceFinished",
     "InstanceRow",
+    "InstanceTimeline",
     "InstanceWatch",
     "Listener",
     "Overview",
@@ -53,6 +54,7 @@ __all__ = [
     "TaskInfo",
     "TaskOutcome",
     "TasksQueued",
+    "TimelineEvent",
     "Wakeup",
 ]
 
@@ -522,6 +524,21 @@ class Driver(Protocol):
         """Raise :class:`~cereal.errors.DatabaseError` unless the storage answers."""
         ...
 
+    # dashboard views (cereal.web)
+
+    def recent_failures(self, limit: int) -> list[WorkflowInstanceInfo]:
+        """The newest failed runs kept in history, newest first (every run, not one per
+        pair), at most ``limit``."""
+        ...
+
+    def instance_timeline(
+        self, workflow_name: str, instance_name: str, limit: int
+    ) -> InstanceTimeline:
+        """What the storage still keeps about one pair, in one snapshot: the live instance's
+        pending events and queued/running tasks, and its finished runs (at most ``limit`` of
+        each)."""
+        ...
+
 
 # -- the async client driver ------------------------------------------------------------------
 
@@ -661,3 +678,37 @@ class AsyncDriver(Protocol):
     ) -> list[Schedule]:
         """As :meth:`Driver.list_schedules`."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    """A pending event of a live instance, as an operator sees it."""
+
+    id: int
+    kind: str
+    """``start``, ``task_complete``, ``cancel`` or ``signal``."""
+    enqueued_at: datetime
+    task_name: str | None = None
+    task_status: str | None = None
+    task_error: str | None = None
+    signal_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceTimeline:
+    """Everything the storage keeps about one ``(workflow_name, instance_name)`` pair."""
+
+    now: datetime
+    """The storage's clock when the snapshot was taken."""
+    live: bool
+    """True while an instance of the pair is live."""
+    updated_at: datetime | None
+    """When the live instance last changed state (None when none is live)."""
+    enqueued_tasks: int
+    completed_tasks: int
+    events: list[TimelineEvent]
+    """Pending events of the live instance, oldest first."""
+    tasks: list[TaskInfo]
+    """Queued and running tasks of the live instance, oldest first."""
+    runs: list[WorkflowInstanceInfo]
+    """Finished runs of the pair kept in history, newest first."""

@@ -17,11 +17,19 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from cereal.backends.postgres import operator_views
+from cereal.backends.postgres import overview as dashboard_views
 from cereal.backends.postgres.jsonb import Undecodable, use_lenient_jsonb, use_strict_jsonb
 from cereal.backends.postgres.listener import PostgresListener
 from cereal.backends.postgres.migrations import LOCK_NAMESPACE, migrate
 from cereal.backends.postgres.queries import load_queries
-from cereal.driver import ClaimedTask, SchemaStatus, TaskInfo, TaskOutcome
+from cereal.driver import (
+    ClaimedTask,
+    InstanceTimeline,
+    Overview,
+    SchemaStatus,
+    TaskInfo,
+    TaskOutcome,
+)
 from cereal.errors import CerealError, DatabaseError, InvalidNameError
 from cereal.logging import get_logger
 from cereal.steps import EventRow, InstanceRow, StepOutcome
@@ -481,6 +489,22 @@ class PostgresDriver:
         from cereal.backends.postgres.async_driver import AsyncPostgresDriver
 
         return AsyncPostgresDriver.twin_of(self)
+
+    # -- dashboard views (cereal/backends/postgres/overview.py) ----------------------------
+
+    def overview(self, stale_after: float) -> Overview:
+        """Counts of instances, runs, tasks and schedules, in one snapshot."""
+        return dashboard_views.overview(self, stale_after)
+
+    def recent_failures(self, limit: int) -> list[WorkflowInstanceInfo]:
+        """The newest failed runs kept in history, newest first."""
+        return dashboard_views.recent_failures(self, limit)
+
+    def instance_timeline(
+        self, workflow_name: str, instance_name: str, limit: int
+    ) -> InstanceTimeline:
+        """A pair's pending events, queued and running tasks, and finished runs."""
+        return dashboard_views.instance_timeline(self, workflow_name, instance_name, limit)
 
 
 class _PostgresEventBatch:
