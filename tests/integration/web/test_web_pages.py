@@ -41,7 +41,8 @@ def test_overview_shows_instances_tasks_and_recent_failures(
     assert "render 0 1" in text  # task name, queued, running
     assert "never-run 1 0" in text
     assert "Recent failures" in text
-    assert "sync nightly upstream said no" in text
+    failures = text.split("Recent failures", 1)[1]
+    assert "sync / nightly" in failures and "upstream said no" in failures
 
 
 def test_every_page_escapes_user_data(seeded: Seeded, client: Callable[..., TestClient]) -> None:
