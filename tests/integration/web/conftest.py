@@ -12,11 +12,11 @@ import pytest
 
 pytest.importorskip("starlette", reason="the web extra is not installed: pip install cereal[web]")
 
-from flows import Flow, wait_for  # noqa: E402
-from starlette.testclient import TestClient  # noqa: E402
+from flows import Flow, wait_for
+from starlette.testclient import TestClient
 
-from cereal import Manager  # noqa: E402
-from cereal.web import create_app  # noqa: E402
+from cereal import Manager
+from cereal.web import create_app
 
 EVIL = "<script>alert(1)</script>"
 DAILY_PARIS = "DTSTART;TZID=Europe/Paris:20250101T090000\nRRULE:FREQ=DAILY"
@@ -94,8 +94,10 @@ def seeded(make_manager: Callable[..., Manager]) -> Iterator[Seeded]:
     manager.await_workflow("billing", "inv-1", timeout=15)
     manager.await_workflow("sync", "nightly", timeout=15)
     wait_for(
-        lambda: manager.get_workflow_instance("reports", "q3").payload is not None
-        and manager.get_workflow_instance(EVIL, "<b>x</b>").payload is not None,
+        lambda: (
+            manager.get_workflow_instance("reports", "q3").payload is not None
+            and manager.get_workflow_instance(EVIL, "<b>x</b>").payload is not None
+        ),
         what="the live instances to start",
     )
     yield Seeded(manager, release)

@@ -105,8 +105,7 @@ def test_process_counters_follow_the_instrumentation_hooks(
     assert value(text, "cereal_events_handled_total", workflow="wf-metrics", kind="start") == 1
     assert value(text, "cereal_decisions_total", workflow="wf-metrics", decision="continue") == 1
     assert (
-        value(text, "cereal_task_runs_total", task="t-metrics", status="success")
-        == runs_before + 1
+        value(text, "cereal_task_runs_total", task="t-metrics", status="success") == runs_before + 1
     )
     assert value(text, "cereal_task_run_seconds_count", task="t-metrics") == 2
     assert value(text, "cereal_task_run_seconds_sum", task="t-metrics") == pytest.approx(1.8)

@@ -84,9 +84,7 @@ def test_overview_counts_stale_tasks_and_overdue_schedules(
             "(%s, 'slow', 'queued', NULL, NULL)",
             (instance_id, instance_id, instance_id),
         )
-        conn.execute(
-            "UPDATE workflow_schedules SET next_due_at = now() - interval '1 hour'"
-        )
+        conn.execute("UPDATE workflow_schedules SET next_due_at = now() - interval '1 hour'")
     view = driver.overview(60)
     assert view.instances == {("wf", "starting"): 1}
     (slow,) = view.tasks
