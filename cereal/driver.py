@@ -703,7 +703,8 @@ class InstanceTimeline:
     live: bool
     """True while an instance of the pair is live."""
     updated_at: datetime | None
-    """When the live instance last changed state (None when none is live)."""
+    """When the live instance last changed state (None when none is live, or when the
+    storage does not record it)."""
     enqueued_tasks: int
     completed_tasks: int
     events: list[TimelineEvent]

@@ -44,6 +44,7 @@ from cereal.driver import (
     EventsPending,
     InstanceFinished,
     InstanceRow,
+    InstanceTimeline,
     Overview,
     ScheduleChange,
     SchedulesChanged,
@@ -54,6 +55,7 @@ from cereal.driver import (
     TaskInfo,
     TaskOutcome,
     TasksQueued,
+    TimelineEvent,
     Wakeup,
 )
 from cereal.errors import CerealError, DatabaseError, SerializationError
@@ -1034,6 +1036,73 @@ class MemoryDriver:
 
     def ping(self) -> None:
         """Memory always answers."""
+
+    # -- dashboard views ---------------------------------------------------------------------
+
+    def recent_failures(self, limit: int) -> list[WorkflowInstanceInfo]:
+        """The newest failed runs kept in history, newest first, at most ``limit``."""
+        _check_limit(limit)
+        s = self._store
+        with s.lock:
+            failed = [r for r in s.results.values() if r.status is WorkflowStatus.FAILED]
+            return [_finished_info(r) for r in sorted(failed, key=lambda r: -r.id)[:limit]]
+
+    def instance_timeline(
+        self, workflow_name: str, instance_name: str, limit: int
+    ) -> InstanceTimeline:
+        """The pair's pending events, queued and running tasks, and finished runs (memory
+        does not record when a live instance last changed: ``updated_at`` is None)."""
+        _check_limit(limit)
+        s = self._store
+        pair = (workflow_name, instance_name)
+        with s.lock:
+            now = s.clock()
+            inst_id = s.live.get(pair)
+            inst = None if inst_id is None else s.instances[inst_id]
+            events: list[TimelineEvent] = []
+            tasks: list[TaskInfo] = []
+            if inst is not None:
+                events = [
+                    TimelineEvent(
+                        e.id,
+                        e.kind,
+                        e.enqueued_at,
+                        e.task_name,
+                        e.task_status,
+                        e.task_error,
+                        e.signal_name,
+                    )
+                    for e in s.events.get(inst.id, [])[:limit]
+                ]
+                mine = sorted(
+                    (t for t in s.tasks.values() if t.instance_id == inst.id), key=lambda t: t.id
+                )
+                tasks = [
+                    TaskInfo(
+                        t.id,
+                        t.task_name,
+                        workflow_name,
+                        instance_name,
+                        t.state,
+                        _value(t.parameters),
+                        t.enqueued_at,
+                        t.start_after,
+                        t.claimed_by,
+                        None if t.heartbeat_at is None else _seconds(now - t.heartbeat_at),
+                    )
+                    for t in mine[:limit]
+                ]
+            runs = [_finished_info(r) for r in reversed(s.history.get(pair, []))][:limit]
+            return InstanceTimeline(
+                now=now,
+                live=inst is not None,
+                updated_at=None,
+                enqueued_tasks=inst.enqueued_tasks if inst is not None else 0,
+                completed_tasks=inst.completed_tasks if inst is not None else 0,
+                events=events,
+                tasks=tasks,
+                runs=runs,
+            )
 
 
 class MemoryEventBatch:

@@ -32,9 +32,9 @@ def create_app(
 
     ``driver=None`` builds the default driver (``CEREAL_DATABASE_URL``, else the embedded
     server) and closes it when the application shuts down; a driver passed in stays open.
-    ``stale_after`` (seconds) is when a running task without heartbeat counts as stale and a
-    due schedule as overdue. ``auth`` is ``(user, password)`` for HTTP basic auth; by default
-    it comes from ``CEREAL_WEB_USER``/``CEREAL_WEB_PASSWORD`` (none when unset).
+    ``stale_after`` (seconds) is when a running task without heartbeat counts as stale.
+    ``auth`` is ``(user, password)`` for HTTP basic auth; by default it comes from
+    ``CEREAL_WEB_USER``/``CEREAL_WEB_PASSWORD`` (none when unset).
     """
     from cereal.web.app import Dashboard
     from cereal.web.security import CsrfTokens, basic_auth_from_env

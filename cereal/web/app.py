@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import quote, unquote_to_bytes, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -289,11 +289,10 @@ class Dashboard:
         failures: list[WorkflowInstanceInfo] = self.driver.recent_failures(RECENT_FAILURES)
         overdue: list[Schedule] = []
         if view.overdue_schedules:
-            limit = view.now - timedelta(seconds=self.stale_after)
             overdue = [
                 s
                 for s in self.manager.list_workflow_schedules()
-                if s.enabled and s.next_due_at is not None and s.next_due_at < limit
+                if s.enabled and s.next_due_at is not None and s.next_due_at <= view.now
             ]
         workflows: dict[str, dict[str, int]] = {}
         for (workflow, status), n in [*view.instances.items(), *view.finished.items()]:

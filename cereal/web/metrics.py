@@ -33,7 +33,7 @@ log = get_logger("cereal.metrics")
 
 DEFAULT_STALE_AFTER = 30.0
 """Seconds without a heartbeat after which a running task counts as stale (the manager's
-default ``lost_task_timeout``), and after which a due schedule counts as overdue."""
+default ``lost_task_timeout``)."""
 
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 _LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -112,7 +112,7 @@ class DatabaseCollector(Collector):
         yield schedules
         overdue = GaugeMetricFamily(
             "cereal_schedules_overdue",
-            "Enabled schedules whose next run has been due for longer than the stale threshold",
+            "Enabled schedules whose next run is due and not yet enqueued",
         )
         overdue.add_metric([], view.overdue_schedules)
         yield overdue

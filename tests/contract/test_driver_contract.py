@@ -944,6 +944,7 @@ def test_list_tasks_shows_queued_and_running_tasks_oldest_first(contract_driver:
 def test_overview_counts_instances_runs_tasks_and_schedules(contract_driver: Driver) -> None:
     d = contract_driver
     require(d, "overview")
+    require(d, "insert_schedule")
     with_tasks(d, "a", "x", "x")
     start(d, "b")
     start(d, "c")
@@ -1017,3 +1018,40 @@ def test_a_listener_is_told_of_every_kind_of_change(
         assert reconnects == [1]
     finally:
         listener.stop()
+
+
+def test_recent_failures_lists_failed_runs_newest_first(contract_driver: Driver) -> None:
+    d = contract_driver
+    require(d, "recent_failures")
+    for name, error in (("a", "first"), ("b", None), ("c", "second"), ("a", "third")):
+        start(d, name)
+        finish(d, name, result=1, error=error)
+    assert [(r.instance_name, r.error) for r in d.recent_failures(10)] == [
+        ("a", "third"),
+        ("c", "second"),
+        ("a", "first"),
+    ]
+    assert [r.error for r in d.recent_failures(1)] == ["third"]
+    assert d.recent_failures(0) == []
+
+
+def test_instance_timeline_shows_pending_events_tasks_and_past_runs(
+    contract_driver: Driver,
+) -> None:
+    d = contract_driver
+    require(d, "instance_timeline")
+    start(d, "a")
+    finish(d, "a", error="old run")
+    with_tasks(d, "a", "x", "y")
+    ((claimed,), _) = d.claim_tasks({"y": 1}, OWNER)
+    d.cancel_workflow(W, "a")
+    view = d.instance_timeline(W, "a", 50)
+    assert view.live and view.enqueued_tasks == 2 and view.completed_tasks == 0
+    assert [e.kind for e in view.events] == ["cancel"]
+    assert [(t.task_name, t.state) for t in view.tasks] == [("x", "queued"), ("y", "running")]
+    assert view.tasks[1].id == claimed.id and view.tasks[1].claimed_by == OWNER
+    assert [(r.status.value, r.error) for r in view.runs] == [("failed", "old run")]
+    assert abs((datetime.now(UTC) - view.now).total_seconds()) < 60
+    assert len(d.instance_timeline(W, "a", 1).tasks) == 1
+    gone = d.instance_timeline(W, "nobody", 50)
+    assert (gone.live, gone.events, gone.tasks, gone.runs) == (False, [], [], [])

@@ -118,7 +118,7 @@ def list_tasks(
     instance_name: str | None = None,
     limit: int | None = None,
 ) -> list[TaskInfo]:
-    """Queued and running tasks, oldest due first."""
+    """Queued and running tasks, oldest first."""
     params = {
         "task_name": task_name,
         "workflow_name": workflow_name,

@@ -6,7 +6,7 @@
 -- name: overview
 -- Every dashboard count in one statement (one snapshot, one round trip). A running task is
 -- stale when its heartbeat is older than stale_after seconds; an enabled schedule is overdue
--- when its next run is due for longer than that.
+-- when its next run is due (the scheduler has not run it yet).
 SELECT
     now(),
     (SELECT coalesce(json_agg(json_build_array(workflow_name, status, n)), '[]'::json)
@@ -27,7 +27,7 @@ SELECT
            FROM tasks GROUP BY task_name) per_task),
     (SELECT count(*) FROM workflow_schedules),
     (SELECT count(*) FROM workflow_schedules
-     WHERE enabled AND next_due_at < now() - make_interval(secs => %(stale_after)s::float8));
+     WHERE enabled AND next_due_at <= now());
 
 -- name: recent_failures
 -- The newest failed runs (partial index workflow_results_failed).
@@ -38,7 +38,7 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: list_tasks
--- Queued and running tasks with their instance, oldest due first.
+-- Queued and running tasks with their instance, oldest first.
 SELECT t.id, t.task_name, i.workflow_name, i.instance_name, t.state, t.parameters,
        t.enqueued_at, t.start_after, t.claimed_by,
        extract(epoch FROM now() - t.heartbeat_at)::float8
@@ -47,7 +47,7 @@ JOIN workflow_instances i ON i.id = t.instance_id
 WHERE (%(task_name)s::text IS NULL OR t.task_name = %(task_name)s)
   AND (%(workflow_name)s::text IS NULL OR i.workflow_name = %(workflow_name)s)
   AND (%(instance_name)s::text IS NULL OR i.instance_name = %(instance_name)s)
-ORDER BY t.start_after, t.id
+ORDER BY t.enqueued_at, t.id
 LIMIT %(limit)s;
 
 -- name: timeline_instance
