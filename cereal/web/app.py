@@ -41,7 +41,7 @@ PAGE_SIZE = 50
 TIMELINE_LIMIT = 100
 TASKS_LIMIT = 500
 RECENT_FAILURES = 10
-HEALTH_TIMEOUT = 5.0
+HEALTH_TIMEOUT = 3.0
 _SECTIONS = {
     "overview.html": "overview",
     "instances.html": "instances",
@@ -488,7 +488,7 @@ class Dashboard:
         ping: Callable[[], Any] = getattr(self.driver, "ping", None) or (
             lambda: self.driver.recent_failures(1)
         )
-        error = "the database did not answer within 5 s"
+        error = f"the database did not answer within {HEALTH_TIMEOUT:g} s"
         with anyio.move_on_after(HEALTH_TIMEOUT):
             try:
                 await anyio.to_thread.run_sync(ping, abandon_on_cancel=True)
