@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -14,12 +12,10 @@ pytest.importorskip("starlette", reason="the web extra is not installed: pip ins
 
 from flows import Flow, wait_for
 from starlette.testclient import TestClient
+from web_helpers import DAILY_PARIS, EVIL, Seeded
 
 from cereal import Manager
 from cereal.web import create_app
-
-EVIL = "<script>alert(1)</script>"
-DAILY_PARIS = "DTSTART;TZID=Europe/Paris:20250101T090000\nRRULE:FREQ=DAILY"
 
 
 @pytest.fixture
@@ -35,25 +31,6 @@ def client(driver: Any) -> Callable[..., TestClient]:
     yield make
     for c in made:
         c.close()
-
-
-def csrf_token(html: str) -> str:
-    """The cross-site-request token embedded in a page's forms."""
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, "the page has no form with a csrf_token"
-    return match.group(1)
-
-
-def form_actions(html: str) -> list[str]:
-    """The ``action`` URLs of the page's POST forms."""
-    return re.findall(r'<form method="post" action="([^"]+)"', html)
-
-
-@dataclass
-class Seeded:
-    manager: Manager
-    release: threading.Event
-    """Set it to let the blocked task finish."""
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import base64
 from collections.abc import Callable
 
 import pytest
-from conftest import Seeded, csrf_token, form_actions
 from flows import wait_for
 from starlette.testclient import TestClient
+from web_helpers import Seeded, csrf_token, form_actions
 
 from cereal import WorkflowStatus
 from cereal.backends.postgres import PostgresDriver

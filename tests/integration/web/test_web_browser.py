@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DAILY_PARIS, Seeded
 from flows import Flow, wait_for
+from web_helpers import DAILY_PARIS, Seeded
 
 from cereal import Manager, WorkflowStatus
 from cereal.backends.postgres import PostgresDriver

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import Seeded
 from flows import Flow, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
+from web_helpers import Seeded
 
 from cereal import Manager, instrumentation
 from cereal.backends.postgres import PostgresDriver

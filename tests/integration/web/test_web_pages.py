@@ -8,10 +8,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from conftest import EVIL, Seeded
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
+from web_helpers import EVIL, Seeded
 
 from cereal.backends.postgres import PostgresDriver
 from cereal.web import create_app
