@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -179,12 +180,13 @@ class Dashboard:
             Mount("/static", StaticFiles(packages=[("cereal.web", "static")]), name="static"),
         ]
 
-        async def lifespan(_app: Starlette) -> Any:
+        @asynccontextmanager
+        async def lifespan(_app: Starlette) -> AsyncIterator[None]:
             yield
             if close_on_shutdown:
                 await anyio.to_thread.run_sync(self.driver.close)
 
-        starlette = Starlette(routes=routes, lifespan=_as_context(lifespan))
+        starlette = Starlette(routes=routes, lifespan=lifespan)
         starlette.state.dashboard = self
         return SecurityHeaders(BasicAuth(starlette, self.auth))
 
@@ -256,7 +258,7 @@ class Dashboard:
                 detail="Check that PostgreSQL is running and reachable with the DSN this "
                 "dashboard was started with, then reload. /healthz reports the same.",
             )
-        log.error("dashboard: unexpected error", path=request.url.path, error=repr(exc))
+        log.error("dashboard: unexpected error", path=request.url.path, exc_info=exc)
         return self.render(
             request,
             "error.html",
@@ -500,12 +502,6 @@ class Dashboard:
 
     def metrics(self, request: Request) -> Any:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-def _as_context(fn: Callable[[Starlette], Any]) -> Any:
-    from contextlib import asynccontextmanager
-
-    return asynccontextmanager(fn)
 
 
 def _page(
