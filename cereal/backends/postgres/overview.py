@@ -1,6 +1,7 @@
-"""Read-only operator views on PostgreSQL: dashboard counts, task listing, instance timelines.
+"""Read-only views behind the dashboard and the metrics: counts, failures, instance timelines.
 
-The statements live in ``overview.sql``. Everything here only reads, so a dashboard or a
+The statements live in ``overview.sql`` (the task listing and schema checks are in
+``operator_views.py``). Everything here only reads, so a dashboard or a
 metrics scrape never takes a lock that workers wait for.
 """
 
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "instance_timeline",
-    "list_tasks",
     "load_overview_queries",
     "overview",
     "recent_failures",
@@ -108,45 +108,6 @@ def recent_failures(driver: PostgresDriver, limit: int) -> list[WorkflowInstance
     except psycopg.Error as exc:
         raise _database_error(exc) from exc
     return [_run(r) for r in rows]
-
-
-def list_tasks(
-    driver: PostgresDriver,
-    *,
-    task_name: str | None = None,
-    workflow_name: str | None = None,
-    instance_name: str | None = None,
-    limit: int | None = None,
-) -> list[TaskInfo]:
-    """Queued and running tasks, oldest first."""
-    params = {
-        "task_name": task_name,
-        "workflow_name": workflow_name,
-        "instance_name": instance_name,
-        "limit": None if limit is None else _count("limit", limit),
-    }
-    try:
-        with driver.connection() as conn:
-            cur = conn.cursor()
-            use_lenient_jsonb(cur.adapters)
-            rows = cur.execute(_q("list_tasks"), params).fetchall()
-    except psycopg.Error as exc:
-        raise _database_error(exc) from exc
-    return [
-        TaskInfo(
-            id=r[0],
-            task_name=r[1],
-            workflow_name=r[2],
-            instance_name=r[3],
-            state=r[4],
-            parameters=_shown(r[5]),
-            enqueued_at=r[6],
-            start_after=r[7],
-            claimed_by=r[8],
-            heartbeat_age=r[9],
-        )
-        for r in rows
-    ]
 
 
 def instance_timeline(

@@ -1,4 +1,4 @@
--- Read-only statements behind the operator views (dashboard, metrics, task listing). Each
+-- Read-only statements behind the dashboard and the metrics. Each
 -- starts with a "-- name:" line; the connection's search_path points at the cereal schema.
 -- Columns added by later migrations are read through to_jsonb(row) so that these views work
 -- on every schema version.
@@ -35,19 +35,6 @@ SELECT workflow_name, instance_name, status, parameters, result, error, started_
 FROM workflow_results
 WHERE status = 'failed'
 ORDER BY id DESC
-LIMIT %(limit)s;
-
--- name: list_tasks
--- Queued and running tasks with their instance, oldest first.
-SELECT t.id, t.task_name, i.workflow_name, i.instance_name, t.state, t.parameters,
-       t.enqueued_at, t.start_after, t.claimed_by,
-       extract(epoch FROM now() - t.heartbeat_at)::float8
-FROM tasks t
-JOIN workflow_instances i ON i.id = t.instance_id
-WHERE (%(task_name)s::text IS NULL OR t.task_name = %(task_name)s)
-  AND (%(workflow_name)s::text IS NULL OR i.workflow_name = %(workflow_name)s)
-  AND (%(instance_name)s::text IS NULL OR i.instance_name = %(instance_name)s)
-ORDER BY t.enqueued_at, t.id
 LIMIT %(limit)s;
 
 -- name: timeline_instance
