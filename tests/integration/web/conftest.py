@@ -10,12 +10,13 @@ import pytest
 
 pytest.importorskip("starlette", reason="the web extra is not installed: pip install cereal[web]")
 
-from flows import Flow, wait_for
 from starlette.testclient import TestClient
-from web_helpers import DAILY_PARIS, EVIL, Seeded
 
 from cereal import Manager
 from cereal.web import create_app
+from tests.helpers.recorders import Flow
+from tests.helpers.waiting import wait_for
+from tests.integration.web.web_helpers import DAILY_PARIS, EVIL, Seeded
 
 
 @pytest.fixture

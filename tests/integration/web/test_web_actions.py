@@ -6,12 +6,12 @@ import base64
 from collections.abc import Callable
 
 import pytest
-from flows import wait_for
 from starlette.testclient import TestClient
-from web_helpers import Seeded, csrf_token, form_actions
 
 from cereal import WorkflowStatus
 from cereal.backends.postgres import PostgresDriver
+from tests.helpers.waiting import wait_for
+from tests.integration.web.web_helpers import Seeded, csrf_token, form_actions
 
 Q3 = "/instances/reports/q3"
 

@@ -8,14 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from flows import Flow, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
-from web_helpers import Seeded
 
 from cereal import Manager, instrumentation
 from cereal.backends.postgres import PostgresDriver
 from cereal.web.metrics import start_metrics_server
+from tests.helpers.recorders import Flow
+from tests.helpers.waiting import wait_for
+from tests.integration.web.web_helpers import Seeded
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

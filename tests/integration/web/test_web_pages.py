@@ -11,10 +11,10 @@ from urllib.parse import quote
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
-from web_helpers import EVIL, Seeded
 
 from cereal.backends.postgres import PostgresDriver
 from cereal.web import create_app
+from tests.integration.web.web_helpers import EVIL, Seeded
 
 PAGES = ["/", "/instances", "/schedules", "/tasks"]
 

@@ -9,7 +9,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from flows import wait_for
+from tests.helpers.waiting import wait_for
 
 
 def _free_port() -> int:
