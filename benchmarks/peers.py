@@ -1,0 +1,644 @@
+"""Side-by-side benchmarks against pgqueuer: ``python -m benchmarks.peers`` (or
+``scripts/bench --peers``).
+
+One PostgreSQL server (the embedded one unless ``--dsn`` is given), one run, alternating
+rounds: in each round every workload runs once for cereal and once for pgqueuer (the order
+flips from round to round), so both sides see the same machine at the same time. Each side
+gets a database of its own, created for the run and dropped at the end.
+
+Workloads:
+
+- P1: drain of workflows that complete in ``on_start`` (no task), one manager, against
+  pgqueuer's drain of plain jobs with a dequeue batch of 100 (one worker loop);
+- P2: drain of single-task workflows (task ``workers=10`` and the default ``workers=1``)
+  against pgqueuer's drain of plain jobs with its default settings;
+- P3: latency from enqueue to the start of the task (cereal: ``enqueue_workflow`` ->
+  ``on_start`` enqueues a task -> the task starts; pgqueuer: enqueue -> the job handler
+  starts) at a steady low rate;
+- F1: the floors of the server: the raw one-row commit rate of one client, and a batched
+  dequeue loop (``DELETE ... LIMIT 100 FOR UPDATE SKIP LOCKED RETURNING``) over a plain table.
+
+For each drain the commits and WAL bytes per item are read from the server's statistics
+(``pg_stat_database``, ``pg_current_wal_lsn()``), and cereal's statements per item are
+counted on the client. Nothing here is asserted: these are measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from cereal import (
+    CancelEvent,
+    Decision,
+    Manager,
+    StartEvent,
+    Task,
+    TaskCompleteEvent,
+    WorkflowInstance,
+    WorkflowInstanceInfo,
+)
+from cereal.backends.postgres import PostgresDriver
+
+__all__ = ["PEER_MISSING", "main", "peer_available"]
+
+PEER_MISSING = (
+    "the peer side needs pgqueuer and asyncpg, which are not installed: run "
+    "`.venv/bin/pip install -e '.[bench]'` (or `pip install pgqueuer asyncpg`), "
+    "or pass --cereal-only"
+)
+
+
+def peer_available() -> bool:
+    """Whether pgqueuer and its asyncpg driver can be imported."""
+    return all(importlib.util.find_spec(name) is not None for name in ("pgqueuer", "asyncpg"))
+
+
+# -- measurement helpers ---------------------------------------------------------------------
+
+
+@dataclass
+class Cost:
+    """What one drain cost the server, per item."""
+
+    commits: float
+    wal_bytes: float
+    statements: float | None  # counted on cereal's client; None for the peer
+
+
+@dataclass
+class Drain:
+    rate: float  # items per second
+    cost: Cost
+
+
+@dataclass
+class Sizes:
+    p1: int
+    p2: int
+    p2_one_worker: int
+    p3_rate: float
+    p3_count: int
+    floor_commits: int
+    floor_rows: int
+
+
+class _StatementCounter:
+    """Counts the statements psycopg sends from this process while it is entered."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+        self._saved: list[tuple[str, Any]] = []
+
+    def __enter__(self) -> _StatementCounter:
+        counter = self
+        execute = psycopg.Cursor.execute
+        executemany = psycopg.Cursor.executemany
+
+        def counting_execute(cur: Any, *args: Any, **kwargs: Any) -> Any:
+            with counter._lock:
+                counter.count += 1
+            return execute(cur, *args, **kwargs)
+
+        def counting_executemany(cur: Any, query: Any, params_seq: Any, **kwargs: Any) -> Any:
+            params_seq = list(params_seq)
+            with counter._lock:
+                counter.count += len(params_seq)
+            return executemany(cur, query, params_seq, **kwargs)
+
+        self._saved = [("execute", execute), ("executemany", executemany)]
+        psycopg.Cursor.execute = counting_execute  # type: ignore[method-assign,assignment]
+        psycopg.Cursor.executemany = counting_executemany  # type: ignore[method-assign,assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, original in self._saved:
+            setattr(psycopg.Cursor, name, original)
+
+
+class Server:
+    """The PostgreSQL server under test, with one database per side."""
+
+    def __init__(self, dsn: str | None) -> None:
+        self.server_dsn = PostgresDriver(dsn).dsn
+        tag = uuid.uuid4().hex[:8]
+        self.cereal_db = f"peers_cereal_{tag}"
+        self.peer_db = f"peers_pgqueuer_{tag}"
+        self._created: list[str] = []
+        with psycopg.connect(self.server_dsn, autocommit=True) as conn:
+            for name in (self.cereal_db, self.peer_db):
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                self._created.append(name)
+            row = conn.execute("SHOW server_version").fetchone()
+            self.version = str(row[0]) if row else "?"
+        self.cereal_dsn = make_conninfo(self.server_dsn, dbname=self.cereal_db)
+        self.peer_dsn = make_conninfo(self.server_dsn, dbname=self.peer_db)
+
+    def cleanup(self) -> None:
+        with psycopg.connect(self.server_dsn, autocommit=True) as conn:
+            for name in self._created:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+    def counters(self, dbname: str) -> tuple[int, int]:
+        """(commits in ``dbname`` so far, current WAL position in bytes)."""
+        # Backends publish their counters when they exit or at most once a second while
+        # idle; the drains close their connections before this is read.
+        time.sleep(0.3)
+        with psycopg.connect(self.server_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = %s),"
+                " pg_current_wal_lsn() - '0/0'::pg_lsn",
+                (dbname,),
+            ).fetchone()
+        assert row is not None
+        return int(row[0] or 0), int(row[1])
+
+    @contextmanager
+    def cost(self, dbname: str, items: int, count_statements: bool) -> Iterator[list[Cost]]:
+        """Measure the cost per item of the block; the result is appended to the yielded list."""
+        out: list[Cost] = []
+        commits0, wal0 = self.counters(dbname)
+        counter = _StatementCounter()
+        if count_statements:
+            with counter:
+                yield out
+        else:
+            yield out
+        commits1, wal1 = self.counters(dbname)
+        out.append(
+            Cost(
+                commits=(commits1 - commits0) / items,
+                wal_bytes=(wal1 - wal0) / items,
+                statements=counter.count / items if count_statements else None,
+            )
+        )
+
+
+# -- cereal side -----------------------------------------------------------------------------
+
+
+class NoTask:
+    """Completes in ``on_start``."""
+
+    def on_start(self, instance: WorkflowInstance, event: StartEvent) -> Decision:
+        return instance.complete()
+
+    def on_task_complete(self, instance: WorkflowInstance, event: TaskCompleteEvent) -> Decision:
+        return instance.complete()
+
+    def on_cancel(self, instance: WorkflowInstance, event: CancelEvent) -> Decision:
+        return instance.fail("cancelled")
+
+
+class OneTask:
+    """Enqueues one task in ``on_start`` and completes when it is back."""
+
+    def on_start(self, instance: WorkflowInstance, event: StartEvent) -> Decision:
+        instance.enqueue_task("noop")
+        return instance.continue_with()
+
+    def on_task_complete(self, instance: WorkflowInstance, event: TaskCompleteEvent) -> Decision:
+        return instance.complete()
+
+    def on_cancel(self, instance: WorkflowInstance, event: CancelEvent) -> Decision:
+        return instance.fail("cancelled")
+
+
+def _noop(task: Task) -> None:
+    return None
+
+
+def _manager(server: Server, schema: str | None = None, **options: Any) -> Manager:
+    schema = schema or "peers_" + uuid.uuid4().hex[:8]
+    return Manager(PostgresDriver(server.cereal_dsn, schema=schema), close_driver=True, **options)
+
+
+def cereal_drain(server: Server, items: int, with_task: bool, workers: int = 1) -> Drain:
+    """Enqueue ``items`` workflows up front, then time one manager draining them."""
+    done = threading.Semaphore(0)
+
+    def finished(info: WorkflowInstanceInfo) -> None:
+        done.release()
+
+    schema = "peers_" + uuid.uuid4().hex[:8]
+    # Enqueue through a manager of its own, closed before the drain, so that its commits
+    # cannot reach the statistics inside the measured window.
+    producer = _manager(server, schema)
+    try:
+        for i in range(items):
+            producer.enqueue_workflow("wf", f"i{i}", None)
+    finally:
+        producer.driver.close()
+    m = _manager(server, schema, on_workflow_complete=finished)
+    m.register_workflow_executor("wf", OneTask() if with_task else NoTask())
+    if with_task:
+        m.register_task_executor("noop", _noop, workers=workers)
+    try:
+        with server.cost(server.cereal_db, items, count_statements=True) as cost:
+            start = time.perf_counter()
+            m.start()
+            for _ in range(items):
+                if not done.acquire(timeout=300):
+                    raise RuntimeError("the cereal drain did not finish in 300 s")
+            took = time.perf_counter() - start
+            m.stop()
+    finally:
+        m.stop()
+    return Drain(items / took, cost[0])
+
+
+def cereal_latency(server: Server, rate: float, count: int) -> list[float]:
+    """Milliseconds from ``enqueue_workflow`` to the start of the task its ``on_start`` enqueues."""
+    enqueued: dict[str, float] = {}
+    started: dict[str, float] = {}
+
+    def run(task: Task) -> None:
+        started.setdefault(task.instance_name, time.perf_counter())
+
+    m = _manager(server)
+    m.register_workflow_executor("wf", OneTask())
+    m.register_task_executor("noop", run, workers=4)
+    with m:
+        time.sleep(0.5)
+        _paced(rate, count, lambda i: _cereal_enqueue(m, enqueued, f"i{i}"))
+        for i in range(count):
+            m.await_workflow("wf", f"i{i}", timeout=60)
+    return [(started[n] - enqueued[n]) * 1000 for n in enqueued if n in started]
+
+
+def _cereal_enqueue(m: Manager, enqueued: dict[str, float], name: str) -> None:
+    enqueued[name] = time.perf_counter()
+    m.enqueue_workflow("wf", name, None)
+
+
+def _paced(rate: float, count: int, send: Callable[[int], None]) -> None:
+    start = time.perf_counter()
+    for i in range(count):
+        send(i)
+        time.sleep(max(0.0, start + (i + 1) / rate - time.perf_counter()))
+
+
+# -- peer side (pgqueuer) --------------------------------------------------------------------
+
+
+async def _connect(dsn: str) -> Any:
+    """An asyncpg connection to the database that the libpq string ``dsn`` names."""
+    import asyncpg
+
+    parts = conninfo_to_dict(dsn)
+    keys = {"host": "host", "port": "port", "user": "user", "password": "password"}
+    kwargs: dict[str, Any] = {k: parts[v] for k, v in keys.items() if parts.get(v)}
+    kwargs["database"] = parts.get("dbname")
+    return await asyncpg.connect(**kwargs)
+
+
+async def _pgq_fresh(dsn: str) -> None:
+    from pgqueuer import AsyncpgDriver, Queries
+
+    conn = await _connect(dsn)
+    try:
+        queries = Queries(AsyncpgDriver(conn))
+        if await queries.schema_is_installed():
+            await queries.uninstall()
+        await queries.install()
+    finally:
+        await conn.close()
+
+
+async def _pgq_drain(dsn: str, items: int, batch_size: int | None) -> float:
+    from pgqueuer import AsyncpgDriver, Job, Queries, QueueManager
+
+    await _pgq_fresh(dsn)
+    conn = await _connect(dsn)
+    try:
+        queries = Queries(AsyncpgDriver(conn))
+        for offset in range(0, items, 1000):
+            k = min(1000, items - offset)
+            await queries.enqueue(["noop"] * k, [None] * k, [0] * k)
+    finally:
+        await conn.close()
+
+    conn = await _connect(dsn)
+    try:
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
+        seen = 0
+
+        @qm.entrypoint("noop")
+        async def noop(job: Job) -> None:
+            nonlocal seen
+            seen += 1
+            if seen == items:
+                qm.shutdown.set()
+
+        start = time.perf_counter()
+        # run() returns once shutdown is set and the buffered acknowledgements are written.
+        if batch_size is None:
+            await qm.run()
+        else:
+            await qm.run(batch_size=batch_size)
+        return items / (time.perf_counter() - start)
+    finally:
+        await conn.close()
+
+
+async def _pgq_latency(dsn: str, rate: float, count: int) -> list[float]:
+    from pgqueuer import AsyncpgDriver, Job, Queries, QueueManager
+
+    await _pgq_fresh(dsn)
+    enqueued: dict[int, float] = {}
+    started: dict[int, float] = {}
+    conn = await _connect(dsn)
+    producer_conn = await _connect(dsn)
+    try:
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
+
+        @qm.entrypoint("noop")
+        async def noop(job: Job) -> None:
+            assert job.payload is not None
+            started.setdefault(int(job.payload), time.perf_counter())
+            if len(started) == count:
+                qm.shutdown.set()
+
+        worker = asyncio.create_task(qm.run())
+        await asyncio.sleep(0.5)
+        queries = Queries(AsyncpgDriver(producer_conn))
+        start = time.perf_counter()
+        for i in range(count):
+            enqueued[i] = time.perf_counter()
+            await queries.enqueue("noop", str(i).encode())
+            await asyncio.sleep(max(0.0, start + (i + 1) / rate - time.perf_counter()))
+        await asyncio.wait_for(worker, timeout=60)
+    finally:
+        await producer_conn.close()
+        await conn.close()
+    return [(started[i] - enqueued[i]) * 1000 for i in enqueued if i in started]
+
+
+def pgq_drain(server: Server, items: int, batch_size: int | None) -> Drain:
+    """pgqueuer draining ``items`` plain jobs with one worker loop (its default batch if None)."""
+    with server.cost(server.peer_db, items, count_statements=False) as cost:
+        rate = asyncio.run(_pgq_drain(server.peer_dsn, items, batch_size))
+    return Drain(rate, cost[0])
+
+
+def pgq_latency(server: Server, rate: float, count: int) -> list[float]:
+    return asyncio.run(_pgq_latency(server.peer_dsn, rate, count))
+
+
+# -- floors ----------------------------------------------------------------------------------
+
+
+def raw_commit_rate(server: Server, commits: int) -> float:
+    """One client inserting and deleting one row per transaction."""
+    with psycopg.connect(server.cereal_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE floor_commit (id bigserial PRIMARY KEY, v int)")
+        start = time.perf_counter()
+        for _ in range(commits):
+            conn.execute(
+                "WITH j AS (INSERT INTO floor_commit (v) VALUES (1) RETURNING id) "
+                "DELETE FROM floor_commit WHERE id = (SELECT id FROM j)"
+            )
+        return commits / (time.perf_counter() - start)
+
+
+def dequeue_floor(server: Server, rows: int) -> float:
+    """Rows per second taken off a plain table 100 at a time, each batch its own commit."""
+    with psycopg.connect(server.cereal_dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS floor_queue")
+        conn.execute("CREATE TABLE floor_queue (id bigserial PRIMARY KEY, payload bytea)")
+        conn.execute(
+            "INSERT INTO floor_queue (payload) SELECT NULL FROM generate_series(1, %s)", (rows,)
+        )
+        conn.execute("VACUUM ANALYZE floor_queue")
+        taken = 0
+        start = time.perf_counter()
+        while True:
+            got = conn.execute(
+                "DELETE FROM floor_queue WHERE id IN (SELECT id FROM floor_queue ORDER BY id"
+                " LIMIT 100 FOR UPDATE SKIP LOCKED) RETURNING id"
+            ).fetchall()
+            if not got:
+                break
+            taken += len(got)
+        took = time.perf_counter() - start
+        conn.execute("DROP TABLE floor_queue")
+    return taken / took
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    """One workload's figures, round by round."""
+
+    title: str
+    unit: str
+    higher_is_better: bool
+    cereal: list[float] = field(default_factory=list)
+    peer: list[float] = field(default_factory=list)
+
+    def ratio(self, i: int) -> float:
+        c, p = self.cereal[i], self.peer[i]
+        if not c or not p:
+            return float("nan")
+        return c / p if self.higher_is_better else p / c
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(
+    server: Server, rounds: int, sizes: Sizes, with_peer: bool
+) -> tuple[list[Series], dict[str, list[float]], dict[str, list[Cost]]]:
+    peer = "pgqueuer" if with_peer else "(peer skipped)"
+    series = {
+        "p1": Series(
+            f"P1 no-task workflow drain, {sizes.p1} items, vs {peer} batch 100", "items/s", True
+        ),
+        "p2w10": Series(
+            f"P2 single-task workflow drain, {sizes.p2} items, workers=10, vs {peer} default",
+            "items/s",
+            True,
+        ),
+        "p2w1": Series(
+            f"P2 single-task workflow drain, {sizes.p2_one_worker} items, workers=1"
+            f" (default), vs {peer} default",
+            "items/s",
+            True,
+        ),
+        "p3p50": Series(
+            f"P3 enqueue -> task start p50, {sizes.p3_rate:.0f}/s x {sizes.p3_count}", "ms", False
+        ),
+        "p3p99": Series(
+            f"P3 enqueue -> task start p99, {sizes.p3_rate:.0f}/s x {sizes.p3_count}", "ms", False
+        ),
+    }
+    floors: dict[str, list[float]] = {
+        "raw commit rate, 1 client": [],
+        "batched dequeue floor (100 per commit)": [],
+    }
+    costs: dict[str, list[Cost]] = {}
+
+    def note(key: str, d: Drain) -> float:
+        costs.setdefault(key, []).append(d.cost)
+        return d.rate
+
+    for r in range(rounds):
+        cereal_first = r % 2 == 0
+        floors["raw commit rate, 1 client"].append(raw_commit_rate(server, sizes.floor_commits))
+        floors["batched dequeue floor (100 per commit)"].append(
+            dequeue_floor(server, sizes.floor_rows)
+        )
+
+        def cereal_p1() -> None:
+            series["p1"].cereal.append(note("cereal P1", cereal_drain(server, sizes.p1, False)))
+
+        def peer_p1() -> None:
+            series["p1"].peer.append(note("pgqueuer P1", pgq_drain(server, sizes.p1, 100)))
+
+        def cereal_p2() -> None:
+            series["p2w10"].cereal.append(
+                note("cereal P2 workers=10", cereal_drain(server, sizes.p2, True, 10))
+            )
+            series["p2w1"].cereal.append(
+                note("cereal P2 workers=1", cereal_drain(server, sizes.p2_one_worker, True, 1))
+            )
+
+        def peer_p2() -> None:
+            rate = note("pgqueuer P2", pgq_drain(server, sizes.p2, None))
+            series["p2w10"].peer.append(rate)
+            series["p2w1"].peer.append(rate)
+
+        def cereal_p3() -> None:
+            lat = cereal_latency(server, sizes.p3_rate, sizes.p3_count)
+            series["p3p50"].cereal.append(_pct(lat, 0.5))
+            series["p3p99"].cereal.append(_pct(lat, 0.99))
+
+        def peer_p3() -> None:
+            lat = pgq_latency(server, sizes.p3_rate, sizes.p3_count)
+            series["p3p50"].peer.append(_pct(lat, 0.5))
+            series["p3p99"].peer.append(_pct(lat, 0.99))
+
+        for ours, theirs in ((cereal_p1, peer_p1), (cereal_p2, peer_p2), (cereal_p3, peer_p3)):
+            pair = (ours, theirs) if cereal_first else (theirs, ours)
+            for step in pair:
+                if step is ours or with_peer:
+                    step()
+        if not with_peer:
+            for s in series.values():
+                s.peer.append(float("nan"))
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return list(series.values()), floors, costs
+
+
+def _median(values: list[float]) -> float:
+    clean = [v for v in values if v == v]
+    return statistics.median(clean) if clean else float("nan")
+
+
+def report(
+    server: Server,
+    series: list[Series],
+    floors: dict[str, list[float]],
+    costs: dict[str, list[Cost]],
+) -> str:
+    """The tables, as text."""
+    lines: list[str] = []
+    for s in series:
+        lines.append(f"\n{s.title} ({s.unit}; ratio > 1: cereal ahead)")
+        lines.append(f"  {'round':<7}{'cereal':>10}{'pgqueuer':>10}{'ratio':>8}")
+        for i in range(len(s.cereal)):
+            lines.append(f"  {i + 1:<7}{s.cereal[i]:>10.1f}{s.peer[i]:>10.1f}{s.ratio(i):>8.2f}")
+        ratios = [s.ratio(i) for i in range(len(s.cereal))]
+        lines.append(
+            f"  {'median':<7}{_median(s.cereal):>10.1f}{_median(s.peer):>10.1f}"
+            f"{_median(ratios):>8.2f}"
+        )
+    lines.append("\nF1 floors of this server (per second)")
+    for name, values in floors.items():
+        per_round = "  ".join(f"{v:9.0f}" for v in values)
+        lines.append(f"  {name:<40}{per_round}   median {_median(values):9.0f}")
+    lines.append(
+        "\nCost per item, median over rounds (WAL is server-wide: other clients add to it)"
+    )
+    lines.append(f"  {'drain':<24}{'commits':>9}{'WAL bytes':>11}{'statements':>12}")
+    for name, spent in costs.items():
+        stmts = [c.statements for c in spent if c.statements is not None]
+        shown = f"{_median(stmts):>12.1f}" if stmts else f"{'n/a':>12}"
+        lines.append(
+            f"  {name:<24}{_median([c.commits for c in spent]):>9.2f}"
+            f"{_median([c.wal_bytes for c in spent]):>11.0f}{shown}"
+        )
+    lines.append(
+        f"\nPostgreSQL {server.version}; Python {sys.version.split()[0]}; "
+        f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench --peers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dsn", help="PostgreSQL URL (default: the embedded PostgreSQL)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds (default 4; 2 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="smaller workloads")
+    parser.add_argument(
+        "--cereal-only", action="store_true", help="measure cereal and the floors, skip the peer"
+    )
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    rounds = args.rounds if args.rounds is not None else (2 if args.quick or args.tiny else 4)
+    if rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {rounds}")
+    with_peer = not args.cereal_only
+    if with_peer and not peer_available():
+        print(f"scripts/bench --peers: {PEER_MISSING}", file=sys.stderr)
+        return 2
+    logging.disable(logging.WARNING)
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    if args.tiny:
+        sizes = Sizes(50, 30, 30, 50.0, 20, 100, 500)
+    elif args.quick:
+        sizes = Sizes(2000, 1500, 600, 100.0, 200, 500, 10000)
+    else:
+        sizes = Sizes(5000, 4000, 1500, 100.0, 500, 2000, 50000)
+    server = Server(args.dsn)
+    try:
+        series, floors, costs = run(server, rounds, sizes, with_peer)
+    finally:
+        server.cleanup()
+    print(report(server, series, floors, costs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
