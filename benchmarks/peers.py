@@ -252,17 +252,16 @@ def cereal_drain(server: Server, items: int, with_task: bool, workers: int = 1) 
     m.register_workflow_executor("wf", OneTask() if with_task else NoTask())
     if with_task:
         m.register_task_executor("noop", _noop, workers=workers)
-    try:
-        with server.cost(server.cereal_db, items, count_statements=True) as cost:
-            start = time.perf_counter()
-            m.start()
+    with server.cost(server.cereal_db, items, count_statements=True) as cost:
+        start = time.perf_counter()
+        m.start()
+        try:
             for _ in range(items):
                 if not done.acquire(timeout=300):
                     raise RuntimeError("the cereal drain did not finish in 300 s")
             took = time.perf_counter() - start
-            m.stop()
-    finally:
-        m.stop()
+        finally:
+            m.stop()  # closes its connections, which publishes their statistics
     return Drain(items / took, cost[0])
 
 
