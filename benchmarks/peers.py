@@ -148,6 +148,8 @@ class Server:
                 self._created.append(name)
             row = conn.execute("SHOW server_version").fetchone()
             self.version = str(row[0]) if row else "?"
+            row = conn.execute("SHOW shared_preload_libraries").fetchone()
+            self.preloaded = str(row[0]) if row else ""
         self.cereal_dsn = make_conninfo(self.server_dsn, dbname=self.cereal_db)
         self.peer_dsn = make_conninfo(self.server_dsn, dbname=self.peer_db)
 
@@ -592,6 +594,11 @@ def report(
             f"  {name:<24}{_median([c.commits for c in spent]):>9.2f}"
             f"{_median([c.wal_bytes for c in spent]):>11.0f}{shown}"
         )
+    loaded = "pg_stat_statements" in server.preloaded
+    lines.append(
+        "  statements: counted on cereal's client (pg_stat_statements is "
+        + ("loaded here, for server-side time per statement)" if loaded else "not loaded here)")
+    )
     lines.append(
         f"\nPostgreSQL {server.version}; Python {sys.version.split()[0]}; "
         f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M')}"
