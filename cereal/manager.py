@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from cereal.checks import (
     MAX_SECONDS,
     await_timed_out,
     check_list_filters,
+    enqueue_items,
     instance_exists,
     wait_timeout,
 )
@@ -35,7 +36,7 @@ from cereal.schedules import ScheduleOperations
 from cereal.services.heartbeat import Heartbeat, LostTaskReaper
 from cereal.services.pruner import HistoryPruner
 from cereal.task_pool import TaskPools, TaskRegistration
-from cereal.types import WorkflowInstanceInfo
+from cereal.types import WorkflowInstanceInfo, WorkflowStatus
 
 if TYPE_CHECKING:
     from cereal.aio import AsyncManagerClient
@@ -389,11 +390,36 @@ class Manager(ScheduleOperations):
         workflow_name: str | None = None,
         instance_name: str | None = None,
         is_running: bool | None = None,
+        status: WorkflowStatus | str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
     ) -> list[WorkflowInstanceInfo]:
         """One row per ``(workflow_name, instance_name)``: the live instance, else its
-        latest finished run. Each filter left as None matches everything."""
-        check_list_filters(workflow_name, instance_name, is_running)
-        return self.driver.list_workflow_instances(workflow_name, instance_name, is_running)
+        latest finished run. Each filter left as None matches everything.
+
+        Without ``limit``: every matching row, by workflow and instance name. With ``limit``
+        (1 to 10,000): at most that many rows, newest first (by ``started_at``,
+        then workflow and instance name, descending); pass the last row's ``cursor`` as
+        ``after`` for the next page. Rows added after the first page (new runs) are not
+        returned by later pages; a live instance that finishes keeps its place.
+        """
+        wanted = check_list_filters(workflow_name, instance_name, is_running, status, limit, after)
+        return self.driver.list_workflow_instances(
+            workflow_name, instance_name, is_running, wanted, limit, after
+        )
+
+    def enqueue_workflows(self, items: Iterable[tuple[str, str, Any]]) -> list[tuple[str, str]]:
+        """Start many instances in one round trip. ``items`` are ``(workflow_name,
+        instance_name, parameters)``; returns the pairs that were not enqueued because a
+        live instance existed (or the pair came earlier in ``items``), in the order given.
+        Bad names or non-JSON parameters raise before anything is written."""
+        rows = enqueue_items(items)
+        if not rows:
+            return []
+        skipped = self.driver.enqueue_workflows(rows)
+        if self._event_loop is not None and any(r[0] in self._workflows for r in rows):
+            self._event_loop.wake()
+        return skipped
 
     def await_workflow(
         self, workflow_name: str, instance_name: str, timeout: float | None = None

@@ -20,6 +20,7 @@ from cereal.backends.postgres import operator_views
 from cereal.backends.postgres import overview as dashboard_views
 from cereal.backends.postgres.jsonb import Undecodable, use_lenient_jsonb, use_strict_jsonb
 from cereal.backends.postgres.listener import PostgresListener
+from cereal.backends.postgres.listing import enqueue_many, list_instances
 from cereal.backends.postgres.migrations import LOCK_NAMESPACE, migrate
 from cereal.backends.postgres.queries import load_queries
 from cereal.driver import (
@@ -277,31 +278,21 @@ class PostgresDriver:
         workflow_name: str | None = None,
         instance_name: str | None = None,
         is_running: bool | None = None,
+        status: WorkflowStatus | None = None,
+        limit: int | None = None,
+        after: str | None = None,
     ) -> list[WorkflowInstanceInfo]:
-        """One row per pair: the live instance, else the latest finished run."""
-        rows = self._rows(
-            "list_instances",
-            {
-                "workflow_name": workflow_name,
-                "instance_name": instance_name,
-                "include_live": is_running is not False,
-                "include_finished": is_running is not True,
-            },
-        )
-        return [
-            WorkflowInstanceInfo(
-                workflow_name=r[0],
-                instance_name=r[1],
-                status=WorkflowStatus(r[2]),
-                parameters=r[3],
-                payload=r[4],
-                result=r[5],
-                error=r[6],
-                started_at=r[7],
-                ended_at=r[8],
-            )
-            for r in rows
-        ]
+        """One row per pair: the live instance, else the latest finished run. Without
+        ``limit`` every match by names; with it one page, newest first, after the row whose
+        ``cursor`` is ``after`` (see :mod:`cereal.backends.postgres.listing`)."""
+        return list_instances(self, workflow_name, instance_name, is_running, status, limit, after)
+
+    def enqueue_workflows(
+        self, items: Sequence[tuple[str, str, str | None]]
+    ) -> list[tuple[str, str]]:
+        """Insert many instances with their start events in one statement; return the pairs
+        not inserted (live already, or repeated in ``items``)."""
+        return enqueue_many(self, items)
 
     # -- workflow events ---------------------------------------------------------------
 

@@ -60,28 +60,121 @@ ORDER BY id DESC
 LIMIT 1;
 
 -- name: list_instances
--- One row per pair: the live instance, else its latest finished run.
+-- One row per pair: the live instance, else its latest finished run (the row marked latest).
 SELECT workflow_name, instance_name, status, parameters, payload, NULL::jsonb AS result,
        NULL::text AS error, started_at, NULL::timestamptz AS ended_at
 FROM workflow_instances
 WHERE (%(workflow_name)s::text IS NULL OR workflow_name = %(workflow_name)s)
   AND (%(instance_name)s::text IS NULL OR instance_name = %(instance_name)s)
+  AND status = ANY(%(statuses)s::text[])
   AND %(include_live)s
 UNION ALL
-SELECT * FROM (
-    SELECT DISTINCT ON (r.workflow_name, r.instance_name)
-           r.workflow_name, r.instance_name, r.status, r.parameters, NULL::jsonb, r.result,
+SELECT r.workflow_name, r.instance_name, r.status, r.parameters, NULL::jsonb, r.result,
+       r.error, r.started_at, r.ended_at
+FROM workflow_results r
+WHERE r.latest
+  AND (%(workflow_name)s::text IS NULL OR r.workflow_name = %(workflow_name)s)
+  AND (%(instance_name)s::text IS NULL OR r.instance_name = %(instance_name)s)
+  AND r.status = ANY(%(statuses)s::text[])
+  AND %(include_finished)s
+  AND NOT EXISTS (
+      SELECT 1 FROM workflow_instances i
+      WHERE i.workflow_name = r.workflow_name AND i.instance_name = r.instance_name)
+ORDER BY 1, 2;
+
+-- name: list_page
+-- One page of the listing, newest first: by (started_at, workflow_name, instance_name)
+-- descending, strictly after the cursor's position (ts 'infinity' for the first page). Each
+-- side reads at most one page from its index (workflow_instances_newest,
+-- workflow_results_latest_newest), so a page costs the same at any depth.
+WITH live AS (
+    SELECT workflow_name, instance_name, status, parameters, payload, NULL::jsonb AS result,
+           NULL::text AS error, started_at, NULL::timestamptz AS ended_at
+    FROM workflow_instances
+    WHERE %(include_live)s
+      AND (started_at, workflow_name, instance_name) < (%(ts)s, %(wf)s, %(inst)s)
+      AND (%(instance_name)s::text IS NULL OR instance_name = %(instance_name)s)
+      AND status = ANY(%(statuses)s::text[])
+    ORDER BY started_at DESC, workflow_name DESC, instance_name DESC
+    LIMIT %(limit)s
+), finished AS (
+    SELECT r.workflow_name, r.instance_name, r.status, r.parameters, NULL::jsonb, r.result,
            r.error, r.started_at, r.ended_at
     FROM workflow_results r
-    WHERE (%(workflow_name)s::text IS NULL OR r.workflow_name = %(workflow_name)s)
+    WHERE %(include_finished)s AND r.latest
+      AND (r.started_at, r.workflow_name, r.instance_name) < (%(ts)s, %(wf)s, %(inst)s)
       AND (%(instance_name)s::text IS NULL OR r.instance_name = %(instance_name)s)
-      AND %(include_finished)s
+      AND r.status = ANY(%(statuses)s::text[])
       AND NOT EXISTS (
           SELECT 1 FROM workflow_instances i
           WHERE i.workflow_name = r.workflow_name AND i.instance_name = r.instance_name)
-    ORDER BY r.workflow_name, r.instance_name, r.id DESC
-) finished
-ORDER BY 1, 2;
+    ORDER BY r.started_at DESC, r.workflow_name DESC, r.instance_name DESC
+    LIMIT %(limit)s
+)
+SELECT * FROM live
+UNION ALL
+SELECT * FROM finished
+ORDER BY 8 DESC, 1 DESC, 2 DESC
+LIMIT %(limit)s;
+
+-- name: list_page_workflow
+-- list_page for one workflow: the same order, read from the indexes that lead with
+-- workflow_name (workflow_instances_workflow_newest, workflow_results_latest_workflow_newest).
+WITH live AS (
+    SELECT workflow_name, instance_name, status, parameters, payload, NULL::jsonb AS result,
+           NULL::text AS error, started_at, NULL::timestamptz AS ended_at
+    FROM workflow_instances
+    WHERE %(include_live)s AND workflow_name = %(workflow_name)s
+      AND (started_at, instance_name) < (%(ts)s, %(inst)s)
+      AND (%(instance_name)s::text IS NULL OR instance_name = %(instance_name)s)
+      AND status = ANY(%(statuses)s::text[])
+    ORDER BY started_at DESC, instance_name DESC
+    LIMIT %(limit)s
+), finished AS (
+    SELECT r.workflow_name, r.instance_name, r.status, r.parameters, NULL::jsonb, r.result,
+           r.error, r.started_at, r.ended_at
+    FROM workflow_results r
+    WHERE %(include_finished)s AND r.latest AND r.workflow_name = %(workflow_name)s
+      AND (r.started_at, r.instance_name) < (%(ts)s, %(inst)s)
+      AND (%(instance_name)s::text IS NULL OR r.instance_name = %(instance_name)s)
+      AND r.status = ANY(%(statuses)s::text[])
+      AND NOT EXISTS (
+          SELECT 1 FROM workflow_instances i
+          WHERE i.workflow_name = r.workflow_name AND i.instance_name = r.instance_name)
+    ORDER BY r.started_at DESC, r.instance_name DESC
+    LIMIT %(limit)s
+)
+SELECT * FROM live
+UNION ALL
+SELECT * FROM finished
+ORDER BY 8 DESC, 2 DESC
+LIMIT %(limit)s;
+
+-- name: enqueue_workflows
+-- Insert many live instances and their start events in one statement, skipping pairs that
+-- are live (the caller removed duplicates). Returns the ordinals of the items not inserted,
+-- and one NOTIFY per workflow name that got instances.
+WITH items AS (
+    SELECT * FROM unnest(%(workflow_names)s::text[], %(instance_names)s::text[],
+                         %(parameters)s::text[])
+        WITH ORDINALITY AS t(workflow_name, instance_name, parameters, ord)
+), inserted AS (
+    INSERT INTO workflow_instances (workflow_name, instance_name, parameters)
+    SELECT workflow_name, instance_name, parameters::jsonb FROM items ORDER BY ord
+    ON CONFLICT ON CONSTRAINT workflow_instances_name DO NOTHING
+    RETURNING id, workflow_name, instance_name
+), start_events AS (
+    INSERT INTO workflow_events (instance_id, event_type)
+    SELECT id, 'start' FROM inserted ORDER BY id
+)
+SELECT items.ord, NULL::text
+FROM items LEFT JOIN inserted
+    ON inserted.workflow_name = items.workflow_name
+   AND inserted.instance_name = items.instance_name
+WHERE inserted.id IS NULL
+UNION ALL
+SELECT NULL, pg_notify(%(channel)s, 'e' || w.workflow_name)::text
+FROM (SELECT DISTINCT workflow_name FROM inserted) w;
 
 -- name: lock_instances_with_events
 -- Claim instances of the given workflows that have pending events. The row lock serialises

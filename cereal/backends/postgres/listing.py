@@ -1,0 +1,180 @@
+"""Paged listings and bulk enqueue for :class:`~cereal.backends.postgres.PostgresDriver`.
+
+Paged listings are ordered newest first: by ``started_at`` descending, then by
+``workflow_name`` and ``instance_name`` descending (the pair is unique among listed rows).
+A live instance and the finished run it becomes share ``started_at``, so a row keeps its
+place when its instance finishes between two pages. A cursor holds the position of the last
+row of a page and a fingerprint of the filters it was made for.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from cereal.errors import CerealError
+from cereal.types import WorkflowInstanceInfo, WorkflowStatus
+
+if TYPE_CHECKING:
+    from cereal.backends.postgres.driver import PostgresDriver
+
+__all__ = ["decode_cursor", "encode_cursor", "enqueue_many", "list_instances"]
+
+_CURSOR_PREFIX = "c1."
+_LIVE = [WorkflowStatus.STARTING.value, WorkflowStatus.RUNNING.value]
+_FINISHED = [WorkflowStatus.COMPLETED.value, WorkflowStatus.FAILED.value]
+
+
+def _fingerprint(
+    workflow_name: str | None,
+    instance_name: str | None,
+    is_running: bool | None,
+    status: WorkflowStatus | None,
+) -> str:
+    key = json.dumps([workflow_name, instance_name, is_running, status and status.value])
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def encode_cursor(
+    filters: tuple[str | None, str | None, bool | None, WorkflowStatus | None],
+    started_at: datetime,
+    workflow_name: str,
+    instance_name: str,
+) -> str:
+    """The cursor of the row at ``(started_at, workflow_name, instance_name)`` in the
+    listing with these ``(workflow_name, instance_name, is_running, status)`` filters."""
+    body = json.dumps(
+        [_fingerprint(*filters), started_at.isoformat(), workflow_name, instance_name],
+        ensure_ascii=True,
+        separators=(",", ":"),
+    )
+    return _CURSOR_PREFIX + base64.urlsafe_b64encode(body.encode("ascii")).decode("ascii")
+
+
+def decode_cursor(
+    cursor: object,
+    filters: tuple[str | None, str | None, bool | None, WorkflowStatus | None],
+) -> tuple[datetime, str, str]:
+    """The position a cursor holds; :class:`CerealError` if it is not a cursor of a listing
+    with these filters."""
+    if not isinstance(cursor, str):
+        raise CerealError(f"after must be a cursor string or None, got {cursor!r}")
+    shown = cursor if len(cursor) <= 80 else cursor[:77] + "..."
+    try:
+        if not cursor.startswith(_CURSOR_PREFIX):
+            raise ValueError("unknown prefix")
+        raw = base64.urlsafe_b64decode(cursor[len(_CURSOR_PREFIX) :].encode("ascii"))
+        fingerprint, stamp, workflow_name, instance_name = json.loads(raw)
+        started_at = datetime.fromisoformat(stamp)
+        if (
+            not isinstance(fingerprint, str)
+            or not isinstance(workflow_name, str)
+            or not isinstance(instance_name, str)
+            or started_at.tzinfo is None
+        ):
+            raise ValueError("bad fields")
+    except (ValueError, TypeError, UnicodeError, binascii.Error) as exc:
+        raise CerealError(f"after is not a listing cursor: {shown!r}") from exc
+    if fingerprint != _fingerprint(*filters):
+        raise CerealError(
+            f"after is a cursor of a listing with other filters: {shown!r}; page with the "
+            f"filters the cursor was made for, or start again without after"
+        )
+    return started_at, workflow_name, instance_name
+
+
+def list_instances(
+    driver: PostgresDriver,
+    workflow_name: str | None,
+    instance_name: str | None,
+    is_running: bool | None,
+    status: WorkflowStatus | None,
+    limit: int | None,
+    after: str | None,
+) -> list[WorkflowInstanceInfo]:
+    """Rows of :meth:`PostgresDriver.list_workflow_instances` (filters already validated)."""
+    statuses = _LIVE + _FINISHED if status is None else [status.value]
+    include_live = is_running is not False and any(s in _LIVE for s in statuses)
+    include_finished = is_running is not True and any(s in _FINISHED for s in statuses)
+    params: dict[str, Any] = {
+        "workflow_name": workflow_name,
+        "instance_name": instance_name,
+        "statuses": statuses,
+        "include_live": include_live,
+        "include_finished": include_finished,
+    }
+    filters = (workflow_name, instance_name, is_running, status)
+    if limit is None:
+        if after is not None:
+            raise CerealError("after needs a limit: pass the limit of the listing it came from")
+        return [_info(r) for r in driver._rows("list_instances", params)]
+    if after is None:
+        params |= {"ts": "infinity", "wf": "", "inst": ""}
+    else:
+        ts, wf, inst = decode_cursor(after, filters)
+        params |= {"ts": ts, "wf": wf, "inst": inst}
+    params["limit"] = limit
+    if not include_live and not include_finished:
+        return []
+    query = "list_page" if workflow_name is None else "list_page_workflow"
+    return [_info(r, encode_cursor(filters, r[7], r[0], r[1])) for r in driver._rows(query, params)]
+
+
+def enqueue_many(
+    driver: PostgresDriver, items: Sequence[tuple[str, str, str | None]]
+) -> list[tuple[str, str]]:
+    """Rows of :meth:`PostgresDriver.enqueue_workflows`: insert in one statement, return the
+    pairs not inserted (live already, or repeated in ``items``), in the order given."""
+    unique: list[tuple[str, str, str | None]] = []
+    seen: set[tuple[str, str]] = set()
+    repeated: list[int] = []
+    for position, (workflow_name, instance_name, parameters_json) in enumerate(items):
+        pair = (workflow_name, instance_name)
+        if pair in seen:
+            repeated.append(position)
+            continue
+        seen.add(pair)
+        unique.append((workflow_name, instance_name, parameters_json))
+    skipped: list[tuple[int, tuple[str, str]]] = [(p, (items[p][0], items[p][1])) for p in repeated]
+    if unique:
+        rows = driver._rows(
+            "enqueue_workflows",
+            {
+                "workflow_names": [u[0] for u in unique],
+                "instance_names": [u[1] for u in unique],
+                "parameters": [u[2] for u in unique],
+                "channel": driver.channel,
+            },
+        )
+        # Map each ordinal (1-based, over the unique items) back to its place in ``items``.
+        dropped = set(repeated)
+        places = [p for p in range(len(items)) if p not in dropped] if repeated else None
+        for ordinal, _ in rows:
+            if ordinal is None:
+                continue
+            index = int(ordinal) - 1
+            place = places[index] if places is not None else index
+            skipped.append((place, (unique[index][0], unique[index][1])))
+    skipped.sort()
+    return [pair for _, pair in skipped]
+
+
+def _info(r: tuple[Any, ...], cursor: str | None = None) -> WorkflowInstanceInfo:
+    status = WorkflowStatus(r[2])
+    return WorkflowInstanceInfo(
+        workflow_name=r[0],
+        instance_name=r[1],
+        status=status,
+        parameters=r[3],
+        payload=r[4],
+        result=r[5] if status is WorkflowStatus.COMPLETED else None,
+        error=r[6],
+        started_at=r[7],
+        ended_at=r[8],
+        cursor=cursor,
+    )
