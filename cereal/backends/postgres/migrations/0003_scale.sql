@@ -20,13 +20,13 @@ LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE workflow_results SET latest = false
     WHERE id = ANY (ARRAY(
-        SELECT old.id
+        SELECT prev.id
         FROM new_runs n
         CROSS JOIN LATERAL (
             SELECT r.id FROM workflow_results r
             WHERE r.workflow_name = n.workflow_name AND r.instance_name = n.instance_name
               AND r.id < n.id AND r.latest
-        ) old))
+        ) prev))
       AND latest;
     RETURN NULL;
 END

@@ -1,0 +1,455 @@
+"""Scale benchmark: ``python -m benchmarks.scale`` (or ``scripts/bench --scale``).
+
+Measures how cereal's costs move as the work grows, on the embedded PostgreSQL or ``--dsn``,
+in a database of its own that is dropped at the end:
+
+- a backlog sweep: W1 (single-task workflows enqueued up front, drained by one manager) with
+  backlogs of 10,000, 100,000 and 1,000,000 instances, each in a fresh schema;
+- a history sweep: the smallest backlog drained again with 0, 1 million and 10 million
+  finished runs in history, grown in one schema;
+- scheduler lag (due time -> ``on_start``) with 10,000 and 100,000 schedules stored.
+
+Backlogs and history are written straight into the tables with ``generate_series`` (only the
+instances whose enqueue is being timed go through the API). At every point it reports drain
+rate, enqueue rate (one call at a time, and ``enqueue_workflows``), ``get_workflow_instance``
+p50/p99, listing latency (first page, a deep page, one workflow's runs, running instances
+when none run), table and index sizes, and dead tuples after the drain; each figure is also
+shown as a ratio to its value at the smallest size. ``--quick`` uses smaller sizes (under
+five minutes). Nothing is asserted: these are measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from cereal import (
+    CancelEvent,
+    Decision,
+    Manager,
+    StartEvent,
+    Task,
+    TaskCompleteEvent,
+    WorkflowInstance,
+)
+from cereal.backends.postgres import PostgresDriver
+from cereal.backends.postgres.listing import encode_cursor
+
+__all__ = ["main"]
+
+TABLES = ["workflow_instances", "workflow_events", "tasks", "workflow_results"]
+PAGE = 100
+
+
+@dataclass(frozen=True)
+class Sizes:
+    backlogs: list[int]
+    histories: list[int]
+    schedules: list[int]
+    singles: int
+    """Instances enqueued one call at a time at each point."""
+    bulk: int
+    """Instances enqueued by one ``enqueue_workflows`` call at each point."""
+    samples: int
+    """``get_workflow_instance`` calls timed at each point."""
+
+
+FULL = Sizes(
+    [10_000, 100_000, 1_000_000], [0, 1_000_000, 10_000_000], [10_000, 100_000], 1000, 10_000, 1000
+)
+QUICK = Sizes([10_000, 30_000, 100_000], [0, 300_000, 1_000_000], [1_000, 10_000], 500, 5_000, 500)
+
+
+@dataclass
+class Point:
+    """Figures measured at one size."""
+
+    label: str
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class SingleTask:
+    """W1's workflow: one no-op task, then complete."""
+
+    def on_start(self, instance: WorkflowInstance, event: StartEvent) -> Decision:
+        instance.enqueue_task("noop")
+        return instance.continue_with()
+
+    def on_task_complete(self, instance: WorkflowInstance, event: TaskCompleteEvent) -> Decision:
+        return instance.complete(1)
+
+    def on_cancel(self, instance: WorkflowInstance, event: CancelEvent) -> Decision:
+        return instance.fail("cancelled")
+
+
+def noop(task: Task) -> None:
+    return None
+
+
+class Scale:
+    def __init__(self, dsn: str | None, sizes: Sizes) -> None:
+        self.server_dsn = PostgresDriver(dsn).dsn
+        self.sizes = sizes
+        self.database = "cereal_scale_" + uuid.uuid4().hex[:8]
+        with psycopg.connect(self.server_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
+        self.dsn = make_conninfo(self.server_dsn, dbname=self.database)
+        self.history = 0
+
+    def cleanup(self) -> None:
+        with psycopg.connect(self.server_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(self.database)
+                )
+            )
+
+    def sql(self, schema: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("SELECT set_config('search_path', %s, false)", (schema,))
+            cur = conn.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+
+    def new_schema(self) -> str:
+        schema = "scale_" + uuid.uuid4().hex[:8]
+        PostgresDriver(self.dsn, schema=schema).open()  # migrate
+        return schema
+
+    # -- building state straight into the tables ---------------------------------------
+
+    def add_backlog(self, schema: str, count: int, tag: str) -> None:
+        """``count`` live W1 instances with their start events, as enqueue would write."""
+        if count <= 0:
+            return
+        self.sql(
+            schema,
+            "WITH i AS (INSERT INTO workflow_instances (workflow_name, instance_name, parameters)"
+            " SELECT 'w1', %s || g, '{\"tasks\": 1}'::jsonb FROM generate_series(1, %s) g"
+            " RETURNING id)"
+            " INSERT INTO workflow_events (instance_id, event_type)"
+            " SELECT id, 'start' FROM i ORDER BY id",
+            (tag + "-", count),
+        )
+
+    def grow_history(self, schema: str, target: int) -> None:
+        """Add finished runs until history holds ``target`` generated runs: ten workflows of
+        one-off runs (1% failed) started over the last 30 days, and one pair that ran every
+        fiftieth time (a schedule), whose newest run only is the latest."""
+        start, self.history = self.history, target
+        if target <= start:
+            return
+        self.sql(schema, "ALTER TABLE workflow_results DISABLE TRIGGER workflow_results_supersede")
+        try:
+            self.sql(
+                schema,
+                "UPDATE workflow_results SET latest = false"
+                " WHERE workflow_name = 'hist-sched' AND latest",
+            )
+            self.sql(
+                schema,
+                "INSERT INTO workflow_results (workflow_name, instance_name, parameters, status,"
+                " result, error, started_at, ended_at, latest)"
+                " SELECT CASE WHEN g %% 50 = 0 THEN 'hist-sched' ELSE 'hist' || g %% 10 END,"
+                "        CASE WHEN g %% 50 = 0 THEN 'daily' ELSE 'r' || g END,"
+                "        '{\"tasks\": 1}'::jsonb,"
+                "        CASE WHEN g %% 100 = 1 THEN 'failed' ELSE 'completed' END,"
+                "        CASE WHEN g %% 100 = 1 THEN NULL ELSE '1'::jsonb END,"
+                "        CASE WHEN g %% 100 = 1 THEN 'RuntimeError: boom' END,"
+                "        t, t + interval '20 ms',"
+                "        g %% 50 <> 0 OR g > %(end)s - 50"
+                " FROM generate_series(%(start)s + 1, %(end)s) g,"
+                "      LATERAL (SELECT now() - interval '30 days'"
+                "               + (g * (interval '1 day' / 1000000)) AS t) s",
+                {"start": start, "end": target},
+            )
+        finally:
+            self.sql(
+                schema, "ALTER TABLE workflow_results ENABLE TRIGGER workflow_results_supersede"
+            )
+        # A long-lived system has had autovacuum visit its history (visibility map, stats).
+        self.sql(schema, "VACUUM ANALYZE workflow_results")
+
+    # -- one point ------------------------------------------------------------------------
+
+    def manager(self, schema: str, **options: Any) -> Manager:
+        return Manager(PostgresDriver(self.dsn, schema=schema), close_driver=True, **options)
+
+    def measure(self, schema: str, backlog: int, label: str, tag: str) -> Point:
+        s = self.sizes
+        point = Point(label)
+        f = point.figures
+        self.add_backlog(schema, backlog - s.singles - s.bulk, tag)
+        self.sql(schema, "ANALYZE")
+        done = threading.Semaphore(0)
+        m = self.manager(schema, on_workflow_complete=lambda info: done.release())
+        drained = False
+        try:
+            start = time.perf_counter()
+            for i in range(s.singles):
+                m.enqueue_workflow("w1", f"{tag}-s{i}", {"tasks": 1})
+            f["enqueue, one call at a time /s"] = s.singles / (time.perf_counter() - start)
+            items = [("w1", f"{tag}-b{i}", {"tasks": 1}) for i in range(s.bulk)]
+            start = time.perf_counter()
+            skipped = m.enqueue_workflows(items)
+            f[f"enqueue_workflows ({s.bulk:,} a call) /s"] = s.bulk / (time.perf_counter() - start)
+            assert not skipped, "bulk enqueue skipped new pairs"
+            self._reads(m, schema, f, live_tag=tag, backlog=backlog)
+            f["W1 drain /s"] = self._drain(m, backlog, done)
+            drained = True
+        finally:
+            if not drained:
+                m.driver.close()
+        f["list running (none running), first page ms"] = _median_ms(
+            lambda: m.list_workflow_instances(is_running=True, limit=PAGE), 10
+        )
+        f["list running (none running), all rows ms"] = _median_ms(
+            lambda: m.list_workflow_instances(is_running=True), 10
+        )
+        time.sleep(1.5)  # let the manager's sessions' statistics reach the collector
+        dead = self.sql(
+            schema,
+            "SELECT relname, n_dead_tup, n_live_tup FROM pg_stat_user_tables"
+            " WHERE schemaname = current_schema()",
+        )
+        for name, dead_tuples, _ in sorted(dead):
+            if name in ("workflow_instances", "workflow_events", "tasks"):
+                f[f"dead tuples after drain: {name}"] = float(dead_tuples)
+        for name, table, indexes in self.sql(
+            schema,
+            "SELECT c.relname, pg_table_size(c.oid), pg_indexes_size(c.oid)"
+            " FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace"
+            " AND c.relkind = 'r' AND c.relname = ANY(%s)",
+            (TABLES,),
+        ):
+            f[f"size MB: {name} table"] = table / 2**20
+            f[f"size MB: {name} indexes"] = indexes / 2**20
+        m.driver.close()
+        return point
+
+    def _reads(
+        self, m: Manager, schema: str, f: dict[str, float], live_tag: str, backlog: int
+    ) -> None:
+        s = self.sizes
+        rng = random.Random(7)
+        pairs = [("w1", f"{live_tag}-b{rng.randrange(s.bulk)}") for _ in range(s.samples // 2)]
+        if self.history:
+            pairs += [
+                ("hist" + str(g % 10), f"r{g}")
+                for g in (rng.randrange(1, self.history) for _ in range(s.samples // 2))
+                if g % 50
+            ]
+        rng.shuffle(pairs)
+        times = []
+        for w, i in pairs:
+            start = time.perf_counter()
+            m.get_workflow_instance(w, i)
+            times.append((time.perf_counter() - start) * 1000)
+        f["get_workflow_instance p50 ms"] = _pct(times, 0.5)
+        f["get_workflow_instance p99 ms"] = _pct(times, 0.99)
+        f["list first page ms"] = _median_ms(lambda: m.list_workflow_instances(limit=PAGE), 20)
+        # A cursor half way down the listing (the newest-first order over live + history).
+        depth = (backlog + self.history) // 2
+        deep = self._cursor_at(schema, depth, backlog)
+        f["list deep page ms"] = _median_ms(
+            lambda: m.list_workflow_instances(limit=PAGE, after=deep), 20
+        )
+        f["list one workflow's runs, first page ms"] = _median_ms(
+            lambda: m.list_workflow_instances(workflow_name="hist3", limit=PAGE), 20
+        )
+        f["list status=failed, first page ms"] = _median_ms(
+            lambda: m.list_workflow_instances(status="failed", limit=PAGE), 20
+        )
+
+    def _cursor_at(self, schema: str, depth: int, backlog: int) -> str:
+        if depth < backlog:
+            row = self.sql(
+                schema,
+                "SELECT started_at, workflow_name, instance_name FROM workflow_instances"
+                " ORDER BY started_at DESC, workflow_name DESC, instance_name DESC"
+                " OFFSET %s LIMIT 1",
+                (depth,),
+            )
+        else:
+            row = self.sql(
+                schema,
+                "SELECT started_at, workflow_name, instance_name FROM workflow_results"
+                " WHERE latest ORDER BY started_at DESC, workflow_name DESC, instance_name DESC"
+                " OFFSET %s LIMIT 1",
+                (max(0, depth - backlog),),
+            )
+        ts, w, i = row[0]
+        return encode_cursor((None, None, None, None), ts, w, i)
+
+    def _drain(self, m: Manager, count: int, done: threading.Semaphore) -> float:
+        m.register_workflow_executor("w1", SingleTask())
+        m.register_task_executor("noop", noop, workers=8)
+        start = time.perf_counter()
+        m.start()
+        for _ in range(count):
+            if not done.acquire(timeout=120):
+                raise RuntimeError("the drain did not finish")
+        took = time.perf_counter() - start
+        m.stop()
+        return count / took
+
+    # -- schedules --------------------------------------------------------------------------
+
+    def scheduler_lag(self, stored: int, due: int = 100) -> list[float]:
+        """Lag (ms) of ``due`` schedules due within 4 s, with ``stored`` schedules in all
+        (the others due next year, written straight into the table)."""
+        schema = self.new_schema()
+        lags: list[float] = []
+        due_at: dict[str, float] = {}
+        lock = threading.Lock()
+
+        class Once:
+            def on_start(self, instance: WorkflowInstance, event: StartEvent) -> Decision:
+                with lock:
+                    lags.append((time.time() - due_at[instance.instance_name]) * 1000)
+                return instance.complete()
+
+            def on_task_complete(
+                self, instance: WorkflowInstance, event: TaskCompleteEvent
+            ) -> Decision:
+                return instance.complete()
+
+            def on_cancel(self, instance: WorkflowInstance, event: CancelEvent) -> Decision:
+                return instance.complete()
+
+        m = self.manager(schema)
+        m.register_workflow_executor("once", Once())
+        m.create_workflow_schedule(
+            "filler", "template", recurrence="DTSTART:20300101T000000Z\nRRULE:FREQ=YEARLY"
+        )
+        self.sql(
+            schema,
+            "INSERT INTO workflow_schedules (workflow_name, instance_name, parameters,"
+            " recurrence, enabled, next_due_at)"
+            " SELECT 'filler', 'f' || g, parameters, recurrence, true,"
+            "        next_due_at + g * interval '1 second'"
+            " FROM workflow_schedules, generate_series(1, %s) g"
+            " WHERE instance_name = 'template'",
+            (max(0, stored - due - 1),),
+        )
+        self.sql(schema, "VACUUM ANALYZE workflow_schedules")
+        base = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+        with m:
+            for i in range(due):
+                at = base + timedelta(seconds=i % 4)
+                due_at[f"s{i}"] = at.timestamp()
+                m.create_workflow_schedule(
+                    "once",
+                    f"s{i}",
+                    recurrence=f"DTSTART:{at:%Y%m%dT%H%M%SZ}\nRRULE:FREQ=DAILY;COUNT=1",
+                )
+            deadline = time.monotonic() + 30
+            while len(lags) < due and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return lags
+
+
+def _median_ms(call: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return _pct(times, 0.5)
+
+
+def run(dsn: str | None, quick: bool, out: Callable[[str], None] = print) -> None:
+    sizes = QUICK if quick else FULL
+    scale = Scale(dsn, sizes)
+    began = time.perf_counter()
+    try:
+        backlog_points = []
+        for n in sizes.backlogs:
+            out(f"# backlog {n:,} ...")
+            backlog_points.append(scale.measure(scale.new_schema(), n, f"backlog {n:,}", f"q{n}"))
+        history_points = [backlog_points[0]]
+        backlog_points[0].label = f"backlog {sizes.backlogs[0]:,} / history 0"
+        schema = scale.new_schema()
+        for h in sizes.histories[1:]:
+            out(f"# history {h:,} ...")
+            scale.grow_history(schema, h)
+            history_points.append(
+                scale.measure(schema, sizes.backlogs[0], f"history {h:,}", f"h{h}")
+            )
+        lags = []
+        for n in sizes.schedules:
+            out(f"# {n:,} schedules ...")
+            lags.append((n, scale.scheduler_lag(n)))
+    finally:
+        scale.cleanup()
+    out("")
+    _table(out, "Backlog sweep (no history)", backlog_points)
+    _table(out, f"History sweep (backlog {sizes.backlogs[0]:,})", history_points)
+    out("")
+    out("Scheduler lag (due time -> on_start, 100 schedules due within 4 s)")
+    base50 = _pct(lags[0][1], 0.5)
+    base99 = _pct(lags[0][1], 0.99)
+    for n, values in lags:
+        p50, p99 = _pct(values, 0.5), _pct(values, 0.99)
+        out(
+            f"  {n:>9,} schedules stored: p50 {p50:7.1f} ms ({p50 / base50:4.2f}x)  "
+            f"p99 {p99:7.1f} ms ({p99 / base99:4.2f}x)  ({len(values)} of 100 ran)"
+        )
+    with psycopg.connect(scale.server_dsn) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    out(
+        f"\nPostgreSQL {row[0] if row else '?'}; Python {sys.version.split()[0]}; "
+        f"{os.cpu_count()} CPUs; {'--quick; ' if quick else ''}"
+        f"{time.perf_counter() - began:.0f} s; {time.strftime('%Y-%m-%d %H:%M')}"
+    )
+
+
+def _table(out: Callable[[str], None], title: str, points: list[Point]) -> None:
+    out(f"\n{title}: figure (ratio to the first column)")
+    names = list(points[0].figures)
+    width = max(len(n) for n in names)
+    out(f"  {''.ljust(width)}" + "".join(f"  {p.label:>22}" for p in points))
+    for name in names:
+        base = points[0].figures[name]
+        cells = []
+        for p in points:
+            value = p.figures.get(name, float("nan"))
+            ratio = f"({value / base:5.2f}x)" if base else "        "
+            shown = f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+            cells.append(f"  {shown:>13} {ratio:>8}")
+        out(f"  {name.ljust(width)}" + "".join(cells))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench --scale", description=__doc__)
+    parser.add_argument("--dsn", help="PostgreSQL URL (default: the embedded PostgreSQL)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (< 5 minutes)")
+    parser.add_argument("--scale", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)
+    run(args.dsn, args.quick, lambda line: print(line, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
