@@ -120,28 +120,31 @@ LIMIT %(limit)s;
 -- name: list_page_workflow
 -- list_page for one workflow: the same order, read from the indexes that lead with
 -- workflow_name (workflow_instances_workflow_newest, workflow_results_latest_workflow_newest).
+-- The row comparisons name workflow_name first so that only those indexes match them: a
+-- scan of the other index, filtering on the workflow, would cost as much as the history.
 WITH live AS (
     SELECT workflow_name, instance_name, status, parameters, payload, NULL::jsonb AS result,
            NULL::text AS error, started_at, NULL::timestamptz AS ended_at
     FROM workflow_instances
     WHERE %(include_live)s AND workflow_name = %(workflow_name)s
-      AND (started_at, instance_name) < (%(ts)s, %(inst)s)
+      AND (workflow_name, started_at, instance_name) < (%(workflow_name)s, %(ts)s, %(inst)s)
       AND (%(instance_name)s::text IS NULL OR instance_name = %(instance_name)s)
       AND status = ANY(%(statuses)s::text[])
-    ORDER BY started_at DESC, instance_name DESC
+    ORDER BY workflow_name DESC, started_at DESC, instance_name DESC
     LIMIT %(limit)s
 ), finished AS (
     SELECT r.workflow_name, r.instance_name, r.status, r.parameters, NULL::jsonb, r.result,
            r.error, r.started_at, r.ended_at
     FROM workflow_results r
     WHERE %(include_finished)s AND r.latest AND r.workflow_name = %(workflow_name)s
-      AND (r.started_at, r.instance_name) < (%(ts)s, %(inst)s)
+      AND (r.workflow_name, r.started_at, r.instance_name)
+          < (%(workflow_name)s, %(ts)s, %(inst)s)
       AND (%(instance_name)s::text IS NULL OR r.instance_name = %(instance_name)s)
       AND r.status = ANY(%(statuses)s::text[])
       AND NOT EXISTS (
           SELECT 1 FROM workflow_instances i
           WHERE i.workflow_name = r.workflow_name AND i.instance_name = r.instance_name)
-    ORDER BY r.started_at DESC, r.instance_name DESC
+    ORDER BY r.workflow_name DESC, r.started_at DESC, r.instance_name DESC
     LIMIT %(limit)s
 )
 SELECT * FROM live
