@@ -404,21 +404,29 @@ FROM workflow_schedules WHERE enabled;
 
 -- name: prune_history
 -- Delete finished runs older than max_age seconds or beyond the newest max_runs, at most
--- 10000 a call, by one process at a time (the others skip this round).
+-- 10000 a call, by one process at a time (the others skip this round). Each rule reads its
+-- own index from the oldest end (workflow_results_ended, the primary key) and stops at the
+-- first run it keeps, so a call costs what it deletes, not the size of history.
 WITH pruner AS (
     SELECT pg_try_advisory_xact_lock(%(lock_ns)s, hashtext(%(lock_key)s)) AS ok
 ), boundary AS (
-    SELECT id FROM workflow_results ORDER BY id DESC OFFSET %(max_runs)s LIMIT 1
+    SELECT id FROM workflow_results
+    WHERE %(max_runs)s::bigint IS NOT NULL
+    ORDER BY id DESC OFFSET %(max_runs)s LIMIT 1
+), expired AS (
+    SELECT id FROM workflow_results
+    WHERE (SELECT ok FROM pruner) AND %(max_age)s::float8 IS NOT NULL
+      AND ended_at < now() - make_interval(secs => %(max_age)s::float8)
+    ORDER BY ended_at
+    LIMIT 10000
+), excess AS (
+    SELECT id FROM workflow_results
+    WHERE (SELECT ok FROM pruner) AND id <= (SELECT id FROM boundary)
+    ORDER BY id
+    LIMIT 10000
 ), pruned AS (
     DELETE FROM workflow_results
-    WHERE id IN (
-        SELECT r.id FROM workflow_results r
-        WHERE (SELECT ok FROM pruner)
-          AND ((%(max_age)s::float8 IS NOT NULL
-                AND r.ended_at < now() - make_interval(secs => %(max_age)s::float8))
-               OR (%(max_runs)s::bigint IS NOT NULL AND r.id <= (SELECT id FROM boundary)))
-        ORDER BY r.id
-        LIMIT 10000)
+    WHERE id IN (SELECT id FROM expired UNION SELECT id FROM excess LIMIT 10000)
     RETURNING 1
 )
 SELECT (SELECT ok FROM pruner), count(*) FROM pruned;
