@@ -50,7 +50,6 @@ from cereal.backends.postgres.listing import encode_cursor
 
 __all__ = ["main"]
 
-TABLES = ["workflow_instances", "workflow_events", "tasks", "workflow_results"]
 PAGE = 100
 
 
@@ -214,6 +213,14 @@ class Scale:
             f[f"enqueue_workflows ({s.bulk:,} a call) /s"] = s.bulk / (time.perf_counter() - start)
             assert not skipped, "bulk enqueue skipped new pairs"
             self._reads(m, schema, f, live_tag=tag, backlog=backlog)
+            for name, table, indexes in self.sql(
+                schema,
+                "SELECT c.relname, pg_table_size(c.oid), pg_indexes_size(c.oid)"
+                " FROM pg_class c WHERE c.oid IN"
+                " ('workflow_instances'::regclass, 'workflow_events'::regclass)",
+            ):
+                f[f"bytes per backlog instance: {name} table"] = table / backlog
+                f[f"bytes per backlog instance: {name} indexes"] = indexes / backlog
             f["W1 drain /s"] = self._drain(m, backlog, done)
             drained = True
         finally:
@@ -233,16 +240,15 @@ class Scale:
         )
         for name, dead_tuples, _ in sorted(dead):
             if name in ("workflow_instances", "workflow_events", "tasks"):
-                f[f"dead tuples after drain: {name}"] = float(dead_tuples)
-        for name, table, indexes in self.sql(
+                f[f"dead tuples after drain per instance: {name}"] = dead_tuples / backlog
+        self.sql(schema, "ANALYZE workflow_results")
+        for name, table, indexes, rows in self.sql(
             schema,
-            "SELECT c.relname, pg_table_size(c.oid), pg_indexes_size(c.oid)"
-            " FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace"
-            " AND c.relkind = 'r' AND c.relname = ANY(%s)",
-            (TABLES,),
+            "SELECT c.relname, pg_table_size(c.oid), pg_indexes_size(c.oid), c.reltuples"
+            " FROM pg_class c WHERE c.oid = 'workflow_results'::regclass",
         ):
-            f[f"size MB: {name} table"] = table / 2**20
-            f[f"size MB: {name} indexes"] = indexes / 2**20
+            f[f"bytes per finished run: {name} table"] = table / max(1.0, rows)
+            f[f"bytes per finished run: {name} indexes"] = indexes / max(1.0, rows)
         m.driver.close()
         return point
 
