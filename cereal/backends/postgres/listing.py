@@ -155,6 +155,7 @@ def enqueue_many(
                 "workflow_names": [u[0] for u in unique],
                 "instance_names": [u[1] for u in unique],
                 "parameters": [u[2] for u in unique],
+                "count": len(unique),
                 "channel": driver.channel,
             },
         )
