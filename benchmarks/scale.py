@@ -44,9 +44,11 @@ from cereal import (
     Task,
     TaskCompleteEvent,
     WorkflowInstance,
+    WorkflowInstanceInfo,
+    WorkflowStatus,
 )
 from cereal.backends.postgres import PostgresDriver
-from cereal.backends.postgres.listing import encode_cursor
+from cereal.checks import encode_cursor
 
 __all__ = ["main"]
 
@@ -310,7 +312,8 @@ class Scale:
                 (max(0, depth - backlog),),
             )
         ts, w, i = row[0]
-        return encode_cursor((None, None, None, None), ts, w, i)
+        row_info = WorkflowInstanceInfo(w, i, WorkflowStatus.COMPLETED, started_at=ts)
+        return encode_cursor((None, None, None, None), row_info)
 
     def _drain(self, m: Manager, count: int, done: threading.Semaphore) -> float:
         m.register_workflow_executor("w1", SingleTask())

@@ -7,10 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from flows import Flow, wait_for
 
 from cereal import Manager, WorkflowStatus
 from cereal.errors import CerealError, InvalidNameError, SerializationError
+from tests.helpers.recorders import Flow
+from tests.helpers.waiting import wait_for
 
 MakeManager = Callable[..., Manager]
 

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from flows import Flow, wait_for
 
 from cereal import Manager, WorkflowInstanceInfo, WorkflowStatus
 from cereal.errors import CerealError
+from tests.helpers.recorders import Flow
+from tests.helpers.waiting import wait_for
 
 MakeManager = Callable[..., Manager]
 BASE = datetime(2026, 1, 1, tzinfo=UTC)

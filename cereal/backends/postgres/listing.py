@@ -3,89 +3,27 @@
 Paged listings are ordered newest first: by ``started_at`` descending, then by
 ``workflow_name`` and ``instance_name`` descending (the pair is unique among listed rows).
 A live instance and the finished run it becomes share ``started_at``, so a row keeps its
-place when its instance finishes between two pages. A cursor holds the position of the last
-row of a page and a fingerprint of the filters it was made for.
+place when its instance finishes between two pages. Cursors (:func:`cereal.checks.encode_cursor`)
+hold the position of the last row of a page and a fingerprint of the filters it was made for.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
+import dataclasses
 from collections.abc import Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from cereal.checks import decode_cursor, encode_cursor
 from cereal.errors import CerealError
 from cereal.types import WorkflowInstanceInfo, WorkflowStatus
 
 if TYPE_CHECKING:
     from cereal.backends.postgres.driver import PostgresDriver
 
-__all__ = ["decode_cursor", "encode_cursor", "enqueue_many", "list_instances"]
+__all__ = ["enqueue_many", "list_instances"]
 
-_CURSOR_PREFIX = "c1."
 _LIVE = [WorkflowStatus.STARTING.value, WorkflowStatus.RUNNING.value]
 _FINISHED = [WorkflowStatus.COMPLETED.value, WorkflowStatus.FAILED.value]
-
-
-def _fingerprint(
-    workflow_name: str | None,
-    instance_name: str | None,
-    is_running: bool | None,
-    status: WorkflowStatus | None,
-) -> str:
-    key = json.dumps([workflow_name, instance_name, is_running, status and status.value])
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
-def encode_cursor(
-    filters: tuple[str | None, str | None, bool | None, WorkflowStatus | None],
-    started_at: datetime,
-    workflow_name: str,
-    instance_name: str,
-) -> str:
-    """The cursor of the row at ``(started_at, workflow_name, instance_name)`` in the
-    listing with these ``(workflow_name, instance_name, is_running, status)`` filters."""
-    body = json.dumps(
-        [_fingerprint(*filters), started_at.isoformat(), workflow_name, instance_name],
-        ensure_ascii=True,
-        separators=(",", ":"),
-    )
-    return _CURSOR_PREFIX + base64.urlsafe_b64encode(body.encode("ascii")).decode("ascii")
-
-
-def decode_cursor(
-    cursor: object,
-    filters: tuple[str | None, str | None, bool | None, WorkflowStatus | None],
-) -> tuple[datetime, str, str]:
-    """The position a cursor holds; :class:`CerealError` if it is not a cursor of a listing
-    with these filters."""
-    if not isinstance(cursor, str):
-        raise CerealError(f"after must be a cursor string or None, got {cursor!r}")
-    shown = cursor if len(cursor) <= 80 else cursor[:77] + "..."
-    try:
-        if not cursor.startswith(_CURSOR_PREFIX):
-            raise ValueError("unknown prefix")
-        raw = base64.urlsafe_b64decode(cursor[len(_CURSOR_PREFIX) :].encode("ascii"))
-        fingerprint, stamp, workflow_name, instance_name = json.loads(raw)
-        started_at = datetime.fromisoformat(stamp)
-        if (
-            not isinstance(fingerprint, str)
-            or not isinstance(workflow_name, str)
-            or not isinstance(instance_name, str)
-            or started_at.tzinfo is None
-        ):
-            raise ValueError("bad fields")
-    except (ValueError, TypeError, UnicodeError, binascii.Error) as exc:
-        raise CerealError(f"after is not a listing cursor: {shown!r}") from exc
-    if fingerprint != _fingerprint(*filters):
-        raise CerealError(
-            f"after is a cursor of a listing with other filters: {shown!r}; page with the "
-            f"filters the cursor was made for, or start again without after"
-        )
-    return started_at, workflow_name, instance_name
 
 
 def list_instances(
@@ -104,7 +42,6 @@ def list_instances(
     params: dict[str, Any] = {
         "workflow_name": workflow_name,
         "instance_name": instance_name,
-        "statuses": statuses,
         "include_live": include_live,
         "include_finished": include_finished,
     }
@@ -117,19 +54,21 @@ def list_instances(
         # history in parallel; planning costs a millisecond or two.
         with driver.connection() as conn:
             rows = conn.execute(driver.query("list_instances"), params, prepare=False).fetchall()
-        return [_info(r) for r in rows]
+        infos = [_info(r) for r in rows]
+        return infos if status is None else [i for i in infos if i.status is status]
     if after is None:
         params |= {"ts": "infinity", "wf": "", "inst": ""}
     else:
         ts, wf, inst = decode_cursor(after, filters)
         params |= {"ts": ts, "wf": wf, "inst": inst}
-    params["limit"] = limit
+    params |= {"statuses": statuses, "limit": limit}
     if not include_live and not include_finished:
         return []
     query = "list_page" if workflow_name is None else "list_page_workflow"
     with driver.connection() as conn:
         rows = conn.execute(driver.query(query), params, prepare=False).fetchall()
-    return [_info(r, encode_cursor(filters, r[7], r[0], r[1])) for r in rows]
+    infos = [_info(r) for r in rows]
+    return [dataclasses.replace(i, cursor=encode_cursor(filters, i)) for i in infos]
 
 
 def enqueue_many(
@@ -172,7 +111,7 @@ def enqueue_many(
     return [pair for _, pair in skipped]
 
 
-def _info(r: tuple[Any, ...], cursor: str | None = None) -> WorkflowInstanceInfo:
+def _info(r: tuple[Any, ...]) -> WorkflowInstanceInfo:
     status = WorkflowStatus(r[2])
     return WorkflowInstanceInfo(
         workflow_name=r[0],
@@ -184,5 +123,4 @@ def _info(r: tuple[Any, ...], cursor: str | None = None) -> WorkflowInstanceInfo
         error=r[6],
         started_at=r[7],
         ended_at=r[8],
-        cursor=cursor,
     )

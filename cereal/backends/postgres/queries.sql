@@ -66,7 +66,6 @@ SELECT workflow_name, instance_name, status, parameters, payload, NULL::jsonb AS
 FROM workflow_instances
 WHERE (%(workflow_name)s::text IS NULL OR workflow_name = %(workflow_name)s)
   AND (%(instance_name)s::text IS NULL OR instance_name = %(instance_name)s)
-  AND status = ANY(%(statuses)s::text[])
   AND %(include_live)s
 UNION ALL
 SELECT r.workflow_name, r.instance_name, r.status, r.parameters, NULL::jsonb, r.result,
@@ -75,7 +74,6 @@ FROM workflow_results r
 WHERE r.latest
   AND (%(workflow_name)s::text IS NULL OR r.workflow_name = %(workflow_name)s)
   AND (%(instance_name)s::text IS NULL OR r.instance_name = %(instance_name)s)
-  AND r.status = ANY(%(statuses)s::text[])
   AND %(include_finished)s
   AND NOT EXISTS (
       SELECT 1 FROM workflow_instances i
