@@ -155,13 +155,12 @@ class Bench:
         """Enqueue up front, start, wait for all; return (seconds, RSS MB after)."""
         schema = self.schema()
         task_workers = options.pop("task_workers", 8)
-        m = self.manager(schema, **options)
+        done = threading.Semaphore(0)
+        m = self.manager(schema, on_workflow_complete=lambda info: done.release(), **options)
         m.register_workflow_executor("fan", FanOut())
         m.register_task_executor("noop", noop, workers=task_workers)
         for i in range(instances):
             m.enqueue_workflow("fan", f"i{i}", {"tasks": tasks})
-        done = threading.Semaphore(0)
-        m._on_complete = lambda info: done.release()
         start = time.perf_counter()
         m.start()
         for _ in range(instances):
@@ -348,13 +347,12 @@ def _memory(dsn: str, rounds: int, instances: int) -> None:
     """Child process: print RSS idle and after each W1 round as JSON."""
     bench = Bench(dsn, quick=True, own_database=False)
     schema = bench.schema()
-    m = bench.manager(schema)
+    done = threading.Semaphore(0)
+    m = bench.manager(schema, on_workflow_complete=lambda info: done.release())
     m.register_workflow_executor("fan", FanOut())
     m.register_task_executor("noop", noop, workers=8)
     for i in range(5):
         m.register_task_executor(f"t{i}", noop)
-    done = threading.Semaphore(0)
-    m._on_complete = lambda info: done.release()
     out = {}
     with m:
         time.sleep(1)

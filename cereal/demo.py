@@ -3,7 +3,7 @@
 It registers an ``order`` workflow that fans out three ``check_stock`` tasks (one of which
 fails), then runs a ``ship`` task, and a ``slow`` workflow that gets cancelled while its task
 runs. It also creates a schedule that enqueues a ``heartbeat`` workflow every two seconds.
-Everything lives in its own schema (``cereal_demo``), recreated at each run.
+Everything lives in its own schema (``cereal_demo``), cleared at each run.
 """
 
 from __future__ import annotations
@@ -11,9 +11,6 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import psycopg
-from psycopg import sql
 
 from cereal import (
     CancelEvent,
@@ -25,7 +22,8 @@ from cereal import (
     WorkflowInstance,
     WorkflowInstanceInfo,
 )
-from cereal.backends.postgres import PostgresDriver
+from cereal.config import default_driver
+from cereal.driver import Driver
 
 __all__ = ["run_demo"]
 
@@ -108,11 +106,15 @@ def slow_job(task: Task) -> str:
     return "stopped early" if task.cancelled.is_set() else "done"
 
 
-def _reset_schema(driver: PostgresDriver) -> None:
-    with psycopg.connect(driver.dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(driver.schema))
-        )
+def _clear(driver: Driver) -> None:
+    """Start from nothing: end live runs, drop schedules and finished runs."""
+    driver.open()
+    for info in driver.list_workflow_instances(is_running=True):
+        driver.kill_workflow(info.workflow_name, info.instance_name, "demo restarted")
+    for sched in driver.list_schedules():
+        driver.delete_schedule(sched.workflow_name, sched.instance_name)
+    while driver.prune_history(None, 0):
+        pass
 
 
 def _table(runs: list[WorkflowInstanceInfo]) -> str:
@@ -132,9 +134,10 @@ def _table(runs: list[WorkflowInstanceInfo]) -> str:
 
 def run_demo(dsn: str | None = None, schema: str = "cereal_demo") -> int:
     """Run the demo service; return a process exit code."""
-    driver = PostgresDriver(dsn, schema=schema)
-    print(f"cereal demo: database {driver.dsn} (schema {schema})\n", flush=True)
-    _reset_schema(driver)
+    driver = default_driver(dsn, schema=schema)
+    where = dsn or "CEREAL_DATABASE_URL or the embedded server"
+    print(f"cereal demo: database {where} (schema {schema})\n", flush=True)
+    _clear(driver)
     manager = Manager(driver, close_driver=True, workflow_poll_interval=2, task_poll_interval=2)
     manager.register_workflow_executor("order", OrderWorkflow())
     manager.register_workflow_executor("slow", SlowWorkflow())

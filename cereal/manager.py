@@ -7,35 +7,44 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from cereal.backends.postgres.driver import PostgresDriver
 from cereal.checks import (
     KILLED,
-    MAX_SECONDS,
     await_timed_out,
     check_list_filters,
     enqueue_items,
     instance_exists,
+    timeout_seconds,
     wait_timeout,
 )
 from cereal.checks import instance_not_found as _not_found
-from cereal.checks import timeout_seconds as _timeout
 from cereal.codec import check_name, describe_error, encode
+from cereal.config import ManagerConfig, count, default_driver, optional_seconds
+from cereal.dispatch import WorkflowEventDispatcher
+from cereal.driver import (
+    Driver,
+    EventsPending,
+    InstanceFinished,
+    SchedulesChanged,
+    TasksQueued,
+    Wakeup,
+)
 from cereal.errors import (
     CerealError,
     InvalidExecutorError,
     ManagerStateError,
 )
-from cereal.event_loop import WorkflowEventLoop
 from cereal.executors import TaskExecutor, TaskFunction, WorkflowExecutor, task_callable
 from cereal.logging import get_logger
 from cereal.schedules import ScheduleOperations
+from cereal.services.base import PeriodicService
 from cereal.services.heartbeat import Heartbeat, LostTaskReaper
 from cereal.services.pruner import HistoryPruner
-from cereal.task_pool import TaskPools, TaskRegistration
+from cereal.services.scheduler import Scheduler
+from cereal.task_pools import TaskPools, TaskRegistration
 from cereal.types import WorkflowInstanceInfo, WorkflowStatus
 
 if TYPE_CHECKING:
@@ -45,94 +54,63 @@ __all__ = ["Manager"]
 
 log = get_logger("cereal.manager")
 
+_DRIVER_METHODS = (
+    "open",
+    "close",
+    "listener",
+    "enqueue_workflow",
+    "cancel_workflow",
+    "kill_workflow",
+    "get_workflow_instance",
+    "list_workflow_instances",
+    "has_events",
+    "claim_events",
+    "fail_instance",
+    "claim_tasks",
+    "complete_tasks",
+    "heartbeat_tasks",
+    "release_tasks",
+    "reap_lost_tasks",
+    "now",
+    "insert_schedule",
+    "update_schedule",
+    "delete_schedule",
+    "list_schedules",
+    "run_due_schedule",
+    "seconds_until_next_schedule",
+    "prune_history",
+)
+"""The :class:`~cereal.driver.Driver` methods the manager calls."""
 
-def _positive(name: str, value: object, *, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not 0 < value <= MAX_SECONDS  # also rejects NaN and infinities
-    ):
+
+def _check_driver(driver: object) -> Driver:
+    missing = [m for m in _DRIVER_METHODS if not callable(getattr(driver, m, None))]
+    if missing:
         raise CerealError(
-            f"{name} must be a positive number of seconds (at most {MAX_SECONDS:g}), got {value!r}"
+            f"driver must implement cereal.driver.Driver; {type(driver).__name__} lacks "
+            f"{', '.join(missing)}"
         )
-    return float(value)
+    return driver  # type: ignore[return-value]
 
 
 class Manager(ScheduleOperations):
     """Runs registered workflow and task executors against a database.
 
-    Options (times in seconds): ``workflow_poll_interval`` (5), ``task_poll_interval`` (5),
-    ``workflow_workers`` (4 concurrent event handlers), ``heartbeat_interval`` (5),
-    ``lost_task_timeout`` (30, silence after which a running task is reported ``LOST``),
-    ``scheduler`` (True: run the schedule loop here), ``on_workflow_complete`` (called with
-    the :class:`WorkflowInstanceInfo` of each run this manager finishes), ``event_batch_size``
-    (32 instances claimed per transaction), ``history_max_age`` (30 days; None keeps runs
-    forever) and ``history_max_runs`` (None) for the retention of finished runs, pruned every
-    ``history_prune_interval`` (60). Polling is only a fallback: LISTEN/NOTIFY wakes
-    the right loop as soon as any process enqueues, completes, cancels or kills.
+    ``driver`` is any object implementing :class:`cereal.driver.Driver`; None builds the
+    default (:func:`cereal.config.default_driver`: PostgreSQL at ``CEREAL_DATABASE_URL``).
+    The keyword options are the fields of :class:`~cereal.config.ManagerConfig`, where each
+    is documented with its default; an unknown option raises :class:`CerealError`.
 
     Instance and schedule operations work without :meth:`start`.
     """
 
-    def __init__(
-        self,
-        driver: PostgresDriver | None = None,
-        *,
-        workflow_poll_interval: float = 5.0,
-        task_poll_interval: float = 5.0,
-        workflow_workers: int = 4,
-        heartbeat_interval: float = 5.0,
-        lost_task_timeout: float = 30.0,
-        scheduler: bool = True,
-        on_workflow_complete: Callable[[WorkflowInstanceInfo], Any] | None = None,
-        event_batch_size: int = 32,
-        history_max_age: float | None = 30 * 86400.0,
-        history_max_runs: int | None = None,
-        history_prune_interval: float = 60.0,
-        close_driver: bool | None = None,
-        **options: Any,
-    ) -> None:
-        if options:
-            raise CerealError(f"unknown Manager option(s): {', '.join(sorted(options))}")
-        if driver is not None and not isinstance(driver, PostgresDriver):
-            raise CerealError(f"driver must be a PostgresDriver, got {type(driver).__name__}")
-        self._owns_driver = driver is None if close_driver is None else close_driver
-        self.driver = driver if driver is not None else PostgresDriver()
-        self._workflow_poll = _positive("workflow_poll_interval", workflow_poll_interval)
-        self._task_poll = _positive("task_poll_interval", task_poll_interval)
-        self._heartbeat_interval = _positive("heartbeat_interval", heartbeat_interval)
-        self._lost_task_timeout = _positive("lost_task_timeout", lost_task_timeout)
-        assert self._heartbeat_interval and self._lost_task_timeout
-        if self._lost_task_timeout <= self._heartbeat_interval:
-            raise CerealError(
-                f"lost_task_timeout ({lost_task_timeout!r}) must be longer than "
-                f"heartbeat_interval ({heartbeat_interval!r})"
-            )
-        for name, count in (
-            ("workflow_workers", workflow_workers),
-            ("event_batch_size", event_batch_size),
-        ):
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise CerealError(f"{name} must be a positive int, got {count!r}")
-        if on_workflow_complete is not None and not callable(on_workflow_complete):
-            raise CerealError("on_workflow_complete must be callable")
-        self._history_max_age = _positive("history_max_age", history_max_age, allow_none=True)
-        if history_max_runs is not None and (
-            isinstance(history_max_runs, bool)
-            or not isinstance(history_max_runs, int)
-            or history_max_runs < 0
-        ):
-            raise CerealError(
-                f"history_max_runs must be a non-negative int or None, got {history_max_runs!r}"
-            )
-        self._history_max_runs = history_max_runs
-        self._prune_interval = _positive("history_prune_interval", history_prune_interval)
-        self._workflow_workers = workflow_workers
-        self._event_batch_size = event_batch_size
-        self._run_scheduler = bool(scheduler)
-        self._on_complete = on_workflow_complete
+    def __init__(self, driver: Driver | None = None, **options: Any) -> None:
+        self.config = ManagerConfig.from_options(**options)
+        if driver is not None:
+            _check_driver(driver)
+        close = self.config.close_driver
+        self._owns_driver = driver is None if close is None else close
+        self.driver: Driver = driver if driver is not None else default_driver()
         self._workflows: dict[str, WorkflowExecutor] = {}
         self._tasks: dict[str, TaskRegistration] = {}
         self._state = "new"
@@ -140,11 +118,11 @@ class Manager(ScheduleOperations):
         self._finished = threading.Condition()
         self._finish_seq = 0
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._services: list[Any] = []
-        self._event_loop: WorkflowEventLoop | None = None
+        self._services: list[PeriodicService] = []
+        self._dispatcher: WorkflowEventDispatcher | None = None
         self._pools: TaskPools | None = None
         self._listener: Any = None
-        self._scheduler: Any = None
+        self._scheduler: Scheduler | None = None
         self.log = log.bind(owner=self.owner)
 
     # -- registration ------------------------------------------------------------------------
@@ -181,9 +159,8 @@ class Manager(ScheduleOperations):
         this process; ``timeout`` (seconds) fails a task that runs longer."""
         self._require_new("register_task_executor")
         check_name("task_name", task_name)
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise CerealError(f"workers must be a positive int, got {workers!r}")
-        seconds = _positive("timeout", timeout, allow_none=True)
+        workers = count("workers", workers)
+        seconds = optional_seconds("timeout", timeout)
         self._tasks[task_name] = TaskRegistration(
             task_name, task_callable(executor), workers, seconds
         )
@@ -200,41 +177,41 @@ class Manager(ScheduleOperations):
                     else "a stopped manager cannot be restarted"
                 )
             self._state = "started"
+        config = self.config
         self.driver.open()
         self._pools = TaskPools(
             self.driver,
             self._tasks,
             owner=self.owner,
-            poll_interval=self._task_poll or 5.0,
+            poll_interval=config.task_poll_interval,
             on_reported=self._on_tasks_reported,
         )
-        self._event_loop = WorkflowEventLoop(
+        self._dispatcher = WorkflowEventDispatcher(
             self.driver,
             self._workflows,
-            workers=self._workflow_workers,
-            poll_interval=self._workflow_poll or 5.0,
+            workers=config.workflow_workers,
+            poll_interval=config.workflow_poll_interval,
             on_finished=self._on_finished,
             on_tasks_enqueued=self._on_tasks_enqueued,
-            batch_size=self._event_batch_size,
+            batch_size=config.event_batch_size,
         )
-        self._listener = self.driver.listener(self._on_notify, self._wake_all)
+        self._listener = self.driver.listener(self._on_wakeup, self._wake_all)
         self._services = [
-            Heartbeat(self.driver, self._pools, self.owner, self._heartbeat_interval or 5.0),
-            LostTaskReaper(self.driver, self._lost_task_timeout or 30.0),
+            Heartbeat(self.driver, self._pools, self.owner, config.heartbeat_interval),
+            LostTaskReaper(self.driver, config.lost_task_timeout),
             HistoryPruner(
                 self.driver,
-                max_age=self._history_max_age,
-                max_runs=self._history_max_runs,
-                interval=self._prune_interval or 60.0,
+                max_age=config.history_max_age,
+                max_runs=config.history_max_runs,
+                interval=config.history_prune_interval,
             ),
         ]
-        if self._run_scheduler:
-            self._scheduler = self._make_scheduler()
-            if self._scheduler is not None:
-                self._services.append(self._scheduler)
+        if config.scheduler:
+            self._scheduler = Scheduler(self.driver, on_enqueued=self._on_schedule_enqueued)
+            self._services.append(self._scheduler)
         self._listener.start()
         self._pools.start()
-        self._event_loop.start()
+        self._dispatcher.start()
         for service in self._services:
             service.start()
         self.log.info(
@@ -248,7 +225,7 @@ class Manager(ScheduleOperations):
         long; work still running then is picked up again by another manager (events are
         re-delivered, tasks reported lost). Safe to call twice or before :meth:`start`.
         """
-        timeout = _timeout(timeout)
+        timeout = timeout_seconds(timeout)
         with self._state_lock:
             was, self._state = self._state, "stopped"
         if was == "started":
@@ -257,8 +234,8 @@ class Manager(ScheduleOperations):
             def left() -> float | None:
                 return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-            if self._event_loop is not None:
-                self._event_loop.stop(left())
+            if self._dispatcher is not None:
+                self._dispatcher.stop(left())
             if self._pools is not None:
                 self._pools.stop(left())
             for service in self._services:
@@ -287,24 +264,24 @@ class Manager(ScheduleOperations):
 
     # -- wakeups -----------------------------------------------------------------------------
 
-    def _on_notify(self, payload: str) -> None:
-        kind, rest = payload[:1], payload[1:]
-        if kind == "e":
-            if rest in self._workflows and self._event_loop is not None:
-                self._event_loop.wake()
-        elif kind == "t":
+    def _on_wakeup(self, wakeup: Wakeup) -> None:
+        """A hint from the driver's listener that another process changed something."""
+        if isinstance(wakeup, EventsPending):
+            if wakeup.workflow_name in self._workflows and self._dispatcher is not None:
+                self._dispatcher.wake()
+        elif isinstance(wakeup, TasksQueued):
             if self._pools is not None:
-                self._pools.wake(rest)
-        elif kind == "f":
-            if self._pools is not None and rest.isdigit():
-                self._pools.cancel_instance(int(rest))
+                self._pools.wake(wakeup.task_name)
+        elif isinstance(wakeup, InstanceFinished):
+            if self._pools is not None:
+                self._pools.instance_finished(wakeup.instance_id)
             self._signal_finished()
-        elif kind == "s" and self._scheduler is not None:
+        elif isinstance(wakeup, SchedulesChanged) and self._scheduler is not None:
             self._scheduler.wake()
 
     def _wake_all(self) -> None:
-        if self._event_loop is not None:
-            self._event_loop.wake()
+        if self._dispatcher is not None:
+            self._dispatcher.wake()
         if self._pools is not None:
             self._pools.wake()
         if self._scheduler is not None:
@@ -317,8 +294,8 @@ class Manager(ScheduleOperations):
             self._finished.notify_all()
 
     def _on_schedule_enqueued(self, workflow_name: str) -> None:
-        if self._event_loop is not None and workflow_name in self._workflows:
-            self._event_loop.wake()
+        if self._dispatcher is not None and workflow_name in self._workflows:
+            self._dispatcher.wake()
 
     def _on_tasks_enqueued(self, names: set[str]) -> None:
         if self._pools is not None:
@@ -326,8 +303,8 @@ class Manager(ScheduleOperations):
                 self._pools.wake(name)
 
     def _on_tasks_reported(self) -> None:
-        if self._event_loop is not None:
-            self._event_loop.wake()
+        if self._dispatcher is not None:
+            self._dispatcher.wake()
 
     def _on_finished(self, runs: list[WorkflowInstanceInfo]) -> None:
         self._signal_finished()
@@ -339,9 +316,9 @@ class Manager(ScheduleOperations):
                 status=info.status.value,
                 error=info.error,
             )
-            if self._on_complete is not None:
+            if self.config.on_workflow_complete is not None:
                 try:
-                    self._on_complete(info)
+                    self.config.on_workflow_complete(info)
                 except Exception as exc:
                     self.log.error("on_workflow_complete raised", error=describe_error(exc))
 
@@ -357,8 +334,8 @@ class Manager(ScheduleOperations):
         params = encode(parameters, f"parameters of workflow {workflow_name!r}")
         if not self.driver.enqueue_workflow(workflow_name, instance_name, params):
             raise instance_exists(workflow_name, instance_name)
-        if self._event_loop is not None and workflow_name in self._workflows:
-            self._event_loop.wake()
+        if self._dispatcher is not None and workflow_name in self._workflows:
+            self._dispatcher.wake()
 
     def cancel_workflow(self, workflow_name: str, instance_name: str) -> None:
         """Deliver a cancel event to the executor's ``on_cancel``, which decides."""
@@ -417,8 +394,8 @@ class Manager(ScheduleOperations):
         if not rows:
             return []
         skipped = self.driver.enqueue_workflows(rows)
-        if self._event_loop is not None and any(r[0] in self._workflows for r in rows):
-            self._event_loop.wake()
+        if self._dispatcher is not None and any(r[0] in self._workflows for r in rows):
+            self._dispatcher.wake()
         return skipped
 
     def await_workflow(

@@ -8,17 +8,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dateutil.rrule import rrule, rruleset
 
-from cereal.backends.postgres.schedule_store import PostgresScheduleStore
 from cereal.codec import check_name, encode
-from cereal.errors import CerealError, InvalidScheduleError, WorkflowScheduleNotFoundError
+from cereal.config import flag
+from cereal.driver import ScheduleChange, StoredSchedule
+from cereal.errors import (
+    CerealError,
+    InvalidScheduleError,
+    WorkflowScheduleExistsError,
+    WorkflowScheduleNotFoundError,
+)
 from cereal.recurrence import Recurrence, load_recurrence, parse_recurrence
 from cereal.types import Schedule
 
 if TYPE_CHECKING:
-    from cereal.backends.postgres.driver import PostgresDriver
-    from cereal.services.scheduler import Scheduler
+    from cereal.driver import Driver
 
-__all__ = ["UNCHANGED", "Schedule", "ScheduleOperations"]
+__all__ = ["UNCHANGED", "Schedule", "ScheduleOperations", "next_due_after"]
 
 
 RecurrenceInput = str | rrule | rruleset
@@ -35,13 +40,14 @@ UNCHANGED: Any = _Unchanged()
 
 
 class ScheduleOperations:
-    """The schedule methods of :class:`cereal.Manager` (usable without ``start()``)."""
+    """The schedule methods of :class:`cereal.Manager` (usable without ``start()``).
 
-    driver: PostgresDriver
+    Rules are parsed and next runs computed here, on the driver's clock; the driver only
+    stores schedules (:meth:`~cereal.driver.Driver.update_schedule` runs the change under
+    the schedule's row lock).
+    """
 
-    @property
-    def _schedules(self) -> PostgresScheduleStore:
-        return PostgresScheduleStore(self.driver)
+    driver: Driver
 
     def create_workflow_schedule(
         self,
@@ -62,13 +68,20 @@ class ScheduleOperations:
         check_name("workflow_name", workflow_name)
         check_name("instance_name", instance_name)
         params = encode(parameters, f"parameters of schedule {workflow_name!r}")
-        self._schedules.create(
-            workflow_name,
-            instance_name,
-            params,
-            lambda now: _parse(recurrence, now),
-            _flag("enabled", enabled),
-        )
+        enabled = flag("enabled", enabled)
+        now = self.driver.now()
+        rule = _parse(recurrence, now)
+        next_due = rule.next_after(now, inclusive=True)
+        if next_due is None:
+            raise InvalidScheduleError(
+                f"recurrence has no occurrence at or after {now.isoformat()}: {rule.text!r}"
+            )
+        if not self.driver.insert_schedule(
+            workflow_name, instance_name, params, rule.text, enabled, next_due
+        ):
+            raise WorkflowScheduleExistsError(
+                f"workflow schedule {_pair(workflow_name, instance_name)} already exists"
+            )
 
     def update_workflow_schedule(
         self,
@@ -88,44 +101,68 @@ class ScheduleOperations:
         params = (
             encode(parameters, f"parameters of schedule {workflow_name!r}") if set_params else None
         )
-        self._schedules.update(
-            workflow_name,
-            instance_name,
-            enabled=None if enabled is None else _flag("enabled", enabled),
-            parameters_json=params,
-            set_parameters=set_params,
-            parse=None if recurrence is None else (lambda now: _parse(recurrence, now)),
-            load=_load,
-        )
+        if enabled is not None:
+            enabled = flag("enabled", enabled)
+
+        def change(stored: StoredSchedule, now: datetime) -> ScheduleChange:
+            new_enabled = stored.enabled if enabled is None else enabled
+            text, next_due = stored.recurrence, stored.next_due_at
+            if recurrence is not None or (new_enabled and not stored.enabled):
+                rule = _parse(recurrence, now) if recurrence is not None else _load(text)
+                text = rule.text
+                next_due = rule.next_after(now, inclusive=True)
+                if next_due is None:
+                    raise InvalidScheduleError(
+                        f"recurrence has no occurrence at or after {now.isoformat()}, so "
+                        f"schedule {_pair(workflow_name, instance_name)} cannot run again: "
+                        f"{text!r}"
+                    )
+            return ScheduleChange(
+                parameters_json=params if set_params else stored.parameters_json,
+                recurrence=text,
+                enabled=new_enabled,
+                next_due_at=next_due,
+            )
+
+        if not self.driver.update_schedule(workflow_name, instance_name, change):
+            raise _not_found(workflow_name, instance_name)
 
     def get_workflow_schedule(self, workflow_name: str, instance_name: str) -> Schedule:
         """The schedule of this pair; :class:`WorkflowScheduleNotFoundError` if none."""
         check_name("workflow_name", workflow_name)
         check_name("instance_name", instance_name)
-        rows = self._schedules.select(workflow_name, instance_name)
+        rows = self.driver.list_schedules(workflow_name, instance_name)
         if not rows:
-            raise WorkflowScheduleNotFoundError(
-                f"workflow schedule {workflow_name!r}/{instance_name!r} not found"
-            )
+            raise _not_found(workflow_name, instance_name)
         return rows[0]
 
     def list_workflow_schedules(self) -> list[Schedule]:
         """Every schedule, enabled or not, ordered by workflow and instance name."""
-        return self._schedules.select()
+        return self.driver.list_schedules()
 
     def delete_workflow_schedule(self, workflow_name: str, instance_name: str) -> None:
         """Remove a schedule (a run it already enqueued goes on)."""
         check_name("workflow_name", workflow_name)
         check_name("instance_name", instance_name)
-        self._schedules.delete(workflow_name, instance_name)
+        if not self.driver.delete_schedule(workflow_name, instance_name):
+            raise _not_found(workflow_name, instance_name)
 
-    def _make_scheduler(self) -> Scheduler:
-        from cereal.services.scheduler import Scheduler
 
-        return Scheduler(self._schedules, on_enqueued=self._on_schedule_enqueued)
+def next_due_after(recurrence: str, now: datetime) -> datetime | None:
+    """The first occurrence of stored ``recurrence`` strictly after ``now`` (None: it ran
+    out); what the scheduler moves a schedule to after running it. Missed occurrences
+    collapse into the run that just happened."""
+    return load_recurrence(recurrence).next_after(now, inclusive=False)
 
-    def _on_schedule_enqueued(self, workflow_name: str) -> None:
-        """Hook for the manager to wake its event loop."""
+
+def _pair(workflow_name: str, instance_name: str) -> str:
+    return f"{workflow_name!r}/{instance_name!r}"
+
+
+def _not_found(workflow_name: str, instance_name: str) -> WorkflowScheduleNotFoundError:
+    return WorkflowScheduleNotFoundError(
+        f"workflow schedule {_pair(workflow_name, instance_name)} not found"
+    )
 
 
 def _checked(recurrence: object, evaluate: Callable[[], T]) -> T:
@@ -145,9 +182,3 @@ def _parse(recurrence: RecurrenceInput, now: datetime) -> Recurrence:
 
 def _load(text: str) -> Recurrence:
     return _checked(text, lambda: load_recurrence(text))
-
-
-def _flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise CerealError(f"{name} must be a bool, got {value!r}")
-    return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import threading
 
-from cereal.backends.postgres.driver import is_transient
+from cereal.errors import DatabaseError
 from cereal.logging import get_logger
 
 __all__ = ["PeriodicService"]
@@ -59,7 +59,8 @@ class PeriodicService:
             except Exception as exc:
                 failures += 1
                 delay = min(0.5 * 2**failures, 10.0)
-                level = self.log.warning if is_transient(exc) else self.log.error
+                transient = isinstance(exc, DatabaseError) and exc.transient
+                level = self.log.warning if transient else self.log.error
                 level(f"{self.name} failed; retrying", error=repr(exc), retry_in=delay)
             if delay is None:
                 delay = self.interval

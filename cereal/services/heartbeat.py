@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cereal.backends.postgres.driver import PostgresDriver
+from cereal.driver import Driver
 from cereal.services.base import PeriodicService
-from cereal.task_pool import TaskPools
+from cereal.task_pools import TaskPools
 
 __all__ = ["Heartbeat", "LostTaskReaper"]
 
@@ -16,7 +16,7 @@ class Heartbeat(PeriodicService):
 
     name = "heartbeat"
 
-    def __init__(self, driver: PostgresDriver, pools: TaskPools, owner: str, interval: float):
+    def __init__(self, driver: Driver, pools: TaskPools, owner: str, interval: float):
         super().__init__(interval)
         self._driver = driver
         self._pools = pools
@@ -41,7 +41,7 @@ class LostTaskReaper(PeriodicService):
 
     name = "lost-task-reaper"
 
-    def __init__(self, driver: PostgresDriver, timeout: float):
+    def __init__(self, driver: Driver, timeout: float):
         super().__init__(max(timeout / 4, 0.25), jitter=max(timeout / 20, 0.05))
         self._driver = driver
         self._timeout = timeout

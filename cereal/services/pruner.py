@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cereal.backends.postgres.driver import PostgresDriver
+from cereal.driver import PRUNE_BATCH, Driver
 from cereal.services.base import PeriodicService
 
 __all__ = ["HistoryPruner"]
@@ -17,7 +17,7 @@ class HistoryPruner(PeriodicService):
 
     def __init__(
         self,
-        driver: PostgresDriver,
+        driver: Driver,
         *,
         max_age: float | None,
         max_runs: int | None,
@@ -33,7 +33,7 @@ class HistoryPruner(PeriodicService):
         while not self.stopping:
             pruned = self._driver.prune_history(self._max_age, self._max_runs)
             total += pruned
-            if pruned < 10000:
+            if pruned < PRUNE_BATCH:
                 break
         if total:
             self.log.info("pruned finished runs", count=total)

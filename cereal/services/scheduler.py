@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cereal.backends.postgres.schedule_store import PostgresScheduleStore
-from cereal.recurrence import load_recurrence
+from cereal.driver import Driver
+from cereal.schedules import next_due_after
 from cereal.services.base import PeriodicService
 
 __all__ = ["Scheduler"]
@@ -14,31 +14,35 @@ __all__ = ["Scheduler"]
 class Scheduler(PeriodicService):
     """Sleeps until the earliest ``next_due_at`` (at most ``max_sleep`` seconds, woken at
     once when any process creates or changes a schedule), then handles every due schedule,
-    each in its own transaction with ``FOR UPDATE SKIP LOCKED``: with many managers on one
-    database, each occurrence is enqueued exactly once."""
+    each through :meth:`~cereal.driver.Driver.run_due_schedule`, which skips schedules
+    another scheduler holds: with many managers on one database, each occurrence is enqueued
+    exactly once."""
 
     name = "scheduler"
 
     def __init__(
         self,
-        store: PostgresScheduleStore,
+        driver: Driver,
         *,
         max_sleep: float = 60.0,
         late_warning: float = 10.0,
         on_enqueued: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(max_sleep)
-        self._store = store
+        self._driver = driver
         self._max_sleep = max_sleep
         self._late_warning = late_warning
         self._on_enqueued = on_enqueued
 
     def run_once(self) -> float | None:
         while not self.stopping:
-            run = self._store.run_next_due(load_recurrence)
+            run = self._driver.run_due_schedule(next_due_after)
             if run is None:
                 break
             log = self.log.bind(workflow=run.workflow_name, instance=run.instance_name)
+            if run.problem is not None:
+                log.error("disabling schedule that cannot run", error=run.problem)
+                continue
             late = (run.ran_at - run.due_at).total_seconds()
             if late > self._late_warning:
                 log.warning("schedule ran late", due_at=run.due_at.isoformat(), late_s=late)
@@ -56,7 +60,7 @@ class Scheduler(PeriodicService):
                 )
             if run.next_due_at is None:
                 log.info("schedule has no more occurrences; disabled")
-        wait = self._store.seconds_until_next()
+        wait = self._driver.seconds_until_next_schedule()
         if wait is None:
             return self._max_sleep
         # Overdue but locked by another scheduler: look again shortly.

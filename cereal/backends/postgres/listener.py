@@ -1,4 +1,4 @@
-"""A LISTEN connection that wakes the manager's loops when another process writes."""
+"""A LISTEN connection that hands the manager typed wakeups when another process writes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from cereal.backends.postgres import notify
+from cereal.driver import Wakeup
 from cereal.logging import get_logger
 
 __all__ = ["PostgresListener"]
@@ -19,27 +21,28 @@ log = get_logger("cereal.listener")
 class PostgresListener:
     """Listens on one channel in a background thread and reconnects when the link drops.
 
-    ``on_notify`` gets each payload. ``on_reconnect`` is called after every (re)connection,
-    since notifications sent while disconnected are lost: the manager then polls everything.
+    ``on_wakeup`` gets the :data:`~cereal.driver.Wakeup` of each notification (payloads
+    this version does not know are ignored). ``on_reconnect`` is called after every
+    (re)connection, since notifications sent while disconnected are lost: the manager then
+    polls everything.
     """
 
     def __init__(
         self,
         connect: Callable[[], psycopg.Connection[Any]],
         channel: str,
-        on_notify: Callable[[str], None],
+        on_wakeup: Callable[[Wakeup], None],
         on_reconnect: Callable[[], None],
         *,
         retry_interval: float = 1.0,
     ) -> None:
         self._connect = connect
         self._channel = channel
-        self._on_notify = on_notify
+        self._on_wakeup = on_wakeup
         self._on_reconnect = on_reconnect
         self._retry = retry_interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._conn: psycopg.Connection[Any] | None = None
         self.connected = threading.Event()
 
     def start(self) -> None:
@@ -62,7 +65,9 @@ class PostgresListener:
                     self._on_reconnect()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.25):
-                            self._on_notify(note.payload)
+                            wakeup = notify.decode(note.payload)
+                            if wakeup is not None:
+                                self._on_wakeup(wakeup)
             except Exception as exc:
                 self.connected.clear()
                 if self._stop.is_set():

@@ -1,7 +1,8 @@
 -- Every statement the PostgreSQL driver runs. Each starts with a "-- name:" line; the
 -- connection's search_path points at the cereal schema. Notifications go to one channel
--- per schema; the payload's first letter says what changed:
--- e<workflow name> events, t<task name> tasks, f<instance id> finished, s schedules.
+-- per schema; their payload format is defined in notify.py (e<workflow name> events,
+-- t<task name> tasks, f<instance id> finished, s schedules). The statements below whose
+-- notification must commit with their writes build those payloads themselves.
 
 -- name: enqueue_workflow
 -- Insert a live instance and its start event, unless the pair is already live.
@@ -46,6 +47,24 @@ WITH target AS (
     SELECT workflow_name, instance_name, parameters, 'failed', %(error)s, started_at FROM gone
 )
 SELECT id, pg_notify(%(channel)s, 'f' || id) FROM gone;
+
+-- name: fail_instance
+-- Finish a live instance (by id) as failed, waiting for whoever holds it; used when the
+-- database refused the instance's decision.
+WITH target AS (
+    SELECT id FROM workflow_instances WHERE id = %(id)s FOR UPDATE
+), gone AS (
+    DELETE FROM workflow_instances i USING target WHERE i.id = target.id
+    RETURNING i.id, i.workflow_name, i.instance_name, i.parameters, i.started_at
+), recorded AS (
+    INSERT INTO workflow_results
+        (workflow_name, instance_name, parameters, status, error, started_at)
+    SELECT workflow_name, instance_name, parameters, 'failed', %(error)s, started_at FROM gone
+)
+SELECT workflow_name, instance_name, parameters, 'failed' AS status, NULL::jsonb AS result,
+       %(error)s::text AS error, started_at, now() AS ended_at,
+       pg_notify(%(channel)s, 'f' || id) AS notified
+FROM gone;
 
 -- name: get_live_instance
 SELECT workflow_name, instance_name, status, parameters, payload, started_at
@@ -178,6 +197,11 @@ WHERE (SELECT count(*) FROM inserted) < %(count)s  -- usually all went in: skip 
 UNION ALL
 SELECT NULL, pg_notify(%(channel)s, 'e' || w.workflow_name)::text
 FROM (SELECT DISTINCT workflow_name FROM inserted) w;
+
+-- name: has_events
+SELECT EXISTS (
+    SELECT 1 FROM workflow_events e JOIN workflow_instances i ON i.id = e.instance_id
+    WHERE i.workflow_name = ANY(%(names)s)) AS pending;
 
 -- name: lock_instances_with_events
 -- Claim instances of the given workflows that have pending events. The row lock serialises
@@ -336,7 +360,7 @@ SELECT i.workflow_name
 FROM lost JOIN workflow_instances i ON i.id = lost.instance_id;
 
 -- name: db_now
-SELECT now();
+SELECT now() AS now;
 
 -- name: insert_schedule
 INSERT INTO workflow_schedules
@@ -366,7 +390,7 @@ RETURNING id;
 -- name: select_schedules
 -- Schedules with the start and end of their latest finished run.
 SELECT s.workflow_name, s.instance_name, s.parameters, s.recurrence, s.enabled,
-       s.next_due_at, s.last_enqueued_at, r.started_at, r.ended_at
+       s.next_due_at, s.last_enqueued_at, r.started_at AS last_start, r.ended_at AS last_end
 FROM workflow_schedules s
 LEFT JOIN LATERAL (
     SELECT started_at, ended_at FROM workflow_results wr
@@ -380,7 +404,8 @@ ORDER BY s.workflow_name, s.instance_name;
 
 -- name: lock_due_schedule
 -- The most overdue enabled schedule nobody else is handling, with the database's clock.
-SELECT id, workflow_name, instance_name, parameters, recurrence, next_due_at, now()
+SELECT id, workflow_name, instance_name, parameters, recurrence, next_due_at AS due_at,
+       now() AS now
 FROM workflow_schedules
 WHERE enabled AND next_due_at <= now()
 ORDER BY next_due_at, id
@@ -399,12 +424,12 @@ UPDATE workflow_schedules SET enabled = false, updated_at = now() WHERE id = %(i
 
 -- name: next_schedule_in
 -- Seconds until the next enabled schedule is due (negative when overdue).
-SELECT extract(epoch FROM min(next_due_at) - now())::float8
+SELECT extract(epoch FROM min(next_due_at) - now())::float8 AS seconds
 FROM workflow_schedules WHERE enabled;
 
 -- name: prune_history
 -- Delete finished runs older than max_age seconds or beyond the newest max_runs, at most
--- 10000 a call, by one process at a time (the others skip this round). Each rule reads its
+-- 10000 (PRUNE_BATCH) a call, by one process at a time (the others skip this round). Each rule reads its
 -- own index from the oldest end (workflow_results_ended, the primary key) and stops at the
 -- first run it keeps, so a call costs what it deletes, not the size of history.
 WITH pruner AS (
@@ -429,4 +454,4 @@ WITH pruner AS (
     WHERE id IN (SELECT id FROM expired UNION SELECT id FROM excess LIMIT 10000)
     RETURNING 1
 )
-SELECT (SELECT ok FROM pruner), count(*) FROM pruned;
+SELECT (SELECT ok FROM pruner) AS locked, count(*) AS pruned FROM pruned;

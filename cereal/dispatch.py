@@ -1,4 +1,4 @@
-"""The workflow-event loop: claim instances with pending events, run their callbacks,
+"""Workflow-event dispatch: claim instances with pending events, run their callbacks,
 commit the decisions.
 
 ``workers`` handler threads each claim a batch of instances (locked until commit), deliver
@@ -12,25 +12,24 @@ import threading
 import time
 from collections.abc import Callable
 
-import psycopg
-
-from cereal.backends.postgres.driver import PostgresDriver, is_transient
+from cereal.driver import Driver
+from cereal.errors import DatabaseError, SerializationError
 from cereal.executors import WorkflowExecutor
 from cereal.logging import get_logger
 from cereal.steps import StepOutcome, run_events
-from cereal.types import WorkflowInstanceInfo, WorkflowStatus
+from cereal.types import WorkflowInstanceInfo
 
-__all__ = ["WorkflowEventLoop"]
+__all__ = ["WorkflowEventDispatcher"]
 
 log = get_logger("cereal.workflow")
 
 
-class WorkflowEventLoop:
-    """Runs workflow callbacks for the executors registered in one manager."""
+class WorkflowEventDispatcher:
+    """Dispatches workflow events to the executors registered in one manager."""
 
     def __init__(
         self,
-        driver: PostgresDriver,
+        driver: Driver,
         executors: dict[str, WorkflowExecutor],
         *,
         workers: int,
@@ -150,8 +149,8 @@ class WorkflowEventLoop:
                     ]
                     try:
                         finished = batch.commit(outcomes)
-                    except psycopg.Error as exc:
-                        if is_transient(exc):
+                    except (DatabaseError, SerializationError) as exc:
+                        if _transient(exc):
                             raise
                         if len(outcomes) > 1:
                             # Find the poisoned instance by committing one at a time.
@@ -164,7 +163,7 @@ class WorkflowEventLoop:
                         failed_alone = outcomes[0]
                         failed_alone.error = f"cannot store the decision: {exc}"
                         raise
-            except psycopg.Error:
+            except (DatabaseError, SerializationError):
                 if failed_alone is None:
                     raise
                 finished = self._fail_unstorable(failed_alone)
@@ -173,17 +172,15 @@ class WorkflowEventLoop:
     def _fail_unstorable(self, outcome: StepOutcome) -> list[WorkflowInstanceInfo]:
         """A decision the database refuses fails its instance instead of looping forever."""
         inst = outcome.instance
+        error = outcome.error or "cannot store the decision"
         log.error(
             "decision could not be stored; failing the instance",
-            error=outcome.error,
+            error=error,
             workflow=inst.workflow_name,
             instance=inst.instance_name,
         )
-        bad = StepOutcome(instance=inst, status=WorkflowStatus.FAILED, error=outcome.error)
-        with self._driver.claim_events(self._names, 1, 1) as batch:
-            if any(i.id == inst.id for i in batch.instances):
-                return batch.commit([bad])
-        return []
+        info = self._driver.fail_instance(inst.id, error)
+        return [] if info is None else [info]
 
     def _after_commit(
         self, outcomes: list[StepOutcome], finished: list[WorkflowInstanceInfo]
@@ -193,3 +190,7 @@ class WorkflowEventLoop:
             self._on_tasks_enqueued(names)
         if finished:
             self._on_finished(finished)
+
+
+def _transient(exc: Exception) -> bool:
+    return isinstance(exc, DatabaseError) and exc.transient

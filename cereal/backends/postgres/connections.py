@@ -1,0 +1,170 @@
+"""Connections to PostgreSQL: the pool, new connections, and telling dead ones apart."""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from cereal.backends.postgres.errors import translate, translated
+from cereal.backends.postgres.jsonb import use_strict_jsonb
+from cereal.backends.postgres.migrations import migrate
+from cereal.errors import DatabaseError, TransientDatabaseError
+
+__all__ = ["Connection", "Connections"]
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+class Connections:
+    """A lazily opened pool of autocommit connections to one schema (``search_path`` set,
+    time zone UTC, ``jsonb`` decoded strictly), plus fresh connections outside the pool.
+
+    Every psycopg error raised while a connection is used through :meth:`connection` or
+    :meth:`connect` leaves as a :mod:`cereal.errors` type.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None,
+        schema: str,
+        *,
+        pool_size: int,
+        pool_min_size: int,
+        connect_timeout: float,
+        application_name: str,
+    ) -> None:
+        self._dsn = dsn
+        self._schema = schema
+        self._pool_size = pool_size
+        self._pool_min_size = max(0, min(pool_min_size, pool_size))
+        self._connect_timeout = connect_timeout
+        self._application_name = application_name
+        self._pool: ConnectionPool[Connection] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def dsn(self) -> str:
+        """The connection string in use (resolving the environment and embedded default)."""
+        if self._dsn is None:
+            self._dsn = os.environ.get("CEREAL_DATABASE_URL") or _embedded()
+        return self._dsn
+
+    def connect(self) -> Connection:
+        """Open a new connection outside the pool (autocommit, UTC, search_path set)."""
+        try:
+            conn = psycopg.connect(
+                self.dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(self._connect_timeout)),
+                application_name=self._application_name,
+            )
+        except psycopg.Error as exc:
+            error = translate(exc)
+            raise type(error)(f"cannot connect to PostgreSQL: {exc}") from exc
+        try:
+            with translated():
+                self._configure(conn)
+        except DatabaseError:
+            conn.close()
+            raise
+        return conn
+
+    def _configure(self, conn: Connection) -> None:
+        use_strict_jsonb(conn.adapters)
+        conn.execute(
+            "SELECT set_config('search_path', %s, false), set_config('TimeZone', 'UTC', false)",
+            ('"' + self._schema + '"',),
+        )
+
+    def open(self) -> None:
+        """Migrate the schema and open the pool; does nothing if it is open."""
+        with self._lock:
+            if self._pool is not None:
+                return
+            with self.connect() as conn, translated():
+                migrate(conn, self._schema)
+            pool: ConnectionPool[Connection] = ConnectionPool(
+                self.dsn,
+                min_size=self._pool_min_size,
+                max_size=self._pool_size,
+                kwargs={
+                    "autocommit": True,
+                    "connect_timeout": max(1, round(self._connect_timeout)),
+                    "application_name": self._application_name,
+                },
+                configure=self._configure,
+                open=False,
+                name=f"cereal-{self._schema}",
+            )
+            with translated():
+                pool.open(wait=self._pool_min_size > 0, timeout=self._connect_timeout)
+            self._pool = pool
+
+    def close(self) -> None:
+        """Close the pool; it can be opened again."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(timeout=5)
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """Borrow a pooled connection (autocommit; wrap writes in ``conn.transaction()``)."""
+        if self._pool is None:
+            self.open()
+        pool = self._pool
+        if pool is None:
+            raise TransientDatabaseError("the driver was closed")
+        timeout = max(self._connect_timeout, 30.0)
+        with translated():
+            # After a server restart or pg_terminate_backend, every idle pooled connection is
+            # dead and the pool would hand each one out once, failing that caller's statement.
+            # Skip the ones that visibly are (a poll() call each, no round trip); the pool
+            # replaces them.
+            for _ in range(self._pool_size):
+                conn = pool.getconn(timeout=timeout)
+                if not is_dead(conn):
+                    break
+                conn.close()
+                pool.putconn(conn)
+            else:
+                conn = pool.getconn(timeout=timeout)
+            try:
+                with conn:
+                    yield conn
+            finally:
+                pool.putconn(conn)
+
+
+def is_dead(conn: Connection) -> bool:
+    """True if an idle connection cannot be used: closed, or the server has sent something
+    (an idle session is normally silent: here it is the error of a terminated backend, or
+    the end of the stream) and the connection fails a round trip."""
+    if conn.closed:
+        return True
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(conn.fileno(), select.POLLIN)
+            readable = bool(poller.poll(0))
+        else:  # Windows
+            readable = bool(select.select([conn.fileno()], [], [], 0)[0])
+        if not readable:
+            return False
+        ConnectionPool.check_connection(conn)  # e.g. a notice: harmless
+    except Exception:
+        return True
+    return False
+
+
+def _embedded() -> str:
+    from cereal.backends.postgres.embedded import embedded_dsn
+
+    return embedded_dsn()

@@ -1,0 +1,97 @@
+"""Claiming due tasks for every registered task name in one round trip."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from cereal.driver import ClaimedTask, Driver
+from cereal.logging import get_logger
+
+__all__ = ["Claimer"]
+
+log = get_logger("cereal.tasks")
+
+
+class Claimer:
+    """One thread that claims tasks whenever it is woken (a task was enqueued, a slot
+    freed), when the next delayed task becomes due, and every ``poll_interval`` seconds.
+
+    ``capacity()`` says how many tasks of each name to claim now; ``dispatch`` gets each
+    claimed task. Failures are retried with backoff.
+    """
+
+    def __init__(
+        self,
+        driver: Driver,
+        owner: str,
+        *,
+        poll_interval: float,
+        capacity: Callable[[], dict[str, int]],
+        dispatch: Callable[[ClaimedTask], None],
+    ) -> None:
+        self._driver = driver
+        self._owner = owner
+        self._poll_interval = poll_interval
+        self._capacity = capacity
+        self._dispatch = dispatch
+        self._cond = threading.Condition()
+        self._wanted = True
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="cereal-task-claimer", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Claim again soon."""
+        with self._cond:
+            self._wanted = True
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        """Claim no more (a claim in flight still dispatches what it got)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def join(self, timeout: float | None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        next_due: float | None = None
+        failures = 0
+        while True:
+            with self._cond:
+                while not self._stopping and not self._wanted:
+                    wait = self._poll_interval
+                    if next_due is not None:
+                        wait = min(wait, max(0.0, next_due - time.monotonic()))
+                    if not self._cond.wait(wait) or (
+                        next_due is not None and time.monotonic() >= next_due
+                    ):
+                        self._wanted = True
+                if self._stopping:
+                    return
+                self._wanted = False
+            limits = self._capacity()
+            if not any(v > 0 for v in limits.values()):
+                continue
+            try:
+                claimed, due_in = self._driver.claim_tasks(limits, self._owner)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                delay = min(0.2 * 2**failures, 5.0)
+                log.warning("claiming tasks failed; retrying", error=repr(exc), retry_in=delay)
+                time.sleep(delay)
+                self.wake()
+                continue
+            next_due = None if due_in is None else time.monotonic() + max(due_in, 0.0)
+            for row in claimed:
+                self._dispatch(row)
+            if claimed:
+                self.wake()

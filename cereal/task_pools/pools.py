@@ -1,0 +1,373 @@
+"""The task pools of one manager: claimed tasks from claim to report."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cereal.codec import describe_error, try_encode
+from cereal.driver import ClaimedTask, Driver, TaskOutcome
+from cereal.errors import DatabaseError
+from cereal.logging import get_logger
+from cereal.task_pools.claimer import Claimer
+from cereal.task_pools.runners import AsyncRunner, SyncRunners
+from cereal.task_pools.state import Claim, TaskRegistration, TaskState
+from cereal.task_pools.watchdog import TimeoutWatchdog
+from cereal.task_pools.writer import ResultWriter
+from cereal.types import Task, TaskStatus
+
+__all__ = ["PREFETCH_BELOW", "PREFETCH_FACTOR", "TaskPools"]
+
+log = get_logger("cereal.tasks")
+
+PREFETCH_BELOW = 0.05
+"""Claim ahead for a sync task name while its runs average less than this (seconds)."""
+PREFETCH_FACTOR = 3
+"""How many tasks per worker to claim ahead (at most PREFETCH_FACTOR * PREFETCH_BELOW
+seconds of queued work per worker)."""
+
+
+class TaskPools:
+    """Every task executor of one manager, sharing one claimer, writer and watchdog.
+
+    Tracks each claimed task's :class:`TaskState` and how many of each name are busy, which
+    decides how many to claim (prefetching short sync tasks).
+    """
+
+    def __init__(
+        self,
+        driver: Driver,
+        registrations: dict[str, TaskRegistration],
+        *,
+        owner: str,
+        poll_interval: float,
+        on_reported: Callable[[], None],
+        write_batch: int = 500,
+    ) -> None:
+        self._driver = driver
+        self._regs = registrations
+        self._owner = owner
+        self._on_reported = on_reported
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._busy = dict.fromkeys(registrations, 0)
+        # Recent run time per sync task name (None until one finished): decides prefetching.
+        self._run_time: dict[str, float | None] = dict.fromkeys(registrations)
+        self._claims: dict[int, Claim] = {}
+        self._sync = SyncRunners(registrations)
+        self._async = AsyncRunner() if any(reg.is_async for reg in registrations.values()) else None
+        self._claimer = Claimer(
+            driver,
+            owner,
+            poll_interval=poll_interval,
+            capacity=self._capacities,
+            dispatch=self._dispatch,
+        )
+        self._writer = ResultWriter(driver, owner, self._written, max_batch=write_batch)
+        self._watchdog = TimeoutWatchdog(self._expired)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._async is not None:
+            self._async.start()
+        self._claimer.start()
+        self._writer.start()
+        self._watchdog.start()
+
+    def stop(self, timeout: float | None) -> None:
+        """Stop claiming, tell running tasks to stop, wait for them, write their results."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left(least: float = 0.0) -> float | None:
+            return None if deadline is None else max(least, deadline - time.monotonic())
+
+        with self._cond:
+            self._stopping = True
+            waiting = self._drop_unstarted(set(self._claims))
+            for claim in self._claims.values():
+                claim.task.cancelled.set()
+        self._claimer.stop()
+        self._watchdog.stop()
+        # A claim in flight commits tasks to this process: let the claimer hand them to the
+        # executors before these shut down, so that they run and report like the others.
+        self._claimer.join(left())
+        with self._cond:  # and hand back what that claim prefetched, unrun
+            waiting += self._drop_unstarted(set(self._claims))
+        self._sync.shutdown()
+        if waiting:
+            self._release(waiting)
+        with self._cond:
+            while any(self._busy.values()):
+                wait = left()
+                if wait is not None and wait <= 0:
+                    break
+                self._cond.wait(wait)
+            abandoned = sum(self._busy.values())
+        if abandoned:
+            log.warning("tasks still running at stop; they will be reported lost", count=abandoned)
+        self._writer.close()
+        if self._async is not None:
+            self._async.stop()
+        self._writer.join(left(0.1))
+        self._watchdog.join(left(0.1))
+        if self._async is not None:
+            self._async.join(left(0.1))
+
+    # -- signals from other parts ------------------------------------------------------------
+
+    def wake(self, task_name: str | None = None) -> None:
+        """Claim again soon (a task of ``task_name`` was enqueued or a slot freed)."""
+        if task_name is None or task_name in self._regs:
+            self._claimer.wake()
+
+    def unreported(self) -> list[int]:
+        """Ids of claimed tasks whose outcome is not yet recorded (for heartbeats)."""
+        with self._cond:
+            return [tid for tid, c in self._claims.items() if c.state is not TaskState.REPORTED]
+
+    def forget(self, task_ids: Iterable[int], reason: str) -> None:
+        """The rows of these tasks are gone: stop them and discard their results."""
+        task_ids = set(task_ids)
+        with self._cond:
+            self._drop_unstarted(task_ids)
+            claims = [self._claims.pop(t) for t in task_ids if t in self._claims]
+            for claim in claims:
+                claim.state = TaskState.REPORTED
+        for claim in claims:
+            log.info(
+                "task stopped",
+                task=claim.task.name,
+                task_id=claim.claimed.id,
+                reason=reason,
+                workflow=claim.task.workflow_name,
+                instance=claim.task.instance_name,
+            )
+            self._cancel(claim)
+
+    def confirm_gone(self, task_ids: Iterable[int], reason: str) -> None:
+        """Stop those of these tasks whose rows the database confirms are gone."""
+        ids = set(task_ids)
+        if not ids:
+            return
+        try:
+            alive = self._driver.heartbeat_tasks(sorted(ids), self._owner)
+        except DatabaseError as exc:  # the next heartbeat finds them
+            log.warning("could not check on tasks", error=repr(exc), count=len(ids))
+            return
+        gone = ids - alive
+        if gone:
+            # A task reported between the snapshot and the check is gone too; that's fine.
+            self.forget(gone & set(self.unreported()), reason)
+
+    def instance_finished(self, instance_id: int) -> None:
+        """The instance may have finished: stop its tasks once the database confirms that
+        their rows are gone."""
+        with self._cond:
+            ids = [t for t, c in self._claims.items() if c.claimed.instance_id == instance_id]
+        self.confirm_gone(ids, "workflow finished")
+
+    def _drop_unstarted(self, task_ids: set[int]) -> list[int]:
+        """Take claimed tasks that have not started out of the pool (lock held); they will
+        never run here. Return their ids."""
+        dropped = []
+        for tid in task_ids:
+            claim = self._claims.get(tid)
+            if claim is None or claim.state is not TaskState.CLAIMED:
+                continue
+            claim.state = TaskState.REPORTED
+            del self._claims[tid]
+            self._busy[claim.task.name] -= 1
+            dropped.append(tid)
+        if dropped:
+            self._cond.notify_all()
+        return dropped
+
+    def _release(self, task_ids: list[int]) -> None:
+        try:
+            self._driver.release_tasks(task_ids, self._owner)
+        except Exception as exc:  # they are reported lost after the lost-task timeout
+            log.warning("could not hand back unstarted tasks", error=repr(exc), count=len(task_ids))
+
+    # -- claiming ------------------------------------------------------------------------------
+
+    def _capacities(self) -> dict[str, int]:
+        """How many tasks of each name to claim now."""
+        with self._cond:
+            return {name: self._capacity(name) for name in self._busy}
+
+    def _capacity(self, name: str) -> int:
+        reg = self._regs[name]
+        limit = reg.workers
+        recent = self._run_time[name]
+        if recent is not None and recent < PREFETCH_BELOW and name in self._sync:
+            limit += PREFETCH_FACTOR * reg.workers
+        return limit - self._busy[name]
+
+    def _dispatch(self, row: ClaimedTask) -> None:
+        if row.problem is not None:
+            log.error(
+                "task cannot be run; reporting it failed",
+                task=row.task_name,
+                task_id=row.id,
+                workflow=row.workflow_name,
+                instance=row.instance_name,
+                error=row.problem,
+            )
+            self._writer.put(
+                TaskOutcome(row.id, row.workflow_name, TaskStatus.FAILED.value, error=row.problem)
+            )
+            return
+        reg = self._regs[row.task_name]
+        run_async = reg.is_async and self._async is not None
+        deadline = None
+        if reg.timeout is not None and run_async:
+            deadline = datetime.now(UTC) + timedelta(seconds=reg.timeout)
+        task = Task(
+            name=row.task_name,
+            parameters=row.parameters,
+            enqueued_at=row.enqueued_at,
+            workflow_name=row.workflow_name,
+            instance_name=row.instance_name,
+            deadline=deadline,
+            id=row.id,
+        )
+        claim = Claim(task, row, TaskState.RUNNING if run_async else TaskState.CLAIMED)
+        with self._cond:
+            self._busy[row.task_name] += 1
+            self._claims[row.id] = claim
+        if reg.timeout is not None and run_async:
+            self._watchdog.watch(row.id, reg.timeout)
+        if self._stopping:
+            task.cancelled.set()
+        try:
+            if run_async and self._async is not None:
+                claim.future = self._async.submit(self._run_async(reg, claim))
+            else:
+                self._sync.submit(row.task_name, lambda: self._run_sync(reg, claim))
+        except RuntimeError:  # shut down: stop() gave up waiting for this claim
+            with self._cond:
+                self._busy[row.task_name] -= 1
+                self._claims.pop(row.id, None)
+                self._cond.notify_all()
+            log.warning("task claimed while stopping; it will be reported lost", task_id=row.id)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def _run_sync(self, reg: TaskRegistration, claim: Claim) -> None:
+        with self._cond:
+            if claim.state is not TaskState.CLAIMED:  # dropped, or its workflow finished
+                return
+            claim.state = TaskState.RUNNING
+            if reg.timeout is not None:
+                claim.task.deadline = datetime.now(UTC) + timedelta(seconds=reg.timeout)
+        if reg.timeout is not None:
+            self._watchdog.watch(claim.claimed.id, reg.timeout)
+        began = time.monotonic()
+        try:
+            value = reg.fn(claim.task)
+            if inspect.isawaitable(value):
+                value = asyncio.run(_await(value))
+        except BaseException as exc:  # a task must never take its worker down
+            self._finish(claim, error=exc, took=time.monotonic() - began)
+        else:
+            self._finish(claim, value=value, took=time.monotonic() - began)
+
+    async def _run_async(self, reg: TaskRegistration, claim: Claim) -> None:
+        try:
+            value = await reg.fn(claim.task)
+        except BaseException as exc:  # includes CancelledError after a timeout
+            self._finish(claim, error=exc)
+        else:
+            self._finish(claim, value=value)
+
+    def _finish(
+        self,
+        claim: Claim,
+        *,
+        value: Any = None,
+        error: BaseException | None = None,
+        took: float | None = None,
+    ) -> None:
+        with self._cond:
+            self._busy[claim.task.name] -= 1
+            if took is not None:
+                recent = self._run_time[claim.task.name]
+                if recent is not None:
+                    took = 0.8 * recent + 0.2 * took
+                self._run_time[claim.task.name] = took
+            self._cond.notify_all()
+            first = claim.state.active
+            if first:
+                claim.state = TaskState.RESOLVED
+        self._claimer.wake()
+        if not first:
+            return
+        if error is not None:
+            outcome = TaskOutcome(
+                claim.claimed.id,
+                claim.task.workflow_name,
+                TaskStatus.FAILED.value,
+                error=describe_error(error),
+            )
+        else:
+            text, err = try_encode(value, f"result of task {claim.task.name!r}")
+            status = TaskStatus.SUCCESS if err is None else TaskStatus.FAILED
+            outcome = TaskOutcome(
+                claim.claimed.id,
+                claim.task.workflow_name,
+                status.value,
+                error=err,
+                result_json=text,
+            )
+        self._writer.put(outcome)
+
+    def _cancel(self, claim: Claim) -> None:
+        claim.task.cancelled.set()
+        if claim.future is not None:
+            claim.future.cancel()
+
+    def _expired(self, task_id: int) -> None:
+        """The watchdog says ``task_id`` ran out of time."""
+        with self._cond:
+            claim = self._claims.get(task_id)
+            if claim is None or not claim.state.active:
+                return
+            claim.state = TaskState.RESOLVED
+        self._cancel(claim)
+        reg = self._regs[claim.task.name]
+        log.warning(
+            "task timed out",
+            task=claim.task.name,
+            task_id=claim.claimed.id,
+            workflow=claim.task.workflow_name,
+            instance=claim.task.instance_name,
+        )
+        self._writer.put(
+            TaskOutcome(
+                claim.claimed.id,
+                claim.task.workflow_name,
+                TaskStatus.FAILED.value,
+                error=f"TimeoutError: task {claim.task.name!r} did not finish within "
+                f"its timeout of {reg.timeout:g}s",
+            )
+        )
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def _written(self, outcomes: list[TaskOutcome]) -> None:
+        with self._cond:
+            for outcome in outcomes:
+                claim = self._claims.pop(outcome.id, None)
+                if claim is not None:
+                    claim.state = TaskState.REPORTED
+        self._on_reported()
+
+
+async def _await(value: Any) -> Any:
+    return await value
