@@ -75,12 +75,14 @@ def _prepare(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> set[o
         )
     try:
         conn.execute("SELECT set_config('search_path', %s, false)", (_quoted(schema),))
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY,"
-            " name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
+        # Checked first: a server in read-only mode opens an up-to-date schema fine.
+        if conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,):
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY,"
+                " name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
         return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
     except psycopg.Error as exc:
         raise MigrationError(
