@@ -9,7 +9,6 @@ cereal, so that a bad value always gets the same clear error naming it.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -65,14 +64,19 @@ def count(
     value: object,
     *,
     minimum: int = 1,
-    maximum: int = sys.maxsize,
+    maximum: int | None = None,
     error: type[Exception] = CerealError,
     or_none: bool = False,
 ) -> int:
     """``value`` if it is an int (not a bool) from ``minimum`` to ``maximum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
         least = {0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
-        most = "" if maximum == sys.maxsize else f" (at most {maximum})"
+        most = "" if maximum is None else f" (at most {maximum})"
         alternative = " or None" if or_none else ""
         raise error(f"{name} must be {least}{most}{alternative}, got {value!r}")
     return value
