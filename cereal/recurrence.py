@@ -44,6 +44,7 @@ from zoneinfo import ZoneInfo, available_timezones
 from dateutil import rrule as _rr
 from dateutil import tz as _dtz
 
+from cereal.config import count
 from cereal.errors import InvalidScheduleError
 
 __all__ = ["Recurrence", "load_recurrence", "parse_recurrence"]
@@ -424,8 +425,7 @@ class Recurrence:
         self, after: datetime, n: int, *, inclusive: bool, reanchor: bool
     ) -> list[datetime]:
         start = _aware_utc(after, "after")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        count("n", n, minimum=0, error=ValueError)
         found = _iterate(self._plan, start, reanchor=reanchor)
         return list(islice((t for t in found if inclusive or t > start), n))
 

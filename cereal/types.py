@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cereal.errors import CerealError
+from cereal.config import count
 from cereal.recurrence import load_recurrence
 
 __all__ = [
@@ -168,7 +168,6 @@ class Schedule:
 
     def next_occurrences(self, n: int, after: datetime | None = None) -> list[datetime]:
         """The next ``n`` occurrences (UTC) at or after ``after`` (default: now)."""
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= sys.maxsize:
-            raise CerealError(f"n must be a non-negative int (at most {sys.maxsize}), got {n!r}")
+        count("n", n, minimum=0, maximum=sys.maxsize)
         start = datetime.now(UTC) if after is None else after
         return load_recurrence(self.recurrence).occurrences_after(start, n)
