@@ -168,7 +168,7 @@ class Manager(ScheduleOperations):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the event loop, task pools and background services; returns at once."""
+        """Start the event dispatcher, task pools and background services; returns at once."""
         with self._state_lock:
             if self._state != "new":
                 raise ManagerStateError(

@@ -1,6 +1,6 @@
 """Turning a workflow instance's pending events into one outcome to commit.
 
-This is the pure heart of the event loop: given an instance's stored state and its next
+This is the pure heart of event dispatch: given an instance's stored state and its next
 events (in order), call the executor once per event and fold the decisions into a single
 :class:`StepOutcome`. The caller commits the outcome in the same transaction that locked the
 instance, so a crash anywhere re-delivers every event of the batch.
