@@ -28,6 +28,7 @@ from cereal.driver import (
     Driver,
     EventsPending,
     InstanceFinished,
+    Listener,
     SchedulesChanged,
     TasksQueued,
     Wakeup,
@@ -121,7 +122,7 @@ class Manager(ScheduleOperations):
         self._services: list[PeriodicService] = []
         self._dispatcher: WorkflowEventDispatcher | None = None
         self._pools: TaskPools | None = None
-        self._listener: Any = None
+        self._listener: Listener | None = None
         self._scheduler: Scheduler | None = None
         self.log = log.bind(owner=self.owner)
 
