@@ -14,8 +14,9 @@ PACKAGE = Path(cereal.__file__).resolve().parent
 FORBIDDEN = ("psycopg", "psycopg_pool", "cereal.backends")
 DEFAULT_DRIVER = ("config.py", "default_driver")
 """The one place allowed to import a backend: the lazy import of the default driver."""
-TOOLING = {"bench.py", "chaos.py"}
-"""Benchmark and fault-injection tooling that drive PostgreSQL servers directly."""
+TOOLING = {"bench.py", "chaos.py", "testing/pytest_plugin.py"}
+"""Tooling that drives PostgreSQL servers directly: benchmarks, fault injection, and the
+pytest plugin's per-test PostgreSQL schemas."""
 
 
 def _forbidden_imports(path: Path) -> list[tuple[int, str, str | None]]:
@@ -46,7 +47,7 @@ def test_no_module_outside_the_backends_imports_a_backend_or_psycopg() -> None:
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE)
-        if relative.parts[0] == "backends" or str(relative) in TOOLING:
+        if relative.parts[0] == "backends" or relative.as_posix() in TOOLING:
             continue
         for line, module, function in _forbidden_imports(path):
             if (str(relative), function) == DEFAULT_DRIVER and module == "cereal.backends.postgres":
