@@ -47,7 +47,7 @@ def test_manager_factory_runs_a_workflow(cereal_manager, cereal_driver):
 
 def test_options_reach_the_manager(cereal_manager):
     manager = cereal_manager(workflow_workers=3, scheduler=False)
-    assert manager._workflow_workers == 3
+    assert manager.config.workflow_workers == 3
     manager.start()
     STARTED.append(manager)
 
