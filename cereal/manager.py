@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import threading
@@ -435,20 +436,12 @@ class Manager(ScheduleOperations):
         option left as None keeps its value. Raises :class:`ManagerStateError` after
         :meth:`start` and :class:`CerealError` for a bad value."""
         self._require_new("configure()")
+        changes: dict[str, Any] = {}
         if scheduler is not None:
-            if not isinstance(scheduler, bool):
-                raise CerealError(f"scheduler must be a bool, got {scheduler!r}")
-            self._run_scheduler = scheduler
+            changes["scheduler"] = flag("scheduler", scheduler)
         if workflow_workers is not None:
-            if (
-                isinstance(workflow_workers, bool)
-                or not isinstance(workflow_workers, int)
-                or workflow_workers < 1
-            ):
-                raise CerealError(
-                    f"workflow_workers must be a positive int, got {workflow_workers!r}"
-                )
-            self._workflow_workers = workflow_workers
+            changes["workflow_workers"] = count("workflow_workers", workflow_workers)
+        self.config = dataclasses.replace(self.config, **changes)
 
     # -- async client ------------------------------------------------------------------------
 

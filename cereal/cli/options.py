@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from cereal import Manager
-    from cereal.backends.postgres import PostgresDriver
+    from cereal.driver import Driver
 
 __all__ = [
     "EXIT_ERROR",
@@ -142,7 +142,7 @@ class Context:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self._driver: PostgresDriver | None = None
+        self._driver: Driver | None = None
         self._manager: Manager | None = None
 
     @property
@@ -155,12 +155,12 @@ class Context:
         schema: str | None = self.args.schema
         return schema or "cereal"
 
-    def driver(self) -> PostgresDriver:
+    def driver(self) -> Driver:
         """The driver of ``--dsn``/``--schema`` (not opened: nothing is migrated yet)."""
         if self._driver is None:
-            from cereal.backends.postgres import PostgresDriver
+            from cereal.config import default_driver
 
-            self._driver = PostgresDriver(self.dsn, schema=self.schema, pool_size=2)
+            self._driver = default_driver(self.dsn, schema=self.schema, pool_size=2)
         return self._driver
 
     def manager(self) -> Manager:
