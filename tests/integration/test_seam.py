@@ -256,7 +256,7 @@ def test_a_delegating_driver_runs_workflows_tasks_and_schedules(pg_dsn: str, sch
     )
     manager.register_workflow_executor("doubler", Doubler())
     manager.register_task_executor("double", double, workers=2)
-    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     manager.create_workflow_schedule(
         "doubler",
         "scheduled",

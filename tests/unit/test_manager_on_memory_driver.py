@@ -45,7 +45,7 @@ def test_workflows_tasks_and_schedules_run_on_the_memory_driver() -> None:
     manager = Manager(MemoryDriver(), **FAST)
     manager.register_workflow_executor("sum", Summer())
     manager.register_task_executor("square", square, workers=3)
-    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     manager.create_workflow_schedule(
         "sum", "nightly", [4], recurrence=f"DTSTART:{start:%Y%m%dT%H%M%SZ}\nRRULE:FREQ=DAILY"
     )
