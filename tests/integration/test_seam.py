@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from flows import wait_for
 
 from cereal import Manager, Task, WorkflowInstance, WorkflowStatus
 from cereal.backends.postgres import PostgresDriver
@@ -37,6 +36,8 @@ from cereal.driver import (
 )
 from cereal.errors import CerealError
 from cereal.types import WorkflowInstanceInfo
+from tests.helpers.timings import FAST_MANAGER_OPTIONS
+from tests.helpers.waiting import wait_for
 
 
 class Delegating:
@@ -248,11 +249,8 @@ def test_a_delegating_driver_runs_workflows_tasks_and_schedules(pg_dsn: str, sch
     manager = Manager(
         _typed(wrapper),
         close_driver=True,
-        workflow_poll_interval=0.5,
-        task_poll_interval=0.5,
-        heartbeat_interval=0.5,
-        lost_task_timeout=3,
         on_workflow_complete=finished.append,
+        **FAST_MANAGER_OPTIONS,
     )
     manager.register_workflow_executor("doubler", Doubler())
     manager.register_task_executor("double", double, workers=2)

@@ -9,13 +9,7 @@ from typing import Any
 
 from cereal import Manager, Task, WorkflowInstance, WorkflowStatus
 from cereal.testing import MemoryDriver
-
-FAST = {
-    "workflow_poll_interval": 0.5,
-    "task_poll_interval": 0.5,
-    "heartbeat_interval": 0.5,
-    "lost_task_timeout": 3,
-}
+from tests.helpers.timings import FAST_MANAGER_OPTIONS
 
 
 class Summer:
@@ -42,7 +36,7 @@ def square(task: Task) -> int:
 
 
 def test_workflows_tasks_and_schedules_run_on_the_memory_driver() -> None:
-    manager = Manager(MemoryDriver(), **FAST)
+    manager = Manager(MemoryDriver(), **FAST_MANAGER_OPTIONS)
     manager.register_workflow_executor("sum", Summer())
     manager.register_task_executor("square", square, workers=3)
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
@@ -81,11 +75,11 @@ def test_two_managers_on_one_store_share_the_work_and_kill_stops_a_task() -> Non
         def on_cancel(self, inst: WorkflowInstance, event: Any) -> Any:
             return inst.fail("cancelled")
 
-    worker = Manager(first, **FAST)
+    worker = Manager(first, **FAST_MANAGER_OPTIONS)
     worker.register_workflow_executor("w", OneTask())
     worker.register_task_executor("wait", wait)
     with worker:
-        client = Manager(second, **FAST)  # never started: only writes
+        client = Manager(second, **FAST_MANAGER_OPTIONS)  # never started: only writes
         client.enqueue_workflow("w", "i")
         assert started.wait(10)
         client.kill_workflow("w", "i")

@@ -14,9 +14,8 @@ PACKAGE = Path(cereal.__file__).resolve().parent
 FORBIDDEN = ("psycopg", "psycopg_pool", "cereal.backends")
 DEFAULT_DRIVER = ("config.py", "default_driver")
 """The one place allowed to import a backend: the lazy import of the default driver."""
-TOOLING = {"bench.py", "chaos.py", "testing/pytest_plugin.py"}
-"""Tooling that drives PostgreSQL servers directly: benchmarks, fault injection, and the
-pytest plugin's per-test PostgreSQL schemas."""
+TOOLING = {"testing/pytest_plugin.py"}
+"""Tooling that drives PostgreSQL directly: the pytest plugin's per-test schemas."""
 
 
 def _forbidden_imports(path: Path) -> list[tuple[int, str, str | None]]:
