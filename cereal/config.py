@@ -2,7 +2,7 @@
 
 :class:`ManagerConfig` holds every option of :class:`cereal.Manager` with its default. The
 small set of checks below (:func:`seconds`, :func:`optional_seconds`, :func:`count`,
-:func:`optional_count`, :func:`flag`, :func:`wait_timeout`) validates options everywhere in
+:func:`optional_count`, :func:`flag`) validates options everywhere in
 cereal, so that a bad value always gets the same clear error naming it.
 """
 
@@ -28,7 +28,6 @@ __all__ = [
     "optional_count",
     "optional_seconds",
     "seconds",
-    "wait_timeout",
 ]
 
 MAX_SECONDS = 100 * 365 * 86400.0
@@ -94,17 +93,6 @@ def flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise CerealError(f"{name} must be a bool, got {value!r}")
     return value
-
-
-def wait_timeout(value: object) -> float | None:
-    """A wait's ``timeout``: None (no limit) or a number of seconds (<= 0: do not wait)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise CerealError(f"timeout must be a number of seconds or None, got {value!r}")
-    if value > MAX_SECONDS:  # longer than any wait can last (and maybe not even a float)
-        return None
-    return max(float(value), 0.0) if value > -1 else 0.0
 
 
 def _callback(name: str, value: object) -> Any:

@@ -15,7 +15,6 @@ from cereal.config import (
     optional_count,
     optional_seconds,
     seconds,
-    wait_timeout,
 )
 from cereal.errors import CerealError
 
@@ -105,13 +104,3 @@ def test_flag_takes_bools_only() -> None:
     assert flag("enabled", False) is False
     with pytest.raises(CerealError, match="enabled must be a bool, got 1"):
         flag("enabled", 1)
-
-
-def test_wait_timeout_clamps_and_rejects() -> None:
-    assert wait_timeout(None) is None
-    assert wait_timeout(-5) == 0.0
-    assert wait_timeout(2) == 2.0
-    assert wait_timeout(MAX_SECONDS * 10) is None
-    for bad in (math.nan, "1", True):
-        with pytest.raises(CerealError, match="timeout must be a number"):
-            wait_timeout(bad)
