@@ -23,7 +23,7 @@ from cereal.checks import (
 )
 from cereal.checks import instance_not_found as _not_found
 from cereal.codec import check_name, describe_error, encode
-from cereal.config import ManagerConfig, count, default_driver, optional_seconds
+from cereal.config import ManagerConfig, count, default_driver, flag, optional_seconds
 from cereal.dispatch import WorkflowEventDispatcher
 from cereal.driver import (
     Driver,

@@ -101,7 +101,8 @@ def enqueue_many(
         # Map each ordinal (1-based, over the unique items) back to its place in ``items``.
         dropped = set(repeated)
         places = [p for p in range(len(items)) if p not in dropped] if repeated else None
-        for ordinal, _ in rows:
+        for row in rows:
+            ordinal = row["ordinal"]
             if ordinal is None:
                 continue
             index = int(ordinal) - 1

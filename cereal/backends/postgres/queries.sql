@@ -187,7 +187,7 @@ WITH items AS (
     INSERT INTO workflow_events (instance_id, event_type)
     SELECT id, 'start' FROM inserted ORDER BY id
 )
-SELECT items.ord, NULL::text
+SELECT items.ord AS ordinal, NULL::text AS notified
 FROM items
 WHERE (SELECT count(*) FROM inserted) < %(count)s  -- usually all went in: skip the join
   AND NOT EXISTS (
