@@ -18,7 +18,6 @@ from typing import Any
 from cereal.checks import (
     KILLED,
     await_timed_out,
-    check_flag,
     check_list_filters,
     check_pair,
     enqueue_items,
@@ -32,6 +31,7 @@ from cereal.checks import (
     wait_timeout,
 )
 from cereal.codec import encode
+from cereal.config import flag
 from cereal.driver import AsyncDriver, ScheduleChange, StoredSchedule
 from cereal.errors import CerealError
 from cereal.schedules import UNCHANGED, RecurrenceInput, _load, _parse
@@ -195,12 +195,12 @@ class AsyncManagerClient:
         never occurs again."""
         check_pair(workflow_name, instance_name)
         params = encode(parameters, f"parameters of schedule {workflow_name!r}")
-        flag = check_flag("enabled", enabled)
+        is_enabled = flag("enabled", enabled)
         now = await self._driver.now()
         rule = _parse(recurrence, now)
         next_due = first_due(rule, now)
         if not await self._driver.insert_schedule(
-            workflow_name, instance_name, params, rule.text, flag, next_due
+            workflow_name, instance_name, params, rule.text, is_enabled, next_due
         ):
             raise schedule_exists(workflow_name, instance_name)
 
@@ -221,7 +221,7 @@ class AsyncManagerClient:
         params = (
             encode(parameters, f"parameters of schedule {workflow_name!r}") if set_params else None
         )
-        flag = None if enabled is None else check_flag("enabled", enabled)
+        new_enabled = None if enabled is None else flag("enabled", enabled)
 
         def parse(now: datetime) -> Any:
             assert recurrence is not None
@@ -233,7 +233,7 @@ class AsyncManagerClient:
                 instance_name,
                 stored,
                 now,
-                enabled=flag,
+                enabled=new_enabled,
                 parameters_json=params,
                 set_parameters=set_params,
                 parse=None if recurrence is None else parse,

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from cereal.codec import check_name, encode
+from cereal.config import MAX_SECONDS
 from cereal.driver import ScheduleChange, StoredSchedule
 from cereal.errors import (
     CerealError,
@@ -33,7 +34,6 @@ __all__ = [
     "MAX_SECONDS",
     "ListFilters",
     "await_timed_out",
-    "check_flag",
     "check_list_filters",
     "check_pair",
     "decode_cursor",
@@ -54,8 +54,6 @@ __all__ = [
 KILLED = "killed"
 """The error stored for an instance ended by ``kill_workflow``."""
 
-MAX_SECONDS = 100 * 365 * 86400.0
-"""Longest accepted time option: beyond it, waits and deadlines overflow."""
 
 MAX_PAGE = 10_000
 """Largest ``limit`` of a paged listing."""
@@ -249,13 +247,6 @@ def await_timed_out(workflow_name: str, instance_name: str, timeout: float | Non
 
 
 # -- schedules --------------------------------------------------------------------------------
-
-
-def check_flag(name: str, value: object) -> bool:
-    """``value`` if it is a bool, else :class:`CerealError` naming it."""
-    if not isinstance(value, bool):
-        raise CerealError(f"{name} must be a bool, got {value!r}")
-    return value
 
 
 def _pair(workflow_name: str, instance_name: str) -> str:

@@ -147,7 +147,7 @@ class Dashboard:
         csrf: CsrfTokens,
     ) -> None:
         # A manager that is never started: it gives instance and schedule operations.
-        self.manager = Manager(driver) if driver is not None else Manager()  # type: ignore[arg-type]
+        self.manager = Manager(driver) if driver is not None else Manager()
         self.driver: Any = cast(Any, self.manager.driver)
         self.read_only = read_only
         self.stale_after = stale_after

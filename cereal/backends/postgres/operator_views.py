@@ -113,11 +113,11 @@ def schema_status(driver: PostgresDriver) -> SchemaStatus:
 def migration_sql(schema: str) -> str:
     """The SQL script that creates ``schema`` from scratch (as ``open()`` would), for a
     database administrator to review or run with ``psql -v ON_ERROR_STOP=1``."""
-    quoted = '"' + schema.replace('"', '""') + '"'
+    quoted = sql.Identifier(schema).as_string(None)
     parts = [
-        f"-- cereal schema {quoted}: {len(load_migrations())} migration(s)",
-        f"CREATE SCHEMA IF NOT EXISTS {quoted};",
-        f"SET search_path TO {quoted};",
+        "-- cereal schema " + quoted + ": " + str(len(load_migrations())) + " migration(s)",
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {};").format(sql.Identifier(schema)).as_string(None),
+        sql.SQL("SET search_path TO {};").format(sql.Identifier(schema)).as_string(None),
         "CREATE TABLE IF NOT EXISTS schema_migrations (\n"
         "    version integer PRIMARY KEY,\n"
         "    name text NOT NULL,\n"
@@ -125,10 +125,17 @@ def migration_sql(schema: str) -> str:
         ");",
     ]
     for version, name, text in load_migrations():
+        record = sql.SQL("INSERT INTO schema_migrations (version, name) VALUES ({}, {});").format(
+            sql.Literal(version), sql.Literal(name)
+        )
         parts.append(
-            f"\n-- migration {version:04d}_{name}\nBEGIN;\n{text.strip()}\n"
-            f"INSERT INTO schema_migrations (version, name) VALUES ({version}, '{name}');\n"
-            "COMMIT;"
+            "\n-- migration "
+            + f"{version:04d}_{name}"
+            + "\nBEGIN;\n"
+            + text.strip()
+            + "\n"
+            + record.as_string(None)
+            + "\nCOMMIT;"
         )
     return "\n".join(parts) + "\n"
 
