@@ -2,6 +2,7 @@
 
 from cereal.executors import TaskExecutor, WorkflowExecutor
 from cereal.manager import Manager
+from cereal.retries import RetryPolicy
 from cereal.types import (
     CancelEvent,
     Schedule,
@@ -20,6 +21,7 @@ __all__ = [
     "CancelEvent",
     "Decision",
     "Manager",
+    "RetryPolicy",
     "Schedule",
     "SignalEvent",
     "StartEvent",

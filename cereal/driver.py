@@ -21,12 +21,13 @@ Rules every backend follows:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from cereal.retries import RetryPolicy
 from cereal.types import Schedule, WorkflowInstanceInfo, WorkflowStatus
 from cereal.workflow import PendingTask
 
@@ -100,6 +101,8 @@ class EventRow:
     signal_payload: Any = None
     problem: str | None = None
     """Why the stored task fields cannot be used; the result is then ``UNUSABLE_RESULT``."""
+    task_attempts: int = 1
+    """Attempts the task made (``task_complete`` only)."""
 
 
 @dataclass(slots=True)
@@ -156,6 +159,10 @@ class ClaimedTask:
     instance_name: str
     problem: str | None = None
     """Why the task cannot run (its stored parameters cannot be decoded), or None."""
+    attempt: int = 1
+    """Which attempt this is (1 for the first run)."""
+    max_attempts: int = 1
+    """Attempts allowed by the retry policy the claim stored in the row (1: no retries)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +175,9 @@ class TaskOutcome:
     """A :class:`~cereal.types.TaskStatus` value."""
     error: str | None = None
     result_json: str | None = None
+    retry: bool = False
+    """Try the task again instead, if the row's stored policy has attempts left: the row is
+    queued again, due after the policy's delay, and no event is recorded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,15 +423,26 @@ class Driver(Protocol):
     # tasks
 
     def claim_tasks(
-        self, limits: dict[str, int], owner: str
+        self,
+        limits: dict[str, int],
+        owner: str,
+        retries: Mapping[str, RetryPolicy] | None = None,
     ) -> tuple[list[ClaimedTask], float | None]:
         """Claim due tasks (up to ``limits[name]`` of each name) for ``owner``; also return
-        the seconds until the next queued task of these names becomes due (None: none)."""
+        the seconds until the next queued task of these names becomes due (None: none).
+
+        Each claimed row stores what a retry of this attempt needs (the ``max_attempts`` of
+        ``retries[name]``, 1 without a policy, and the delay after this attempt), so that
+        :meth:`complete_tasks` and :meth:`reap_lost_tasks` can requeue it in any process."""
         ...
 
     def complete_tasks(self, outcomes: Sequence[TaskOutcome], owner: str) -> set[int]:
-        """Record outcomes as ``task_complete`` events; return the ids still live (the
-        others' rows are gone: their results are discarded)."""
+        """Record outcomes as ``task_complete`` events carrying the attempts made; return
+        the ids still live (the others' rows are gone: their results are discarded).
+
+        An outcome with ``retry`` whose row has attempts left is not recorded: the row goes
+        back to the queue as the next attempt, due after the delay stored at claim, and
+        waiting claimers are woken."""
         ...
 
     def heartbeat_tasks(self, task_ids: Sequence[int], owner: str) -> set[int]:
@@ -433,7 +454,9 @@ class Driver(Protocol):
         ...
 
     def reap_lost_tasks(self, timeout: float, error: str) -> int:
-        """Report tasks silent for ``timeout`` seconds as ``lost``, once; return how many."""
+        """Handle tasks silent for ``timeout`` seconds, once each: requeue those with
+        attempts left as their next attempt (due after the delay stored at claim), report
+        the others as ``lost``; return how many were handled."""
         ...
 
     # schedules

@@ -41,6 +41,7 @@ from cereal.errors import (
 )
 from cereal.executors import TaskExecutor, TaskFunction, WorkflowExecutor, task_callable
 from cereal.logging import get_logger
+from cereal.retries import RetryPolicy
 from cereal.schedules import ScheduleOperations
 from cereal.services.base import PeriodicService
 from cereal.services.heartbeat import Heartbeat, LostTaskReaper
@@ -155,16 +156,21 @@ class Manager(ScheduleOperations):
         *,
         workers: int = 1,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         """Run tasks named ``task_name`` with ``executor``: an object with ``run(task)`` or
         a function of a :class:`Task`, sync or ``async``. At most ``workers`` run at once in
-        this process; ``timeout`` (seconds) fails a task that runs longer."""
+        this process; ``timeout`` (seconds) fails a task that runs longer. With ``retry``, an
+        attempt that raises, times out or is lost is tried again as the policy says (see
+        :class:`~cereal.RetryPolicy`)."""
         self._require_new("register_task_executor")
         check_name("task_name", task_name)
         workers = count("workers", workers)
         seconds = optional_seconds("timeout", timeout)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise CerealError(f"retry must be a RetryPolicy or None, got {retry!r}")
         self._tasks[task_name] = TaskRegistration(
-            task_name, task_callable(executor), workers, seconds
+            task_name, task_callable(executor), workers, seconds, retry
         )
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -46,6 +46,7 @@ def _task_result(event: EventRow) -> TaskResult:
             parameters=event.task_parameters,
             status=TaskStatus.UNUSABLE_RESULT,
             error=event.problem,
+            attempts=event.task_attempts,
         )
     try:
         status = TaskStatus(event.task_status or "")
@@ -55,6 +56,7 @@ def _task_result(event: EventRow) -> TaskResult:
             parameters=event.task_parameters,
             status=TaskStatus.UNUSABLE_RESULT,
             error=f"unknown task status {event.task_status!r}",
+            attempts=event.task_attempts,
         )
     return TaskResult(
         task_name=event.task_name or "",
@@ -62,6 +64,7 @@ def _task_result(event: EventRow) -> TaskResult:
         status=status,
         value=event.task_result if status is TaskStatus.SUCCESS else None,
         error=event.task_error,
+        attempts=event.task_attempts,
     )
 
 

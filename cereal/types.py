@@ -61,6 +61,9 @@ class TaskResult:
     """The task's return value (``SUCCESS`` only)."""
     error: str | None = None
     """``"<ExceptionType>: <message>"`` for ``FAILED``, a description for ``LOST``."""
+    attempts: int = 1
+    """Attempts made (more than 1 only for tasks registered with a retry policy); the
+    result is the last attempt's."""
 
     @property
     def ok(self) -> bool:
@@ -145,6 +148,8 @@ class Task:
     """When the task's timeout passes (UTC), or None without a timeout."""
     id: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
+    attempt: int = 1
+    """Which attempt this run is (1 for the first; more only with a retry policy)."""
 
 
 @dataclass(frozen=True, slots=True)

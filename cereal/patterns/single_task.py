@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cereal.codec import check_name
-from cereal.errors import CerealError
 from cereal.executors import TaskExecutor, TaskFunction
+from cereal.retries import RetryPolicy
 from cereal.types import CancelEvent, StartEvent, TaskCompleteEvent
 from cereal.workflow import Decision, WorkflowInstance
 
@@ -53,26 +53,17 @@ def register_single_task_workflow(
     allow_cancel: bool = False,
     workers: int = 1,
     timeout: float | None = None,
-    retry: Any = None,
+    retry: RetryPolicy | None = None,
 ) -> None:
     """Register ``workflow_name`` as a single-task workflow on ``manager``.
 
     The task executor is registered under the task name ``workflow_name`` with ``workers``,
-    ``timeout`` and ``retry`` (a ``RetryPolicy``), and the workflow executor is a
+    ``timeout`` and ``retry`` (a :class:`~cereal.RetryPolicy`), and the workflow executor is a
     :class:`SingleTaskWorkflowExecutor`. Call it before ``manager.start()``.
     """
     check_name("workflow_name", workflow_name)
     workflow = SingleTaskWorkflowExecutor(workflow_name, allow_cancel=allow_cancel)
-    if retry is None:
-        manager.register_task_executor(workflow_name, executor, workers=workers, timeout=timeout)
-    else:
-        register: Any = manager.register_task_executor
-        try:
-            register(workflow_name, executor, workers=workers, timeout=timeout, retry=retry)
-        except TypeError as exc:
-            if "retry" not in str(exc):
-                raise
-            raise CerealError(
-                f"this manager does not support task retries (retry={retry!r})"
-            ) from exc
+    manager.register_task_executor(
+        workflow_name, executor, workers=workers, timeout=timeout, retry=retry
+    )
     manager.register_workflow_executor(workflow_name, workflow)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from cereal.driver import ClaimedTask, Driver
 from cereal.logging import get_logger
+from cereal.retries import RetryPolicy
 
 __all__ = ["Claimer"]
 
@@ -19,7 +20,8 @@ class Claimer:
     freed), when the next delayed task becomes due, and every ``poll_interval`` seconds.
 
     ``capacity()`` says how many tasks of each name to claim now; ``dispatch`` gets each
-    claimed task. Failures are retried with backoff.
+    claimed task; ``retries`` are the task names' retry policies, stored with each claim.
+    Failures are retried with backoff.
     """
 
     def __init__(
@@ -30,8 +32,10 @@ class Claimer:
         poll_interval: float,
         capacity: Callable[[], dict[str, int]],
         dispatch: Callable[[ClaimedTask], None],
+        retries: Mapping[str, RetryPolicy] | None = None,
     ) -> None:
         self._driver = driver
+        self._retries = retries or None
         self._owner = owner
         self._poll_interval = poll_interval
         self._capacity = capacity
@@ -81,7 +85,10 @@ class Claimer:
             if not any(v > 0 for v in limits.values()):
                 continue
             try:
-                claimed, due_in = self._driver.claim_tasks(limits, self._owner)
+                if self._retries is None:
+                    claimed, due_in = self._driver.claim_tasks(limits, self._owner)
+                else:
+                    claimed, due_in = self._driver.claim_tasks(limits, self._owner, self._retries)
                 failures = 0
             except Exception as exc:
                 failures += 1

@@ -67,6 +67,7 @@ class TaskPools:
             poll_interval=poll_interval,
             capacity=self._capacities,
             dispatch=self._dispatch,
+            retries={n: r.retry for n, r in registrations.items() if r.retry is not None},
         )
         self._writer = ResultWriter(driver, owner, self._written, max_batch=write_batch)
         self._watchdog = TimeoutWatchdog(self._expired)
@@ -236,6 +237,7 @@ class TaskPools:
             instance_name=row.instance_name,
             deadline=deadline,
             id=row.id,
+            attempt=row.attempt,
         )
         claim = Claim(task, row, TaskState.RUNNING if run_async else TaskState.CLAIMED)
         with self._cond:
@@ -314,6 +316,7 @@ class TaskPools:
                 claim.task.workflow_name,
                 TaskStatus.FAILED.value,
                 error=describe_error(error),
+                retry=_has_attempts_left(claim.claimed),
             )
         else:
             text, err = try_encode(value, f"result of task {claim.task.name!r}")
@@ -355,18 +358,28 @@ class TaskPools:
                 TaskStatus.FAILED.value,
                 error=f"TimeoutError: task {claim.task.name!r} did not finish within "
                 f"its timeout of {reg.timeout:g}s",
+                retry=_has_attempts_left(claim.claimed),
             )
         )
 
     # -- reporting -----------------------------------------------------------------------------
 
     def _written(self, outcomes: list[TaskOutcome]) -> None:
+        retried = False
         with self._cond:
             for outcome in outcomes:
+                retried = retried or outcome.retry
                 claim = self._claims.pop(outcome.id, None)
                 if claim is not None:
                     claim.state = TaskState.REPORTED
+        if retried:  # learn when the next attempt is due
+            self._claimer.wake()
         self._on_reported()
+
+
+def _has_attempts_left(row: ClaimedTask) -> bool:
+    """May a failed attempt be retried? (The database decides, from the row.)"""
+    return row.attempt < row.max_attempts
 
 
 async def _await(value: Any) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 from cereal.driver import ClaimedTask
 from cereal.executors import TaskFunction
+from cereal.retries import RetryPolicy
 from cereal.types import Task
 
 __all__ = ["Claim", "TaskRegistration", "TaskState"]
@@ -23,6 +24,7 @@ class TaskRegistration:
     fn: TaskFunction
     workers: int
     timeout: float | None
+    retry: RetryPolicy | None = None
 
     @property
     def is_async(self) -> bool:

@@ -29,7 +29,7 @@ import itertools
 import json
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -60,6 +60,7 @@ from cereal.driver import (
 )
 from cereal.errors import CerealError, DatabaseError, SerializationError
 from cereal.logging import get_logger
+from cereal.retries import RetryPolicy
 from cereal.types import Schedule, WorkflowInstanceInfo, WorkflowStatus
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ class _Event:
     task_result: str | None = None
     signal_name: str | None = None
     signal_payload: str | None = None
+    task_attempts: int | None = None
 
 
 @dataclass(slots=True)
@@ -128,6 +130,20 @@ class _Task:
     state: str = "queued"
     claimed_by: str | None = None
     heartbeat_at: datetime | None = None
+    attempt: int = 1
+    max_attempts: int = 1
+    retry_delay: float | None = None
+    """Seconds before the next attempt, stored at claim (None: no attempts left)."""
+
+    def requeue(self, now: datetime) -> None:
+        """Queue the next attempt, due after the stored delay."""
+        self.state, self.claimed_by, self.heartbeat_at = "queued", None, None
+        self.start_after = now + timedelta(seconds=self.retry_delay or 0.0)
+        self.attempt += 1
+
+    @property
+    def retryable(self) -> bool:
+        return self.attempt < self.max_attempts
 
 
 @dataclass(slots=True)
@@ -625,11 +641,14 @@ class MemoryDriver:
     # -- tasks -----------------------------------------------------------------------------
 
     def claim_tasks(
-        self, limits: dict[str, int], owner: str
+        self,
+        limits: dict[str, int],
+        owner: str,
+        retries: Mapping[str, RetryPolicy] | None = None,
     ) -> tuple[list[ClaimedTask], float | None]:
         """Claim due tasks (up to ``limits[name]`` of each name, oldest due first) for
-        ``owner``; also return the seconds until the next queued, not yet due task of these
-        names (None: none)."""
+        ``owner``, storing each name's retry policy for this attempt in the task; also return
+        the seconds until the next queued, not yet due task of these names (None: none)."""
         names = {n: lim for n, lim in limits.items() if lim > 0}
         if not names:
             return [], None
@@ -649,13 +668,21 @@ class MemoryDriver:
                 elif taken[task.task_name] < names[task.task_name]:
                     taken[task.task_name] += 1
                     task.state, task.claimed_by, task.heartbeat_at = "running", owner, now
+                    policy = (retries or {}).get(task.task_name)
+                    task.max_attempts = 1 if policy is None else policy.max_attempts
+                    task.retry_delay = (
+                        policy.delay(task.attempt)
+                        if policy is not None and task.retryable
+                        else None
+                    )
                     claimed.append(_claimed_task(task, s.instances[task.instance_id]))
         next_due = _seconds(min(later) - now) if later else None
         return claimed, next_due
 
     def complete_tasks(self, outcomes: Sequence[TaskOutcome], owner: str) -> set[int]:
-        """Turn outcomes of tasks still running for ``owner`` into ``task_complete`` events;
-        return their ids. Outcomes of tasks gone or not owned are discarded."""
+        """Turn outcomes of tasks still running for ``owner`` into ``task_complete`` events,
+        or into their next attempt (``retry`` with attempts left); return their ids.
+        Outcomes of tasks gone or not owned are discarded."""
         results = [_checked(o.result_json, f"result of task {o.id}") for o in outcomes]
         s = self._store
         done: set[int] = set()
@@ -665,6 +692,11 @@ class MemoryDriver:
             for outcome, result in zip(outcomes, results, strict=True):
                 task = s.tasks.get(outcome.id)
                 if task is None or task.state != "running" or task.claimed_by != owner:
+                    continue
+                done.add(task.id)
+                if outcome.retry and task.retryable:
+                    task.requeue(now)
+                    wakeups.append(TasksQueued(task.task_name))
                     continue
                 del s.tasks[task.id]
                 s.events[task.instance_id].append(
@@ -678,9 +710,9 @@ class MemoryDriver:
                         task_status=outcome.status,
                         task_error=outcome.error,
                         task_result=result,
+                        task_attempts=task.attempt,
                     )
                 )
-                done.add(task.id)
                 wakeups.append(EventsPending(outcome.workflow_name))
             s.emit(wakeups)
         return done
@@ -711,8 +743,9 @@ class MemoryDriver:
             s.emit(wakeups)
 
     def reap_lost_tasks(self, timeout: float, error: str) -> int:
-        """Report running tasks without a heartbeat for ``timeout`` seconds as ``lost``
-        (at most 1000 a call, each exactly once); return how many."""
+        """Handle running tasks without a heartbeat for ``timeout`` seconds (at most 1000 a
+        call, each exactly once): requeue those with attempts left as their next attempt,
+        report the others as ``lost``; return how many were handled."""
         s = self._store
         with s.lock:
             now = s.clock()
@@ -729,6 +762,10 @@ class MemoryDriver:
             )[:_REAP_BATCH]
             wakeups: list[Wakeup] = []
             for task in sorted(lost, key=lambda t: t.id):
+                if task.retryable:
+                    task.requeue(now)
+                    wakeups.append(TasksQueued(task.task_name))
+                    continue
                 del s.tasks[task.id]
                 s.events[task.instance_id].append(
                     _Event(
@@ -740,6 +777,7 @@ class MemoryDriver:
                         task_parameters=task.parameters,
                         task_status="lost",
                         task_error=error,
+                        task_attempts=task.attempt,
                     )
                 )
                 wakeups.append(EventsPending(s.instances[task.instance_id].workflow_name))
@@ -1251,6 +1289,7 @@ def _event_row(e: _Event) -> EventRow:
         signal_name=e.signal_name,
         signal_payload=signal,
         problem=_problems(p1, p2, p3),
+        task_attempts=e.task_attempts or 1,
     )
 
 
@@ -1265,6 +1304,8 @@ def _claimed_task(task: _Task, inst: _Instance) -> ClaimedTask:
         inst.workflow_name,
         inst.instance_name,
         problem=problem,
+        attempt=task.attempt,
+        max_attempts=task.max_attempts,
     )
 
 

@@ -10,7 +10,7 @@ commit), :mod:`.rows` (rows read by column name), :mod:`.schedules` (schedule ro
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, LiteralString
@@ -50,6 +50,7 @@ from cereal.driver import (
     Wakeup,
 )
 from cereal.errors import CerealError, InvalidNameError
+from cereal.retries import RetryPolicy
 from cereal.types import Schedule, WorkflowInstanceInfo, WorkflowStatus
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ __all__ = ["PostgresDriver", "validate_schema"]
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_SCHEMA_LENGTH = 48
+_NO_RETRY = RetryPolicy(max_attempts=1)
 
 
 def validate_schema(schema: object) -> str:
@@ -275,31 +277,43 @@ class PostgresDriver:
     # -- tasks ---------------------------------------------------------------------------------
 
     def claim_tasks(
-        self, limits: dict[str, int], owner: str
+        self,
+        limits: dict[str, int],
+        owner: str,
+        retries: Mapping[str, RetryPolicy] | None = None,
     ) -> tuple[list[ClaimedTask], float | None]:
-        """Claim due tasks (up to ``limits[name]`` each) for ``owner``.
+        """Claim due tasks (up to ``limits[name]`` each) for ``owner``, storing each name's
+        retry policy (``retries``) in its rows for this attempt.
 
         Also returns the seconds until the next queued task of these names becomes due.
         """
         names = [n for n, lim in limits.items() if lim > 0]
         if not names:
             return [], None
+        policies = [(retries or {}).get(n) or _NO_RETRY for n in names]
+        params = {
+            "names": names,
+            "limits": [limits[n] for n in names],
+            "max_attempts": [p.max_attempts for p in policies],
+            "initials": [p.initial_delay for p in policies],
+            "backoffs": [p.backoff for p in policies],
+            "max_delays": [p.max_delay for p in policies],
+            "owner": owner,
+        }
         with self._db.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             use_lenient_jsonb(cur.adapters)  # a task we cannot decode is reported failed
-            rows = cur.execute(
-                self._q["claim_tasks"],
-                {"names": names, "limits": [limits[n] for n in names], "owner": owner},
-            ).fetchall()
+            rows = cur.execute(self._q["claim_tasks"], params).fetchall()
         tasks = [claimed_task(r) for r in rows if r["id"] is not None]
         next_due = next((r["next_due_in"] for r in rows if r["id"] is None), None)
         return tasks, next_due
 
     def complete_tasks(self, outcomes: Sequence[TaskOutcome], owner: str) -> set[int]:
-        """Record task outcomes as events; return the ids that were still live."""
+        """Record task outcomes as events, or requeue those asking for a retry that have
+        attempts left; return the ids that were still live."""
         if not outcomes:
             return set()
-        params = {
+        params: dict[str, object] = {
             "ids": [o.id for o in outcomes],
             "statuses": [o.status for o in outcomes],
             "errors": [o.error for o in outcomes],
@@ -308,13 +322,18 @@ class PostgresDriver:
             "owner": owner,
             "channel": self.channel,
         }
+        # Batches without retries (the common case) keep the plain statement.
+        query = "complete_tasks"
+        if any(o.retry for o in outcomes):
+            query = "complete_tasks_retrying"
+            params["retries"] = [o.retry for o in outcomes]
         # One statement: atomic on its own, and the notifications go out with its commit
         # (PostgreSQL sends each distinct payload once per transaction).
         try:
             with self._db.connection() as conn:
                 cur = conn.cursor(row_factory=dict_row)
                 try:
-                    rows = cur.execute(self._q["complete_tasks"], params).fetchall()
+                    rows = cur.execute(self._q[query], params).fetchall()
                 except pgerrors.ForeignKeyViolation:
                     raise _InstanceGone from None
         except _InstanceGone:
@@ -338,15 +357,15 @@ class PostgresDriver:
                 self.notify([TasksQueued(r["task_name"]) for r in rows])
 
     def reap_lost_tasks(self, timeout: float, error: str) -> int:
-        """Turn tasks silent for ``timeout`` seconds into ``lost`` results; return how many."""
+        """Requeue tasks silent for ``timeout`` seconds that have attempts left, turn the
+        others into ``lost`` results; return how many were handled."""
         with self._db.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             rows = cur.execute(
                 self._q["reap_lost_tasks"], {"timeout": timeout, "error": error}
             ).fetchall()
             if rows:
-                names = sorted({r["workflow_name"] for r in rows})
-                payloads = [notify.encode(EventsPending(n)) for n in names]
+                payloads = sorted({r["wakeup"] for r in rows})
                 conn.execute(self._q["notify"], {"channel": self.channel, "payloads": payloads})
         return len(rows)
 

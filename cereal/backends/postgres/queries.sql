@@ -218,7 +218,7 @@ FOR NO KEY UPDATE OF i SKIP LOCKED;
 -- name: fetch_events
 -- The oldest pending events of each locked instance, in order.
 SELECT e.id, e.instance_id, e.event_type, e.enqueued_at, e.task_name, e.task_parameters,
-       e.task_status, e.task_error, e.task_result
+       e.task_status, e.task_error, e.task_result, e.task_attempts
 FROM unnest(%(ids)s::bigint[]) AS locked(id)
 CROSS JOIN LATERAL (
     SELECT * FROM workflow_events ev
@@ -272,9 +272,14 @@ SELECT pg_notify(%(channel)s, payload) FROM unnest(%(payloads)s::text[]) AS p(pa
 -- name: claim_tasks
 -- Claim up to lim due tasks of each name for this process, oldest due first. The last row
 -- (id NULL) carries the seconds until the next queued task of these names becomes due.
+-- Each row keeps its name's retry policy for this attempt: max_attempts, and the delay
+-- min(initial * backoff ^ (attempt - 1), max_delay), compared in logarithms first so that
+-- no power overflows.
 WITH wanted AS (
-    SELECT t.id
-    FROM unnest(%(names)s::text[], %(limits)s::int[]) AS w(name, lim)
+    SELECT t.id, w.max_attempts, w.initial, w.backoff, w.max_delay
+    FROM unnest(%(names)s::text[], %(limits)s::int[], %(max_attempts)s::int[],
+                %(initials)s::float8[], %(backoffs)s::float8[], %(max_delays)s::float8[])
+         AS w(name, lim, max_attempts, initial, backoff, max_delay)
     CROSS JOIN LATERAL (
         SELECT id FROM tasks
         WHERE task_name = w.name AND state = 'queued' AND start_after <= now()
@@ -284,17 +289,24 @@ WITH wanted AS (
     ) t
 ), claimed AS (
     UPDATE tasks t
-    SET state = 'running', claimed_by = %(owner)s, heartbeat_at = now()
+    SET state = 'running', claimed_by = %(owner)s, heartbeat_at = now(),
+        max_attempts = wanted.max_attempts,
+        retry_delay = CASE
+            WHEN t.attempt >= wanted.max_attempts THEN NULL
+            WHEN ln(wanted.initial) + (t.attempt - 1) * ln(wanted.backoff)
+                 >= ln(wanted.max_delay) THEN wanted.max_delay
+            ELSE least(wanted.initial * power(wanted.backoff, t.attempt - 1), wanted.max_delay)
+        END
     FROM wanted, workflow_instances i
     WHERE t.id = wanted.id AND i.id = t.instance_id
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at,
-              i.workflow_name, i.instance_name
+              i.workflow_name, i.instance_name, t.attempt, t.max_attempts
 )
 SELECT id, instance_id, task_name, parameters, enqueued_at, workflow_name, instance_name,
-       NULL::float8 AS next_due_in
+       attempt, max_attempts, NULL::float8 AS next_due_in
 FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT extract(epoch FROM min(start_after) - now())::float8 FROM tasks
         WHERE task_name = ANY(%(names)s) AND state = 'queued' AND start_after > now());
 
@@ -310,16 +322,53 @@ WITH r AS (
     DELETE FROM tasks t USING r
     WHERE t.id = ANY(%(ids)s::bigint[]) AND t.id = r.id
       AND t.state = 'running' AND t.claimed_by = %(owner)s
-    RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at,
+    RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt,
               r.status, r.error, r.result, r.workflow_name
 ), ev AS (
     INSERT INTO workflow_events (instance_id, event_type, task_id, task_name, task_parameters,
-                                 task_enqueued_at, task_status, task_error, task_result)
+                                 task_enqueued_at, task_status, task_error, task_result,
+                                 task_attempts)
     SELECT instance_id, 'task_complete', id, task_name, parameters, enqueued_at, status, error,
-           result::jsonb
+           result::jsonb, attempt
     FROM done ORDER BY id
 )
 SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM done;
+
+-- name: complete_tasks_retrying
+-- complete_tasks for a batch where some outcomes ask for a retry: a row whose stored policy
+-- has attempts left goes back to the queue as its next attempt, due after the delay stored
+-- at claim, instead of becoming an event, and the claimers of its name are woken.
+WITH r AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(errors)s::text[],
+                         %(results)s::text[], %(workflows)s::text[], %(retries)s::bool[])
+        AS r(id, status, error, result, workflow_name, retry)
+), requeued AS (
+    UPDATE tasks t
+    SET state = 'queued', claimed_by = NULL, heartbeat_at = NULL, attempt = t.attempt + 1,
+        start_after = now() + make_interval(secs => t.retry_delay)
+    FROM r
+    WHERE t.id = ANY(%(ids)s::bigint[]) AND t.id = r.id
+      AND t.state = 'running' AND t.claimed_by = %(owner)s
+      AND r.retry AND t.attempt < t.max_attempts
+    RETURNING t.id, t.task_name
+), done AS (
+    DELETE FROM tasks t USING r
+    WHERE t.id = ANY(%(ids)s::bigint[]) AND t.id = r.id
+      AND t.state = 'running' AND t.claimed_by = %(owner)s
+      AND NOT (r.retry AND t.attempt < t.max_attempts)
+    RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt,
+              r.status, r.error, r.result, r.workflow_name
+), ev AS (
+    INSERT INTO workflow_events (instance_id, event_type, task_id, task_name, task_parameters,
+                                 task_enqueued_at, task_status, task_error, task_result,
+                                 task_attempts)
+    SELECT instance_id, 'task_complete', id, task_name, parameters, enqueued_at, status, error,
+           result::jsonb, attempt
+    FROM done ORDER BY id
+)
+SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM done
+UNION ALL
+SELECT id, pg_notify(%(channel)s, 't' || task_name) FROM requeued;
 
 -- name: heartbeat_tasks
 -- Prove that this process's running tasks are alive; rows missing from the answer are gone.
@@ -337,27 +386,39 @@ WITH released AS (
 SELECT DISTINCT task_name FROM released;
 
 -- name: reap_lost_tasks
--- Report running tasks that went silent as lost, exactly once.
-WITH lost AS (
-    DELETE FROM tasks
-    WHERE id IN (
-        SELECT id FROM tasks
-        WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => %(timeout)s)
-        ORDER BY heartbeat_at
-        LIMIT 1000
-        FOR UPDATE SKIP LOCKED)
-    RETURNING id, instance_id, task_name, parameters, enqueued_at
+-- Handle running tasks that went silent, exactly once: those whose stored policy has
+-- attempts left go back to the queue as their next attempt, due after the delay stored at
+-- claim; the others are reported lost.
+WITH silent AS (
+    SELECT id FROM tasks
+    WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => %(timeout)s)
+    ORDER BY heartbeat_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), requeued AS (
+    UPDATE tasks t
+    SET state = 'queued', claimed_by = NULL, heartbeat_at = NULL, attempt = t.attempt + 1,
+        start_after = now() + make_interval(secs => t.retry_delay)
+    FROM silent
+    WHERE t.id = silent.id AND t.attempt < t.max_attempts
+    RETURNING t.task_name
+), lost AS (
+    DELETE FROM tasks t USING silent
+    WHERE t.id = silent.id AND t.attempt >= t.max_attempts
+    RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt
 ), ev AS (
     INSERT INTO workflow_events (instance_id, event_type, task_id, task_name, task_parameters,
-                                 task_enqueued_at, task_status, task_error)
+                                 task_enqueued_at, task_status, task_error, task_attempts)
     SELECT instance_id, 'task_complete', id, task_name, parameters, enqueued_at, 'lost',
-           %(error)s
+           %(error)s, attempt
     FROM lost ORDER BY id
     RETURNING instance_id
 )
--- One row per lost task (the caller counts them), naming its workflow.
-SELECT i.workflow_name
-FROM lost JOIN workflow_instances i ON i.id = lost.instance_id;
+-- One row per task handled (the caller counts them), with the payload of its wakeup.
+SELECT 'e' || i.workflow_name AS wakeup
+FROM lost JOIN workflow_instances i ON i.id = lost.instance_id
+UNION ALL
+SELECT 't' || task_name FROM requeued;
 
 -- name: db_now
 SELECT now() AS now;

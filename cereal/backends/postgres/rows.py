@@ -71,6 +71,7 @@ def event_row(e: Row) -> EventRow:
         task_status=e["task_status"],
         task_error=e["task_error"],
         task_result=_decoded(e["task_result"]),
+        task_attempts=e["task_attempts"] or 1,
         problem=_problems(
             _undecodable("task parameters", e["task_parameters"]),
             _undecodable("task result", e["task_result"]),
@@ -88,6 +89,8 @@ def claimed_task(r: Row) -> ClaimedTask:
         workflow_name=r["workflow_name"],
         instance_name=r["instance_name"],
         problem=_undecodable("task parameters", r["parameters"]),
+        attempt=r["attempt"],
+        max_attempts=r["max_attempts"],
     )
 
 

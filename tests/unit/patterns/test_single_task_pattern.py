@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from cereal import TaskStatus
+from cereal import RetryPolicy, TaskStatus
 from cereal.errors import InvalidNameError
 from cereal.patterns import SingleTaskWorkflowExecutor, register_single_task_workflow
 from cereal.testing import cancel_event, run_callback, start_event, task_complete_event
@@ -70,7 +70,7 @@ def test_single_task_rejects_a_bad_task_name() -> None:
 
 
 class RecordingManager:
-    """Records registrations; ``retry`` is accepted like a manager with task retries."""
+    """Records registrations."""
 
     def __init__(self) -> None:
         self.tasks: list[tuple[str, Any, dict[str, Any]]] = []
@@ -85,7 +85,7 @@ class RecordingManager:
 
 def test_register_single_task_workflow_passes_every_option() -> None:
     manager = RecordingManager()
-    policy = object()
+    policy = RetryPolicy(max_attempts=5)
     register_single_task_workflow(
         manager,  # type: ignore[arg-type]
         "resize",
@@ -100,8 +100,8 @@ def test_register_single_task_workflow_passes_every_option() -> None:
     assert name == "resize" and workflow.task_name == "resize" and workflow.allow_cancel
 
 
-def test_register_single_task_workflow_leaves_retry_out_when_not_given() -> None:
+def test_register_single_task_workflow_defaults_to_no_retries() -> None:
     manager = RecordingManager()
     register_single_task_workflow(manager, "resize", print)  # type: ignore[arg-type]
-    assert manager.tasks == [("resize", print, {"workers": 1, "timeout": None})]
+    assert manager.tasks == [("resize", print, {"workers": 1, "timeout": None, "retry": None})]
     assert manager.workflows[0][1].allow_cancel is False
