@@ -34,7 +34,8 @@ class Heartbeat(PeriodicService):
 
 
 class LostTaskReaper(PeriodicService):
-    """Reports running tasks whose heartbeat stopped for ``timeout`` seconds as ``LOST``.
+    """Reports running tasks whose heartbeat stopped for ``timeout`` seconds as ``LOST``, or
+    queues their next attempt when their retry policy has attempts left.
 
     Every manager runs one; the delete-and-report statement makes each report exactly once.
     """
@@ -51,5 +52,5 @@ class LostTaskReaper(PeriodicService):
             self._timeout, f"task lost: no heartbeat for {self._timeout:g}s"
         )
         if count:
-            self.log.warning("reported lost tasks", count=count)
+            self.log.warning("reported lost tasks (or queued their retries)", count=count)
         return None

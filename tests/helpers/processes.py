@@ -18,6 +18,11 @@ workers with it, and :func:`program` runs one of the programs of this module:
     ``parameters["x"]``; completes with ``{"double": 2x, "square": x*x}``). Every ``on_start``,
     task run and ``on_workflow_complete`` call is appended to the JSON-lines file ``LOG``. Prints
     ``ready`` once started and stops when stdin closes or says ``stop``.
+``retrier MODE DELAY``
+    A manager running task ``flaky`` only, with ``RetryPolicy(max_attempts=3,
+    initial_delay=DELAY, backoff=1)``: each attempt prints ``attempt <task id> <attempt>``,
+    then blocks forever (MODE ``block``) or raises (MODE ``fail``). Prints ``ready`` once
+    started.
 ``migrate WHEN``
     Waits until wall-clock time ``WHEN``, migrates the schema and prints ``applied`` and the
     versions it applied as JSON.
@@ -45,7 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from cereal import Manager, Task, WorkflowInstance, WorkflowInstanceInfo
+from cereal import Manager, RetryPolicy, Task, WorkflowInstance, WorkflowInstanceInfo
 from cereal.backends.postgres import PostgresDriver
 from cereal.backends.postgres.migrations import migrate
 from cereal.logging import CONTEXT_ATTRIBUTE
@@ -192,6 +197,22 @@ def blocker(dsn: str, schema: str) -> None:
 
     manager = Manager(PostgresDriver(dsn, schema=schema), scheduler=False, **FAST_MANAGER_OPTIONS)
     manager.register_task_executor("block", block)
+    manager.start()
+    say("ready")
+    threading.Event().wait()
+
+
+def retrier(dsn: str, schema: str, mode: str, delay: str) -> None:
+
+    def flaky(task: Task) -> None:
+        say("attempt", task.id, task.attempt)
+        if mode == "block":
+            threading.Event().wait()
+        raise RuntimeError(f"attempt {task.attempt} failed")
+
+    manager = Manager(PostgresDriver(dsn, schema=schema), scheduler=False, **FAST_MANAGER_OPTIONS)
+    policy = RetryPolicy(max_attempts=3, initial_delay=float(delay), backoff=1)
+    manager.register_task_executor("flaky", flaky, retry=policy)
     manager.start()
     say("ready")
     threading.Event().wait()
@@ -350,6 +371,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     programs: dict[str, Callable[..., None]] = {
         "blocker": blocker,
+        "retrier": retrier,
         "client": client,
         "worker": worker,
         "migrate": migrate_at,
