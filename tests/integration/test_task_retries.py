@@ -88,7 +88,7 @@ class Attempts:
 def query(dsn: str, schema: str, text: str, *params: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
-        return conn.execute(text, params).fetchall()  # type: ignore[arg-type]
+        return conn.execute(text, params).fetchall()
 
 
 def queued_retries(dsn: str, schema: str) -> list[tuple[Any, ...]]:
