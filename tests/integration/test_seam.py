@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from cereal import Manager, Task, WorkflowInstance, WorkflowStatus
+from cereal import Manager, RetryPolicy, Task, WorkflowInstance, WorkflowStatus
 from cereal.backends.postgres import PostgresDriver
 from cereal.driver import (
     ClaimedTask,
@@ -121,9 +121,12 @@ class Delegating:
         return self._call("fail_instance", instance_id, error)  # type: ignore[no-any-return]
 
     def claim_tasks(
-        self, limits: dict[str, int], owner: str
+        self,
+        limits: dict[str, int],
+        owner: str,
+        retries: Mapping[str, RetryPolicy] | None = None,
     ) -> tuple[list[ClaimedTask], float | None]:
-        return self._call("claim_tasks", limits, owner)  # type: ignore[no-any-return]
+        return self._call("claim_tasks", limits, owner, retries)  # type: ignore[no-any-return]
 
     def complete_tasks(self, outcomes: Sequence[TaskOutcome], owner: str) -> set[int]:
         return self._call("complete_tasks", outcomes, owner)  # type: ignore[no-any-return]
