@@ -85,7 +85,7 @@ class Claimer:
             if not any(v > 0 for v in limits.values()):
                 continue
             try:
-                if self._retries is None:
+                if self._retries is None:  # the two-argument form every driver has had
                     claimed, due_in = self._driver.claim_tasks(limits, self._owner)
                 else:
                     claimed, due_in = self._driver.claim_tasks(limits, self._owner, self._retries)
