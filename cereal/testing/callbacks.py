@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from cereal.codec import check_name, encode
+from cereal.config import count as check_count
 from cereal.driver import EventRow, InstanceRow
 from cereal.errors import CerealError
 from cereal.executors import WorkflowExecutor
@@ -91,13 +92,16 @@ def task_complete_event(
     status: TaskStatus = TaskStatus.SUCCESS,
     error: str | None = None,
     parameters: Any = None,
+    attempts: int = 1,
 ) -> TaskCompleteEvent:
     """The result of a task named ``task_name`` that was enqueued with ``parameters``.
 
     A successful task returned ``value``. For any other ``status``, ``error`` is the text the
-    workflow sees (a generic one when omitted); ``value`` must then be None.
+    workflow sees (a generic one when omitted); ``value`` must then be None. ``attempts`` is
+    how many attempts the task made (more than 1 only with a retry policy).
     """
     check_name("task_name", task_name)
+    check_count("attempts", attempts)
     status = TaskStatus(status)
     if status is TaskStatus.SUCCESS:
         if error is not None:
@@ -115,6 +119,7 @@ def task_complete_event(
         status=status,
         value=_roundtrip(value, f"value of task {task_name!r}"),
         error=error,
+        attempts=attempts,
     )
     return TaskCompleteEvent(task_name, result, datetime.now(UTC))
 

@@ -9,6 +9,7 @@ import pytest
 
 from cereal import RetryPolicy
 from cereal.errors import CerealError
+from cereal.testing import task_complete_event
 
 
 def test_defaults_are_three_attempts_one_second_doubling_up_to_five_minutes() -> None:
@@ -80,3 +81,11 @@ def test_constant_delays_with_backoff_one() -> None:
 def test_delay_rejects_attempt_numbers_below_one() -> None:
     with pytest.raises(CerealError, match="attempt"):
         RetryPolicy().delay(0)
+
+
+def test_a_test_task_result_can_carry_the_attempts_made() -> None:
+    event = task_complete_event("fetch", "page", attempts=3)
+    assert (event.result.value, event.result.attempts) == ("page", 3)
+    assert task_complete_event("fetch").result.attempts == 1
+    with pytest.raises(CerealError, match="attempts"):
+        task_complete_event("fetch", attempts=0)
