@@ -38,7 +38,6 @@ from cereal.config import count, seconds
 from cereal.driver import (
     ClaimedTask,
     DueRun,
-    EventsPending,
     InstanceTimeline,
     Overview,
     ScheduleChange,
