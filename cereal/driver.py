@@ -372,6 +372,17 @@ class Driver(Protocol):
         """Finish a live instance as failed with ``error``; False if none is live."""
         ...
 
+    def signal_workflow(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        signal_name: str,
+        signal_payload_json: str | None,
+    ) -> bool:
+        """Queue a ``signal`` event (after the instance's other events) and wake the handlers
+        of its workflow, atomically; False if there is no live instance."""
+        ...
+
     def get_workflow_instance(
         self, workflow_name: str, instance_name: str
     ) -> WorkflowInstanceInfo | None:
@@ -632,10 +643,9 @@ class AsyncDriver(Protocol):
         workflow_name: str,
         instance_name: str,
         signal_name: str,
-        payload_json: str | None,
+        signal_payload_json: str | None,
     ) -> bool:
-        """Queue a signal event for the live instance and wake its handlers; False if
-        there is no live instance."""
+        """As :meth:`Driver.signal_workflow`."""
         ...
 
     async def get_workflow_instance(

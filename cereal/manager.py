@@ -18,6 +18,7 @@ from cereal.checks import (
     check_list_filters,
     enqueue_items,
     instance_exists,
+    signal_arguments,
     timeout_seconds,
     wait_timeout,
 )
@@ -64,6 +65,7 @@ _DRIVER_METHODS = (
     "enqueue_workflow",
     "cancel_workflow",
     "kill_workflow",
+    "signal_workflow",
     "get_workflow_instance",
     "list_workflow_instances",
     "has_events",
@@ -350,6 +352,21 @@ class Manager(ScheduleOperations):
         check_name("workflow_name", workflow_name)
         check_name("instance_name", instance_name)
         if not self.driver.cancel_workflow(workflow_name, instance_name):
+            raise _not_found(workflow_name, instance_name)
+
+    def signal_workflow(
+        self, workflow_name: str, instance_name: str, signal_name: str, payload: Any = None
+    ) -> None:
+        """Store a signal event for the live instance and wake its manager.
+
+        The executor's ``on_signal`` gets it as a :class:`~cereal.types.SignalEvent`, in order
+        with the instance's other events and never before ``on_start``. Raises
+        :class:`~cereal.errors.WorkflowInstanceNotFoundError` when no instance is live,
+        :class:`~cereal.errors.InvalidNameError` for a bad name and
+        :class:`~cereal.errors.SerializationError` when ``payload`` is not JSON.
+        """
+        payload_json = signal_arguments(workflow_name, instance_name, signal_name, payload)
+        if not self.driver.signal_workflow(workflow_name, instance_name, signal_name, payload_json):
             raise _not_found(workflow_name, instance_name)
 
     def kill_workflow(self, workflow_name: str, instance_name: str) -> None:

@@ -493,10 +493,11 @@ class MemoryDriver:
         workflow_name: str,
         instance_name: str,
         signal_name: str,
-        payload_json: str | None,
+        signal_payload_json: str | None,
     ) -> bool:
-        """Queue a signal event for the live instance; False if none is live."""
-        payload = _checked(payload_json, f"payload of signal {signal_name!r}")
+        """Queue a signal event for the live instance (even while a batch holds it); False if
+        none is live."""
+        payload = _checked(signal_payload_json, f"payload of signal {signal_name!r}")
         return self._add_event(
             workflow_name, instance_name, "signal", signal_name=signal_name, signal_payload=payload
         )

@@ -570,15 +570,81 @@ def test_fail_instance_finishes_a_live_instance_and_waits_for_its_holder(
 
 def test_signals_are_events_in_order_with_the_others(contract_driver: Driver) -> None:
     d = contract_driver
-    require(d, "signal_workflow")
-    signal: Any = d.signal_workflow  # type: ignore[attr-defined]
     start(d, "a")
-    assert signal(W, "a", "approve", js({"by": "ann"}))
+    assert d.signal_workflow(W, "a", "approve", js({"by": "ann"}))
     d.cancel_workflow(W, "a")
-    assert not signal(W, "nobody", "approve", None)
+    assert d.signal_workflow(W, "a", "nudge", None)
     events = events_of(d, "a")
-    assert [e.kind for e in events] == ["start", "signal", "cancel"]
+    assert [e.kind for e in events] == ["start", "signal", "cancel", "signal"]
     assert (events[1].signal_name, events[1].signal_payload) == ("approve", {"by": "ann"})
+    assert (events[3].signal_name, events[3].signal_payload) == ("nudge", None)
+    assert events[0].signal_name is None and events[2].signal_name is None
+
+
+def test_signals_follow_task_results_in_the_order_they_were_stored(
+    contract_driver: Driver,
+) -> None:
+    d = contract_driver
+    with_tasks(d, "a", "t1", "t2")
+    claimed = {t.task_name: t for t in d.claim_tasks({"t1": 1, "t2": 1}, OWNER)[0]}
+    t1, t2 = claimed["t1"], claimed["t2"]
+    d.complete_tasks([TaskOutcome(t1.id, W, "success", result_json=js(1))], OWNER)
+    d.signal_workflow(W, "a", "first", js([1, 2]))
+    d.complete_tasks([TaskOutcome(t2.id, W, "success", result_json=js(2))], OWNER)
+    d.signal_workflow(W, "a", "second", js("x"))
+    events = events_of(d, "a")
+    assert [(e.kind, e.task_name or e.signal_name) for e in events] == [
+        ("task_complete", "t1"),
+        ("signal", "first"),
+        ("task_complete", "t2"),
+        ("signal", "second"),
+    ]
+    assert [e.signal_payload for e in events if e.kind == "signal"] == [[1, 2], "x"]
+
+
+def test_signal_reports_an_instance_that_is_not_live(contract_driver: Driver) -> None:
+    d = contract_driver
+    assert not d.signal_workflow(W, "nobody", "approve", None)
+    start(d, "done")
+    finish(d, "done", result=1)
+    assert not d.signal_workflow(W, "done", "approve", js(1))
+    assert not d.signal_workflow("other", "done", "approve", None)
+
+
+def test_signal_is_stored_while_a_batch_holds_the_instance_and_waits_for_the_next(
+    contract_driver: Driver,
+) -> None:
+    d = contract_driver
+    start(d, "a")
+    with claim(d) as batch:
+        inst = batch.instances[0]
+        sender, sent = in_thread(lambda: d.signal_workflow(W, "a", "approve", js(True)))
+        sender.join(10)
+        assert sent == [True], "signal_workflow must not wait for the holder"
+        assert [e.kind for e in batch.events[inst.id]] == ["start"]
+        batch.commit(
+            [
+                StepOutcome(
+                    instance=inst,
+                    consumed=[e.id for e in batch.events[inst.id]],
+                    status=WorkflowStatus.RUNNING,
+                )
+            ]
+        )
+    events = events_of(d, "a")
+    assert [(e.kind, e.signal_name, e.signal_payload) for e in events] == [
+        ("signal", "approve", True)
+    ]
+
+
+def test_signals_of_an_instance_that_finishes_are_dropped_with_it(contract_driver: Driver) -> None:
+    d = contract_driver
+    start(d, "a")
+    d.signal_workflow(W, "a", "late", None)
+    finish(d, "a", result="done")
+    assert not d.has_events([W])
+    start(d, "a")
+    assert [e.kind for e in events_of(d, "a")] == ["start"]
 
 
 # -- tasks ------------------------------------------------------------------------------------
@@ -1006,6 +1072,9 @@ def test_a_listener_is_told_of_every_kind_of_change(
         wait_for(lambda: EventsPending(W) in got, what="EventsPending(W) in got")
         got.clear()
         d.cancel_workflow(W, "a")
+        wait_for(lambda: EventsPending(W) in got, what="EventsPending(W) in got")
+        got.clear()
+        d.signal_workflow(W, "a", "poke", None)
         wait_for(lambda: EventsPending(W) in got, what="EventsPending(W) in got")
         d.kill_workflow(W, "a", "killed")
         wait_for(

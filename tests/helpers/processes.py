@@ -10,7 +10,8 @@ workers with it, and :func:`program` runs one of the programs of this module:
     forever (the test kills the process). Prints ``ready`` once started.
 ``client``
     An unstarted manager that reads commands from stdin, one per line:
-    ``enqueue|cancel|kill WORKFLOW INSTANCE [JSON PARAMETERS]``. For each it prints
+    ``enqueue|cancel|kill WORKFLOW INSTANCE [JSON PARAMETERS]`` or
+    ``signal WORKFLOW INSTANCE NAME [JSON PAYLOAD]``. For each it prints
     ``done <t0> <t1>`` (wall-clock ``time.time()`` before and after the call) or
     ``error <message>``. Prints ``ready`` first.
 ``worker LOG``
@@ -22,6 +23,11 @@ workers with it, and :func:`program` runs one of the programs of this module:
     A manager running task ``flaky`` only, with ``RetryPolicy(max_attempts=3,
     initial_delay=DELAY, backoff=1)``: each attempt prints ``attempt <task id> <attempt>``,
     then blocks forever (MODE ``block``) or raises (MODE ``fail``). Prints ``ready`` once
+    started.
+``signal-stall WORKFLOW``
+    A manager running workflow ``WORKFLOW``: ``on_start`` continues and prints ``started
+    <instance>``; ``on_signal`` prints ``signalled <instance> <name>`` and then blocks forever,
+    so the signal is never committed (the test kills the process). Prints ``ready`` once
     started.
 ``migrate WHEN``
     Waits until wall-clock time ``WHEN``, migrates the schema and prints ``applied`` and the
@@ -222,10 +228,11 @@ def client(dsn: str, schema: str) -> None:
 
     manager = Manager(PostgresDriver(dsn, schema=schema), close_driver=True)
     manager.driver.open()
-    ops = {
+    ops: dict[str, Callable[..., None]] = {
         "enqueue": manager.enqueue_workflow,
         "cancel": manager.cancel_workflow,
         "kill": manager.kill_workflow,
+        "signal": manager.signal_workflow,
     }
     say("ready")
     for line in sys.stdin:
@@ -235,7 +242,8 @@ def client(dsn: str, schema: str) -> None:
         if words[0] == "stop":
             break
         op, workflow_name, instance_name, *rest = words
-        args = [json.loads(" ".join(rest))] if rest else []
+        args: list[Any] = [rest.pop(0)] if op == "signal" else []
+        args += [json.loads(" ".join(rest))] if rest else []
         started = time.time()
         try:
             ops[op](workflow_name, instance_name, *args)
@@ -244,6 +252,33 @@ def client(dsn: str, schema: str) -> None:
         else:
             say("done", started, time.time())
     manager.stop()
+
+
+class _Stall:
+    """Continues on start; blocks forever in ``on_signal`` (see ``signal-stall``)."""
+
+    def on_start(self, instance: WorkflowInstance, event: Any) -> Any:
+        say("started", instance.instance_name)
+        return instance.continue_with(["started"])
+
+    def on_task_complete(self, instance: WorkflowInstance, event: Any) -> Any:
+        return instance.continue_with(instance.payload)
+
+    def on_cancel(self, instance: WorkflowInstance, event: Any) -> Any:
+        return instance.fail("cancelled")
+
+    def on_signal(self, instance: WorkflowInstance, event: Any) -> Any:
+        say("signalled", instance.instance_name, event.name)
+        threading.Event().wait()
+
+
+def signal_stall(dsn: str, schema: str, workflow: str) -> None:
+
+    manager = Manager(PostgresDriver(dsn, schema=schema), scheduler=False, **FAST_MANAGER_OPTIONS)
+    manager.register_workflow_executor(workflow, _Stall())
+    manager.start()
+    say("ready")
+    threading.Event().wait()
 
 
 class _Log:
@@ -376,6 +411,7 @@ def main(argv: list[str]) -> None:
         "worker": worker,
         "migrate": migrate_at,
         "scheduler": scheduler,
+        "signal-stall": signal_stall,
     }
     if mode not in programs:
         raise SystemExit(f"unknown mode {mode!r}")

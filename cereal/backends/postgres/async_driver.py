@@ -53,7 +53,7 @@ POLL_INTERVAL = 1.0
 RECHECK_INTERVAL = 10.0
 """How often waiters look anyway while it is up (a safety net; wakeups do the work)."""
 
-# Statements not (yet) in queries.sql: bulk enqueue, paged listing, signals, and which of
+# Statements not (yet) in queries.sql: bulk enqueue, paged listing, and which of
 # the awaited pairs have no live instance (one statement for every waiter of a loop).
 _OWN: dict[str, LiteralString] = {
     "enqueue_workflows": """
@@ -111,17 +111,6 @@ FROM unnest(%(workflow_names)s::text[], %(instance_names)s::text[])
 WHERE NOT EXISTS (
     SELECT 1 FROM workflow_instances i
     WHERE i.workflow_name = p.workflow_name AND i.instance_name = p.instance_name)""",
-    "signal_workflow": """
-WITH target AS (
-    SELECT id FROM workflow_instances
-    WHERE workflow_name = %(workflow_name)s AND instance_name = %(instance_name)s
-    FOR KEY SHARE
-), ev AS (
-    INSERT INTO workflow_events (instance_id, event_type, signal_name, signal_payload)
-    SELECT id, 'signal', %(signal_name)s, %(payload)s::jsonb FROM target
-    RETURNING instance_id
-)
-SELECT instance_id, pg_notify(%(channel)s, 'e' || %(workflow_name)s) FROM ev""",
 }
 
 
@@ -423,7 +412,7 @@ class AsyncPostgresDriver:
         workflow_name: str,
         instance_name: str,
         signal_name: str,
-        payload_json: str | None,
+        signal_payload_json: str | None,
     ) -> bool:
         rows = await self._rows(
             "signal_workflow",
@@ -431,7 +420,7 @@ class AsyncPostgresDriver:
                 "workflow_name": workflow_name,
                 "instance_name": instance_name,
                 "signal_name": signal_name,
-                "payload": payload_json,
+                "payload": signal_payload_json,
                 "channel": self._channel,
             },
         )

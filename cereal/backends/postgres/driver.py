@@ -208,6 +208,24 @@ class PostgresDriver:
         params = {"workflow_name": workflow_name, "instance_name": instance_name}
         return bool(self._rows("cancel_workflow", params | {"channel": self.channel}))
 
+    def signal_workflow(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        signal_name: str,
+        signal_payload_json: str | None,
+    ) -> bool:
+        """Queue a signal event and wake the workflow's handlers in one statement; False if
+        there is no live instance."""
+        params = {
+            "workflow_name": workflow_name,
+            "instance_name": instance_name,
+            "signal_name": signal_name,
+            "payload": signal_payload_json,
+            "channel": self.channel,
+        }
+        return bool(self._rows("signal_workflow", params))
+
     def kill_workflow(self, workflow_name: str, instance_name: str, error: str) -> bool:
         """Finish a live instance as failed with ``error``; False if none is live."""
         params = {"workflow_name": workflow_name, "instance_name": instance_name}

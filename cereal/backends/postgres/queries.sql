@@ -32,6 +32,20 @@ WITH target AS (
 )
 SELECT instance_id, pg_notify(%(channel)s, 'e' || %(workflow_name)s) FROM ev;
 
+-- name: signal_workflow
+-- Queue a signal event for a live instance and wake its workflow's handlers, in one
+-- statement. The key-share lock works as in cancel_workflow.
+WITH target AS (
+    SELECT id FROM workflow_instances
+    WHERE workflow_name = %(workflow_name)s AND instance_name = %(instance_name)s
+    FOR KEY SHARE
+), ev AS (
+    INSERT INTO workflow_events (instance_id, event_type, signal_name, signal_payload)
+    SELECT id, 'signal', %(signal_name)s, %(payload)s::jsonb FROM target
+    RETURNING instance_id
+)
+SELECT instance_id, pg_notify(%(channel)s, 'e' || %(workflow_name)s) FROM ev;
+
 -- name: kill_workflow
 -- Finish a live instance as failed without its executor; waits for an in-flight handler.
 WITH target AS (
@@ -218,7 +232,8 @@ FOR NO KEY UPDATE OF i SKIP LOCKED;
 -- name: fetch_events
 -- The oldest pending events of each locked instance, in order.
 SELECT e.id, e.instance_id, e.event_type, e.enqueued_at, e.task_name, e.task_parameters,
-       e.task_status, e.task_error, e.task_result, e.task_attempts
+       e.task_status, e.task_error, e.task_result, e.task_attempts, e.signal_name,
+       e.signal_payload
 FROM unnest(%(ids)s::bigint[]) AS locked(id)
 CROSS JOIN LATERAL (
     SELECT * FROM workflow_events ev

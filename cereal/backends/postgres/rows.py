@@ -72,9 +72,12 @@ def event_row(e: Row) -> EventRow:
         task_error=e["task_error"],
         task_result=_decoded(e["task_result"]),
         task_attempts=e["task_attempts"] or 1,
+        signal_name=e["signal_name"],
+        signal_payload=_decoded(e["signal_payload"]),
         problem=_problems(
             _undecodable("task parameters", e["task_parameters"]),
             _undecodable("task result", e["task_result"]),
+            _undecodable("signal payload", e["signal_payload"]),
         ),
     )
 
