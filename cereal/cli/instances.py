@@ -192,11 +192,7 @@ def _kill(ctx: Context, args: argparse.Namespace) -> int:
 
 def _signal(ctx: Context, args: argparse.Namespace) -> int:
     payload = json_argument(args.payload, "PAYLOAD_JSON")
-    manager = ctx.manager()
-    send = getattr(manager, "signal_workflow", None)
-    if send is None:
-        raise CommandError("signals are not available in this version of cereal")
-    send(args.workflow_name, args.instance_name, args.name, payload)
+    ctx.manager().signal_workflow(args.workflow_name, args.instance_name, args.name, payload)
     return _done(
         args,
         "signal",

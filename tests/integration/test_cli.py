@@ -344,20 +344,37 @@ def test_instance_exit_codes(cereal: Run) -> None:
     _one_error_line(timed_out, "did not finish")
 
 
-def test_signal_needs_a_live_instance_or_says_signals_are_unavailable(cereal: Run) -> None:
-    from cereal import Manager
-
+def test_signal_stores_the_signal_for_a_live_instance_and_sets_exit_codes(
+    cereal: Run, pg_dsn: str, schema: str
+) -> None:
     assert cereal("instances", "enqueue", "sleepy", "sig").returncode == 0
-    result = cereal("instances", "signal", "sleepy", "sig", "go", '{"n": 1}')
-    if not hasattr(Manager, "signal_workflow"):
-        assert result.returncode == 1
-        _one_error_line(result, "signals are not available")
-    else:
-        assert result.returncode == 0, result.stderr
-        missing = cereal("instances", "signal", "sleepy", "missing", "go")
-        assert missing.returncode == 3
-    bad = cereal("instances", "signal", "sleepy", "sig", "go", "{bad")
-    assert bad.returncode == 2
+    sent = cereal("instances", "signal", "sleepy", "sig", "go", '{"n": 1}')
+    assert sent.returncode == 0, sent.stderr
+    assert "signal 'go' sent to sleepy/sig" in sent.stdout
+    as_json = cereal("instances", "signal", "sleepy", "sig", "again", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == {
+        "workflow_name": "sleepy",
+        "instance_name": "sig",
+        "action": "signal",
+        "signal": "again",
+    }
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        stored = conn.execute(
+            f'SELECT signal_name, signal_payload FROM "{schema}".workflow_events '
+            "WHERE event_type = 'signal' ORDER BY id"
+        ).fetchall()
+    assert stored == [("go", {"n": 1}), ("again", None)]
+
+    missing = cereal("instances", "signal", "sleepy", "missing", "go")
+    assert missing.returncode == 3
+    _one_error_line(missing, "missing")
+    bad_json = cereal("instances", "signal", "sleepy", "sig", "go", "{bad")
+    assert bad_json.returncode == 2
+    _one_error_line(bad_json, "PAYLOAD_JSON")
+    bad_name = cereal("instances", "signal", "sleepy", "sig", "")
+    assert bad_name.returncode == 1
+    _one_error_line(bad_name, "signal_name must not be empty")
 
 
 # -- schedules ------------------------------------------------------------------------------
