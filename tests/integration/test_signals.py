@@ -368,3 +368,29 @@ def test_an_executor_without_on_signal_keeps_its_state_and_warns_naming_the_sign
     assert flow.names("p-1") == ["on_start"]
     manager.cancel_workflow("plain", "p-1")  # the signal was consumed: the cancel is next
     assert finished(manager, "plain", "p-1").error == "cancelled"
+
+
+def test_a_signal_sent_with_the_async_client_reaches_on_signal(make_manager: MakeManager) -> None:
+    import asyncio
+
+    inbox = Inbox()
+    manager = make_manager()
+    manager.register_workflow_executor("order", inbox)
+    manager.start()
+
+    async def scenario() -> Any:
+        await manager.aio.enqueue_workflow("order", "o-1")
+        await manager.aio.signal_workflow("order", "o-1", "approve", {"by": "ann"})
+        await manager.aio.signal_workflow("order", "o-1", "finish")
+        info = await manager.aio.await_workflow("order", "o-1", timeout=20)
+        with pytest.raises(WorkflowInstanceNotFoundError):
+            await manager.aio.signal_workflow("order", "o-1", "late")
+        await manager.aio.close()
+        return info
+
+    info = asyncio.run(scenario())
+    assert info.result == [
+        ["start"],
+        ["signal", "approve", {"by": "ann"}],
+        ["signal", "finish", None],
+    ]
