@@ -85,6 +85,13 @@ class Delegating:
     def kill_workflow(self, workflow_name: str, instance_name: str, error: str) -> bool:
         return bool(self._call("kill_workflow", workflow_name, instance_name, error))
 
+    def signal_workflow(
+        self, workflow_name: str, instance_name: str, signal_name: str, payload: str | None
+    ) -> bool:
+        return bool(
+            self._call("signal_workflow", workflow_name, instance_name, signal_name, payload)
+        )
+
     def get_workflow_instance(
         self, workflow_name: str, instance_name: str
     ) -> WorkflowInstanceInfo | None:
