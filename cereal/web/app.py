@@ -398,7 +398,7 @@ class Dashboard:
         except ValueError:
             return "bad_signal"
         try:
-            self.manager.signal_workflow(workflow, instance, name, payload)  # type: ignore[attr-defined]
+            self.manager.signal_workflow(workflow, instance, name, payload)
         except WorkflowInstanceNotFoundError:
             raise
         except CerealError:
