@@ -156,7 +156,9 @@ def run_events(
         out.handled += 1
         try:
             decision = _call(executor, handle, event)
-        except Exception as exc:
+        except BaseException as exc:
+            # User code: CancelledError, SystemExit, KeyboardInterrupt and the like fail the
+            # instance like any exception; letting them out would kill the handler thread.
             log.warning(
                 "workflow callback raised",
                 callback=callback,
