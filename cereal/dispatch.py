@@ -4,6 +4,12 @@ commit the decisions.
 ``workers`` handler threads each claim a batch of instances (locked until commit), deliver
 every instance's pending events in order, and commit all the outcomes in one transaction.
 Events of one instance are never handled concurrently; different instances are.
+
+Two rules keep one callback from harming others. An instance whose callbacks run longer than
+:data:`CALLBACK_BUDGET` is split off its batch by a watchdog thread: the finished batch-mates
+are committed, the ones not yet started are released for idle handlers, and the slow one stays
+locked alone. And ``stop(timeout)`` aborts the batches still held when the timeout expires:
+their locks go at once and nothing their callbacks decide afterwards is written.
 """
 
 from __future__ import annotations
@@ -11,17 +17,37 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from cereal.driver import Driver
+from cereal.driver import Driver, EventBatch
 from cereal.errors import DatabaseError, SerializationError
 from cereal.executors import WorkflowExecutor
 from cereal.logging import get_logger
 from cereal.steps import StepOutcome, run_events
 from cereal.types import WorkflowInstanceInfo
 
-__all__ = ["WorkflowEventDispatcher"]
+__all__ = ["CALLBACK_BUDGET", "WorkflowEventDispatcher"]
 
 log = get_logger("cereal.workflow")
+
+CALLBACK_BUDGET = 0.05
+"""Seconds an instance's callbacks may run before its batch-mates stop waiting for them."""
+
+
+@dataclass(eq=False)
+class _Run:
+    """A batch whose callbacks one handler is running."""
+
+    batch: EventBatch
+    instances: int
+    outcomes: list[StepOutcome] = field(default_factory=list)
+    """Outcomes of the instances done so far (not yet committed)."""
+    since: float | None = None
+    """When the callbacks of instance ``len(outcomes)`` started; None between instances."""
+    splitting: bool = False
+    split: bool = False
+    kept: bool = True
+    split_error: Exception | None = None
 
 
 class WorkflowEventDispatcher:
@@ -53,6 +79,10 @@ class WorkflowEventDispatcher:
         self._stopping = False
         self._single_until = 0.0
         self._threads: list[threading.Thread] = []
+        self._watch = threading.Condition()
+        self._runs: list[_Run] = []
+        self._aborted = False
+        self._closed = False
 
     def start(self) -> None:
         if not self._names:
@@ -64,9 +94,14 @@ class WorkflowEventDispatcher:
             )
             thread.start()
             self._threads.append(thread)
+        threading.Thread(target=self._watchdog, name="cereal-dispatch-watch", daemon=True).start()
 
     def stop(self, timeout: float | None) -> None:
-        """Stop claiming; handlers finish (and commit) the batch they hold."""
+        """Stop claiming; handlers finish (and commit) the batch they hold.
+
+        A batch still held when ``timeout`` expires is aborted: its instances are released at
+        once (their events go to another manager) and nothing its callbacks decide is written.
+        """
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -74,6 +109,13 @@ class WorkflowEventDispatcher:
         for thread in self._threads:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(left)
+        with self._watch:
+            self._aborted = self._closed = True
+            held = [run.batch for run in self._runs]
+            self._watch.notify_all()
+        for batch in held:
+            log.warning("stop timed out with a workflow callback running; abandoning its batch")
+            batch.abort()
 
     def wake(self) -> None:
         """New events may be pending: have one idle handler look.
@@ -109,7 +151,9 @@ class WorkflowEventDispatcher:
                 if signalled or self._driver.has_events(self._names):
                     self._drain()
                 failures = 0
-            except Exception as exc:
+            except BaseException as exc:  # a handler thread must survive whatever happens
+                if self._aborted:
+                    return
                 failures += 1
                 delay = min(0.1 * 2**failures, 5.0)
                 log.warning(
@@ -129,6 +173,7 @@ class WorkflowEventDispatcher:
             limit = 1 if single else min(grow, self._batch_size)
             failed_alone: StepOutcome | None = None
             finished: list[WorkflowInstanceInfo] = []
+            outcomes: list[StepOutcome] = []
             try:
                 with self._driver.claim_events(self._names, limit, self._per_instance) as batch:
                     if not batch.instances:
@@ -138,18 +183,23 @@ class WorkflowEventDispatcher:
                         # one, so that instances enqueued in a burst run concurrently.
                         self._spread()
                         grow = limit * 2
-                    outcomes = [
-                        run_events(
-                            self._executors[inst.workflow_name],
-                            inst,
-                            batch.events[inst.id],
-                            log.bind(workflow=inst.workflow_name, instance=inst.instance_name),
-                        )
-                        for inst in batch.instances
-                    ]
+                    run = _Run(batch, len(batch.instances))
+                    with self._watch:
+                        if self._aborted:
+                            return  # stop() gave up on this handler meanwhile
+                        self._runs.append(run)
+                    try:
+                        outcomes = self._run_callbacks(run)
+                    finally:
+                        with self._watch:
+                            self._runs.remove(run)
+                    if not outcomes or self._aborted:
+                        continue  # nothing left to commit here (split off, or aborted)
                     try:
                         finished = batch.commit(outcomes)
                     except (DatabaseError, SerializationError) as exc:
+                        if self._aborted:
+                            return
                         if _transient(exc):
                             raise
                         if len(outcomes) > 1:
@@ -168,6 +218,79 @@ class WorkflowEventDispatcher:
                     raise
                 finished = self._fail_unstorable(failed_alone)
             self._after_commit(outcomes, finished)
+
+    def _run_callbacks(self, run: _Run) -> list[StepOutcome]:
+        """Run the batch's callbacks in order; return the outcomes left to commit."""
+        instances = list(run.batch.instances)
+        for index, inst in enumerate(instances):
+            with self._watch:
+                if self._aborted:
+                    return []
+                run.since = time.monotonic()
+                if index == 0 and run.instances > 1:
+                    self._watch.notify()  # a batch to watch over
+            try:
+                outcome = run_events(
+                    self._executors[inst.workflow_name],
+                    inst,
+                    run.batch.events[inst.id],
+                    log.bind(workflow=inst.workflow_name, instance=inst.instance_name),
+                )
+            finally:
+                with self._watch:
+                    run.since = None
+                    self._watch.wait_for(lambda: not run.splitting)
+            if run.split_error is not None:
+                raise run.split_error
+            if run.split:
+                if run.kept:
+                    return [outcome]
+                log.warning(
+                    "instance taken over while its callback ran; its decision is discarded",
+                    workflow=inst.workflow_name,
+                    instance=inst.instance_name,
+                )
+                return []
+            run.outcomes.append(outcome)
+        return run.outcomes
+
+    def _watchdog(self) -> None:
+        """Split off every instance whose callbacks overrun the budget (see the module)."""
+        while True:
+            with self._watch:
+                target: _Run | None = None
+                while target is None:
+                    if self._closed:
+                        return
+                    now, wake_at = time.monotonic(), None
+                    for run in self._runs:
+                        if run.since is None or run.split or run.instances < 2:
+                            continue
+                        if run.since + CALLBACK_BUDGET <= now:
+                            target = run
+                            break
+                        at = run.since + CALLBACK_BUDGET
+                        wake_at = at if wake_at is None else min(wake_at, at)
+                    if target is None:
+                        self._watch.wait(None if wake_at is None else wake_at - now)
+                target.splitting = True
+                done = list(target.outcomes)
+                keep = target.batch.instances[len(done)].id
+                others = target.instances - len(done) - 1
+            try:
+                finished, kept = target.batch.split(done, keep)
+            except Exception as exc:
+                with self._watch:
+                    target.split_error = exc
+                    target.split, target.splitting = True, False
+                    self._watch.notify_all()
+                continue
+            with self._watch:
+                target.split, target.kept, target.splitting = True, kept, False
+                self._watch.notify_all()
+            if others:
+                self._spread()  # idle handlers take the batch-mates it released
+            self._after_commit(done, finished)
 
     def _fail_unstorable(self, outcome: StepOutcome) -> list[WorkflowInstanceInfo]:
         """A decision the database refuses fails its instance instead of looping forever."""

@@ -139,7 +139,30 @@ class EventBatch(Protocol):
     """Pending events per instance id, oldest first."""
 
     def commit(self, outcomes: Sequence[StepOutcome]) -> list[WorkflowInstanceInfo]:
-        """Write every outcome atomically; return the runs that finished."""
+        """Write every outcome atomically; return the runs that finished.
+
+        After :meth:`abort`, raises :class:`~cereal.errors.TransientDatabaseError` and writes
+        nothing."""
+        ...
+
+    def split(
+        self, done: Sequence[StepOutcome], keep: int
+    ) -> tuple[list[WorkflowInstanceInfo], bool]:
+        """Commit ``done`` now, let every other instance go except ``keep`` (an instance id of
+        this batch), and go on holding ``keep`` alone; return the runs that finished.
+
+        The boolean is False when ``keep`` could not be held on (another caller took it, or
+        its events are gone): nothing of it may then be committed. Called from another thread
+        than the batch's owner while the owner runs ``keep``'s callback; it never overlaps a
+        :meth:`commit`."""
+        ...
+
+    def abort(self) -> None:
+        """Give up the batch from any thread: release its instances at once (every event is
+        delivered again), write nothing more, and make a later :meth:`commit` or
+        :meth:`split` raise :class:`~cereal.errors.TransientDatabaseError`. A commit already
+        under way either completes before this returns or is cancelled. Harmless twice or
+        after the batch ended."""
         ...
 
 

@@ -58,7 +58,7 @@ from cereal.driver import (
     TimelineEvent,
     Wakeup,
 )
-from cereal.errors import CerealError, DatabaseError, SerializationError
+from cereal.errors import CerealError, DatabaseError, SerializationError, TransientDatabaseError
 from cereal.logging import get_logger
 from cereal.retries import RetryPolicy
 from cereal.types import Schedule, WorkflowInstanceInfo, WorkflowStatus
@@ -1157,16 +1157,42 @@ class MemoryEventBatch:
         self.instances = instances
         self.events = events
         self._held = {inst.id for inst in instances}
+        self._aborted = False
 
     def commit(self, outcomes: Sequence[StepOutcome]) -> list[WorkflowInstanceInfo]:
         """Apply every outcome at once and let the instances go; return the finished runs.
 
         A value that cannot be stored raises :class:`SerializationError` before anything is
         written (the instances stay held until the context exits)."""
+        return self._apply(outcomes, keep=None)
+
+    def split(
+        self, done: Sequence[StepOutcome], keep: int
+    ) -> tuple[list[WorkflowInstanceInfo], bool]:
+        """Apply ``done`` and let every instance go but ``keep``, which stays held (always
+        True here: nothing can take a held instance)."""
+        if keep not in self._held:
+            raise CerealError(f"instance {keep} is not held by this batch")
+        finished = self._apply(done, keep=keep)
+        self.instances = [i for i in self.instances if i.id == keep]
+        self.events = {keep: self.events[keep]}
+        return finished, True
+
+    def abort(self) -> None:
+        """Let the instances go and refuse any later commit."""
+        with self._store.lock:
+            self._aborted = True
+            self._release_locked()
+
+    def _apply(
+        self, outcomes: Sequence[StepOutcome], keep: int | None
+    ) -> list[WorkflowInstanceInfo]:
+        if self._aborted:
+            raise TransientDatabaseError("this event batch was aborted; nothing was written")
         if not self._held and self.instances:
             raise CerealError("this event batch was already committed or discarded")
         for o in outcomes:
-            if o.instance.id not in self._held:
+            if o.instance.id not in self._held or o.instance.id == keep:
                 raise CerealError(f"instance {o.instance.id} is not held by this batch")
         checked = [
             (
@@ -1179,6 +1205,8 @@ class MemoryEventBatch:
         s = self._store
         finished: list[WorkflowInstanceInfo] = []
         with s.lock:
+            if self._aborted:  # abort() won the race for the lock
+                raise TransientDatabaseError("this event batch was aborted; nothing was written")
             now = s.clock()
             wakeups: list[Wakeup] = []
             for o, value, task_params in checked:
@@ -1199,7 +1227,7 @@ class MemoryEventBatch:
                     row_id = s.next_id()
                     s.tasks[row_id] = _Task(row_id, inst.id, task.name, params, now, start)
                     wakeups.append(TasksQueued(task.name))
-            self._release_locked()
+            self._release_locked(keep)
             s.emit(wakeups)
         return finished
 
@@ -1208,10 +1236,11 @@ class MemoryEventBatch:
         with self._store.lock:
             self._release_locked()
 
-    def _release_locked(self) -> None:
-        if self._held:
-            self._store.held_instances.difference_update(self._held)
-            self._held.clear()
+    def _release_locked(self, keep: int | None = None) -> None:
+        going = self._held - {keep}
+        if going:
+            self._store.held_instances.difference_update(going)
+            self._held -= going
             self._store.released.notify_all()
 
 

@@ -6,6 +6,7 @@ read by a statement of their own, and COMMIT travels in one pipeline with every 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -21,6 +22,7 @@ from cereal.backends.postgres.errors import translate
 from cereal.backends.postgres.jsonb import use_lenient_jsonb
 from cereal.backends.postgres.rows import event_row, instance_row, loads
 from cereal.driver import EventRow, InstanceFinished, InstanceRow, StepOutcome, TasksQueued
+from cereal.errors import TransientDatabaseError
 from cereal.types import WorkflowInstanceInfo
 
 __all__ = ["PostgresEventBatch", "claim_events"]
@@ -65,8 +67,10 @@ def claim_events(
             conn.close()  # see PostgresEventBatch.broken
             raise
         finally:
-            if batch is not None and batch.broken:
-                conn.close()
+            if batch is not None:
+                batch.detach()  # from here on, abort() leaves the connection alone
+                if batch.broken:
+                    conn.close()
             if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
                 # A broken connection fails this too; the pool then discards it.
                 with suppress(psycopg.Error):
@@ -90,16 +94,76 @@ class PostgresEventBatch:
         self.instances = instances
         self.events = events
         self.broken = False
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._busy = False  # a commit or split is using the connection
+        self._owned = True  # the connection is still this batch's
+        self._aborted = False
         """A statement failed inside the write pipeline: psycopg's prepared-statement cache
         may be out of step with the server, so the connection is not reused."""
 
     def commit(self, outcomes: Sequence[StepOutcome]) -> list[WorkflowInstanceInfo]:
         """Write every outcome and commit; return the runs that finished."""
+        ended, _ = self._guarded(outcomes, None)
+        return self._finished(outcomes, ended)
+
+    def split(
+        self, done: Sequence[StepOutcome], keep: int
+    ) -> tuple[list[WorkflowInstanceInfo], bool]:
+        """Commit ``done`` (which releases every lock), and in the same pipeline lock ``keep``
+        again in a new transaction if nobody took it in between and its first event is still
+        there; the batch then holds ``keep`` alone."""
+        first = self.events[keep][0].id if self.events.get(keep) else None
+        ended, kept = self._guarded(done, (keep, first))
+        self.instances = [i for i in self.instances if i.id == keep]
+        self.events = {keep: self.events.get(keep, [])}
+        return self._finished(done, ended), kept
+
+    def abort(self) -> None:
+        """Close the connection from the calling thread (the server rolls back and releases
+        the locks at once); a commit under way is cancelled first and waited for."""
+        with self._lock:
+            if self._aborted:
+                return
+            self._aborted = True
+            if self._busy:
+                with suppress(psycopg.Error):
+                    self._conn.cancel_safe(timeout=2.0)
+                self._idle.wait_for(lambda: not self._busy, timeout=5.0)
+            if self._owned and not self._conn.closed:
+                self.broken = True
+                with suppress(psycopg.Error):
+                    self._conn.close()
+
+    def detach(self) -> None:
+        """The batch's context is ending: the connection goes back to its owner."""
+        with self._lock:
+            self._owned = False
+
+    def _guarded(
+        self, outcomes: Sequence[StepOutcome], relock: tuple[int, int | None] | None
+    ) -> tuple[dict[int, datetime], bool]:
+        with self._lock:
+            if self._aborted:
+                raise TransientDatabaseError("this event batch was aborted; nothing was written")
+            self._busy = True
         try:
-            ended = self._write(outcomes)
+            return self._write(outcomes, relock)
         except psycopg.Error as exc:
             self.broken = True
+            if self._aborted:
+                raise TransientDatabaseError(
+                    "this event batch was aborted; nothing was written"
+                ) from exc
             raise translate(exc) from exc
+        finally:
+            with self._lock:
+                self._busy = False
+                self._idle.notify_all()
+
+    def _finished(
+        self, outcomes: Sequence[StepOutcome], ended: dict[int, datetime]
+    ) -> list[WorkflowInstanceInfo]:
         finished: list[WorkflowInstanceInfo] = []
         for o in outcomes:
             if not o.finished or o.instance.id not in ended:
@@ -118,7 +182,9 @@ class PostgresEventBatch:
             )
         return finished
 
-    def _write(self, outcomes: Sequence[StepOutcome]) -> dict[int, datetime]:
+    def _write(
+        self, outcomes: Sequence[StepOutcome], relock: tuple[int, int | None] | None
+    ) -> tuple[dict[int, datetime], bool]:
         q, conn = self._q, self._conn
         going = [o for o in outcomes if not o.finished]
         done = [o for o in outcomes if o.finished]
@@ -167,4 +233,10 @@ class PostgresEventBatch:
             if notes:
                 conn.execute(q["notify"], {"channel": self._channel, "payloads": notes})
             conn.execute("COMMIT")
-            return {r["id"]: r["ended_at"] for r in cur.fetchall()} if cur is not None else {}
+            held = None
+            if relock is not None:
+                conn.execute("BEGIN")
+                held = conn.cursor()
+                held.execute(q["relock_instance"], {"id": relock[0], "event_id": relock[1]})
+            ended = {r["id"]: r["ended_at"] for r in cur.fetchall()} if cur is not None else {}
+            return ended, held is not None and held.fetchone() is not None

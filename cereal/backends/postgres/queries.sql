@@ -229,6 +229,15 @@ ORDER BY i.id
 LIMIT %(limit)s
 FOR NO KEY UPDATE OF i SKIP LOCKED;
 
+-- name: relock_instance
+-- Hold on to an instance whose callback is still running after its batch-mates were
+-- committed: only if nobody took it meanwhile and the first event handed to it is still there.
+SELECT i.id
+FROM workflow_instances i
+WHERE i.id = %(id)s
+  AND EXISTS (SELECT 1 FROM workflow_events e WHERE e.id = %(event_id)s)
+FOR NO KEY UPDATE OF i SKIP LOCKED;
+
 -- name: fetch_events
 -- The oldest pending events of each locked instance, in order.
 SELECT e.id, e.instance_id, e.event_type, e.enqueued_at, e.task_name, e.task_parameters,
