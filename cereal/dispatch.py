@@ -188,31 +188,31 @@ class WorkflowEventDispatcher:
                         if self._aborted:
                             return  # stop() gave up on this handler meanwhile
                         self._runs.append(run)
-                    try:
+                    try:  # registered until committed: stop() may abort the commit too
                         outcomes = self._run_callbacks(run)
+                        if not outcomes or self._aborted:
+                            continue  # nothing left to commit here (split off, or aborted)
+                        try:
+                            finished = batch.commit(outcomes)
+                        except (DatabaseError, SerializationError) as exc:
+                            if self._aborted:
+                                return
+                            if _transient(exc):
+                                raise
+                            if len(outcomes) > 1:
+                                # Find the poisoned instance by committing one at a time.
+                                log.warning(
+                                    "batch commit failed; retrying instances one by one",
+                                    error=repr(exc),
+                                )
+                                self._single_until = time.monotonic() + 5.0
+                                raise
+                            failed_alone = outcomes[0]
+                            failed_alone.error = f"cannot store the decision: {exc}"
+                            raise
                     finally:
                         with self._watch:
                             self._runs.remove(run)
-                    if not outcomes or self._aborted:
-                        continue  # nothing left to commit here (split off, or aborted)
-                    try:
-                        finished = batch.commit(outcomes)
-                    except (DatabaseError, SerializationError) as exc:
-                        if self._aborted:
-                            return
-                        if _transient(exc):
-                            raise
-                        if len(outcomes) > 1:
-                            # Find the poisoned instance by committing one at a time.
-                            log.warning(
-                                "batch commit failed; retrying instances one by one",
-                                error=repr(exc),
-                            )
-                            self._single_until = time.monotonic() + 5.0
-                            raise
-                        failed_alone = outcomes[0]
-                        failed_alone.error = f"cannot store the decision: {exc}"
-                        raise
             except (DatabaseError, SerializationError):
                 if failed_alone is None:
                     raise
@@ -241,6 +241,8 @@ class WorkflowEventDispatcher:
                     run.since = None
                     self._watch.wait_for(lambda: not run.splitting)
             if run.split_error is not None:
+                if not _transient(run.split_error):
+                    self._single_until = time.monotonic() + 5.0  # alone, nothing is split
                 raise run.split_error
             if run.split:
                 if run.kept:
@@ -264,12 +266,13 @@ class WorkflowEventDispatcher:
                         return
                     now, wake_at = time.monotonic(), None
                     for run in self._runs:
-                        if run.since is None or run.split or run.instances < 2:
+                        if run.split or run.instances < 2:
                             continue
-                        if run.since + CALLBACK_BUDGET <= now:
+                        # Between two instances: the next one starts without a notify.
+                        at = (now if run.since is None else run.since) + CALLBACK_BUDGET
+                        if at <= now:
                             target = run
                             break
-                        at = run.since + CALLBACK_BUDGET
                         wake_at = at if wake_at is None else min(wake_at, at)
                     if target is None:
                         self._watch.wait(None if wake_at is None else wake_at - now)
@@ -280,6 +283,7 @@ class WorkflowEventDispatcher:
             try:
                 finished, kept = target.batch.split(done, keep)
             except Exception as exc:
+                log.warning("cannot commit the batch-mates of a slow callback", error=repr(exc))
                 with self._watch:
                     target.split_error = exc
                     target.split, target.splitting = True, False

@@ -4,15 +4,22 @@ its instance at once, and a slow callback does not hold up the instances claimed
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
+from cereal import WorkflowStatus
+from cereal.backends.postgres import PostgresDriver
+from cereal.driver import StepOutcome
 from tests.helpers.dispatch import (
     BASE_EXCEPTIONS,
+    WF,
     MakeManager,
     check_base_exception_fails_only_its_instance,
     check_slow_callback_does_not_hold_up_batch_mates,
     check_stop_abandons_a_hung_callback,
 )
+from tests.helpers.waiting import wait_for
 
 
 @pytest.mark.parametrize("exc_type", BASE_EXCEPTIONS, ids=lambda t: t.__name__)
@@ -33,3 +40,55 @@ def test_slow_callback_does_not_hold_up_instances_claimed_with_it(
     make_manager: MakeManager,
 ) -> None:
     check_slow_callback_does_not_hold_up_batch_mates(make_manager)
+
+
+def test_split_never_loses_a_kill_waiting_on_the_slow_instance(
+    driver: PostgresDriver, schema: str
+) -> None:
+    for name in ("a", "b"):
+        driver.enqueue_workflow(WF, name, None)
+    with driver.claim_events([WF], 10, 10) as batch:
+        slow = next(i for i in batch.instances if i.instance_name == "b")
+        killer = threading.Thread(target=driver.fail_instance, args=(slow.id, "killed"))
+        killer.start()
+        wait_for(lambda: tuple_lock_waiters(driver, schema), what="the kill waiting on the row")
+        # Whoever locks the row first after the commit wins: this batch again (the kill then
+        # waits for the decision) or the kill (the decision is then dropped).
+        finished, kept = batch.split([], keep=slow.id)
+        assert finished == []
+        if kept:
+            assert killer.is_alive()
+            outcome = StepOutcome(
+                instance=slow,
+                consumed=[e.id for e in batch.events[slow.id]],
+                payload_json="1",
+                status=WorkflowStatus.RUNNING,
+            )
+            batch.commit([outcome])
+    killer.join(10)
+    info = driver.get_workflow_instance(WF, "b")
+    assert info is not None and info.status is WorkflowStatus.FAILED and info.error == "killed"
+
+
+def test_split_lets_go_of_the_slow_instance_when_its_events_are_gone(
+    driver: PostgresDriver,
+) -> None:
+    for name in ("a", "b"):
+        driver.enqueue_workflow(WF, name, None)
+    with driver.claim_events([WF], 10, 10) as batch:
+        slow = next(i for i in batch.instances if i.instance_name == "b")
+        with driver.connection() as conn:  # what a handler elsewhere would have consumed
+            conn.execute("DELETE FROM workflow_events WHERE instance_id = %s", (slow.id,))
+        assert batch.split([], keep=slow.id) == ([], False)  # its decision must be dropped
+
+
+def tuple_lock_waiters(driver: PostgresDriver, schema: str) -> int:
+    """Sessions queued for a row of this schema (the first waiter holds the tuple lock)."""
+    with driver.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE l.locktype = 'tuple' AND n.nspname = %s",
+            (schema,),
+        ).fetchone()
+    return 0 if row is None else int(row[0])
