@@ -8,7 +8,8 @@ PostgreSQL driver, rule for rule (the contract tests in ``tests/contract`` run a
 - :meth:`MemoryDriver.claim_events` holds the instances it returns until the batch commits or
   its context exits (which discards the batch): another claimer skips held instances, and
   ``kill_workflow`` and ``fail_instance`` wait for them, as PostgreSQL's row locks do.
-  Calling those from the thread that holds the batch therefore waits forever;
+  Calling those from the thread that holds the batch therefore waits forever. A batch's
+  ``split`` lets all but one instance go, and ``abort`` (from any thread) lets them all go;
 - values arrive as JSON text, are checked as PostgreSQL's ``jsonb`` would check them, are
   stored as text and decoded on every read, so callers never share objects with the store;
 - every write that PostgreSQL would announce produces the same typed wakeups, delivered to

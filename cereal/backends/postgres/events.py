@@ -78,7 +78,11 @@ def claim_events(
 
 
 class PostgresEventBatch:
-    """Instances locked in one open transaction, with their pending events."""
+    """Instances locked in one open transaction, with their pending events.
+
+    ``split`` and ``abort`` come from other threads than the owner's: a lock keeps them from
+    using the connection at the same time as a commit, and ``abort`` closes the connection
+    only while the batch still owns it (never once it went back to the pool)."""
 
     def __init__(
         self,
