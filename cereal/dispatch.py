@@ -294,7 +294,10 @@ class WorkflowEventDispatcher:
                 self._watch.notify_all()
             if others:
                 self._spread()  # idle handlers take the batch-mates it released
-            self._after_commit(done, finished)
+            try:
+                self._after_commit(done, finished)
+            except BaseException as exc:  # the watchdog must outlive any hook
+                log.warning("after-commit hook failed", error=repr(exc))
 
     def _fail_unstorable(self, outcome: StepOutcome) -> list[WorkflowInstanceInfo]:
         """A decision the database refuses fails its instance instead of looping forever."""
