@@ -158,11 +158,12 @@ class EventBatch(Protocol):
         ...
 
     def abort(self) -> None:
-        """Give up the batch from any thread: release its instances at once (every event is
-        delivered again), write nothing more, and make a later :meth:`commit` or
-        :meth:`split` raise :class:`~cereal.errors.TransientDatabaseError`. A commit already
-        under way either completes before this returns or is cancelled. Harmless twice or
-        after the batch ended."""
+        """Give up the batch from any thread (waiting on the database for seconds at most):
+        release its instances (at once, or as soon as the server notices the session closed;
+        every event is delivered again), write nothing more, and make a later :meth:`commit`
+        or :meth:`split` raise :class:`~cereal.errors.TransientDatabaseError`. A commit under
+        way either completes before this returns or is cancelled. Harmless twice or after the
+        batch ended."""
         ...
 
 

@@ -12,6 +12,7 @@ from cereal.driver import Driver, EventBatch, StepOutcome
 from cereal.errors import TransientDatabaseError
 from cereal.types import WorkflowStatus
 from tests.contract.test_driver_contract import W, claim, instance_of, start
+from tests.helpers.waiting import wait_for
 
 
 def going_on(batch: EventBatch, name: str) -> StepOutcome:
@@ -40,7 +41,8 @@ def test_abort_from_another_thread_releases_the_instances_and_refuses_the_commit
         aborter = threading.Thread(target=batch.abort)
         aborter.start()
         aborter.join(10)
-        assert pending(twin_driver) == ["a", "b"]
+        # PostgreSQL releases the locks when the closed session ends, a moment later.
+        wait_for(lambda: pending(twin_driver) == ["a", "b"], timeout=2, what="the release")
         outcome = going_on(batch, "a")
         with pytest.raises(TransientDatabaseError):
             batch.commit([outcome])
