@@ -1,4 +1,4 @@
-"""pytest fixtures for testing a service built on cereal against a real PostgreSQL.
+"""pytest fixtures for testing a service built on cereal, on PostgreSQL or in memory.
 
 Enable them in a ``conftest.py``::
 
@@ -11,6 +11,9 @@ Enable them in a ``conftest.py``::
 - ``cereal_manager``: a factory ``cereal_manager(**options) -> Manager`` of managers on
   ``cereal_driver``, with short poll and heartbeat intervals (``FAST_MANAGER_OPTIONS``,
   overridable), every one stopped after the test.
+- ``cereal_memory_manager``: the same factory on a fresh :class:`~cereal.testing.MemoryDriver`
+  (no database, nothing to install); the managers of one test share its store, as managers of
+  one test share a schema with ``cereal_manager``.
 """
 
 from __future__ import annotations
@@ -24,9 +27,16 @@ import pytest
 
 if TYPE_CHECKING:
     from cereal.backends.postgres import PostgresDriver
+    from cereal.driver import Driver
     from cereal.manager import Manager
 
-__all__ = ["FAST_MANAGER_OPTIONS", "cereal_driver", "cereal_dsn", "cereal_manager"]
+__all__ = [
+    "FAST_MANAGER_OPTIONS",
+    "cereal_driver",
+    "cereal_dsn",
+    "cereal_manager",
+    "cereal_memory_manager",
+]
 
 FAST_MANAGER_OPTIONS: dict[str, Any] = {
     "workflow_poll_interval": 0.2,
@@ -34,7 +44,7 @@ FAST_MANAGER_OPTIONS: dict[str, Any] = {
     "heartbeat_interval": 0.5,
     "lost_task_timeout": 3.0,
 }
-"""Manager options the ``cereal_manager`` fixture uses unless told otherwise."""
+"""Manager options the manager fixtures use unless told otherwise."""
 
 
 @pytest.fixture(scope="session")
@@ -66,13 +76,28 @@ def cereal_driver(cereal_dsn: str) -> Iterator[PostgresDriver]:
 def cereal_manager(cereal_driver: PostgresDriver) -> Iterator[Callable[..., Manager]]:
     """Factory ``cereal_manager(**options)`` of managers on ``cereal_driver``; each one is
     stopped after the test (whether or not it was started)."""
+    yield from _manager_factory(lambda: cereal_driver)
+
+
+@pytest.fixture
+def cereal_memory_manager() -> Iterator[Callable[..., Manager]]:
+    """Factory ``cereal_memory_manager(**options)`` of managers on a fresh
+    :class:`~cereal.testing.MemoryDriver`, with the fast intervals; each one is stopped after
+    the test. The managers of one test share one store (``manager.driver.store``)."""
+    from cereal.testing.memory import MemoryDriver, MemoryStore
+
+    store = MemoryStore()
+    yield from _manager_factory(lambda: MemoryDriver(store=store))
+
+
+def _manager_factory(new_driver: Callable[[], Driver]) -> Iterator[Callable[..., Manager]]:
     from cereal.errors import ManagerStateError
     from cereal.manager import Manager
 
     built: list[Manager] = []
 
     def make(**options: Any) -> Manager:
-        manager = Manager(cereal_driver, **(FAST_MANAGER_OPTIONS | options))
+        manager = Manager(new_driver(), **(FAST_MANAGER_OPTIONS | options))
         built.append(manager)
         return manager
 
