@@ -27,8 +27,12 @@ INTEGRATION_DIRS = (TESTS_DIR / "integration", TESTS_DIR / "faults")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test under ``tests/integration`` and ``tests/faults`` as ``integration``."""
+    """Mark every test under ``tests/integration`` and ``tests/faults`` as ``integration``,
+    except the in-memory runs of ``make_any_manager`` tests, which need no database."""
     for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("make_any_manager") == "memory":
+            continue
         if any(item.path.is_relative_to(folder) for folder in INTEGRATION_DIRS):
             item.add_marker(pytest.mark.integration)
 
@@ -117,6 +121,42 @@ def make_manager(pg_dsn: str, schema: str) -> Iterator[Callable[..., Manager]]:
     for _, drv in reversed(built):
         try:
             drv.close()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def make_any_manager(request: pytest.FixtureRequest) -> Iterator[Callable[..., Manager]]:
+    """``make_manager`` on each driver in turn: the test runs once with managers on one shared
+    in-memory store (``MemoryDriver``, no database) and once on PostgreSQL (``make_manager``).
+
+    For behaviour that needs no real database feature; a test that is about PostgreSQL itself
+    uses ``make_manager``."""
+    if request.param == "postgres":
+        yield request.getfixturevalue("make_manager")
+        return
+    from cereal import Manager
+    from cereal.errors import ManagerStateError
+    from cereal.testing import MemoryDriver, MemoryStore
+
+    store = MemoryStore()
+    built: list[Manager] = []
+
+    def make(**options: Any) -> Manager:
+        manager = Manager(driver=MemoryDriver(store=store), **(FAST_MANAGER_OPTIONS | options))
+        built.append(manager)
+        return manager
+
+    yield make
+
+    errors: list[BaseException] = []
+    for manager in reversed(built):
+        try:
+            manager.stop(timeout=10)
+        except ManagerStateError:
+            pass
         except Exception as exc:
             errors.append(exc)
     if errors:

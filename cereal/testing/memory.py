@@ -63,6 +63,7 @@ from cereal.errors import CerealError, DatabaseError, SerializationError, Transi
 from cereal.logging import get_logger
 from cereal.retries import RetryPolicy
 from cereal.types import Schedule, WorkflowInstanceInfo, WorkflowStatus
+from cereal.workflow import PendingTask
 
 if TYPE_CHECKING:
     from cereal.driver import Driver
@@ -1209,8 +1210,9 @@ class MemoryEventBatch:
             if self._aborted:  # abort() won the race for the lock
                 raise TransientDatabaseError("this event batch was aborted; nothing was written")
             now = s.clock()
+            starts = [[_start_time(t, now) for t in o.tasks] for o in outcomes]
             wakeups: list[Wakeup] = []
-            for o, value, task_params in checked:
+            for (o, value, task_params), task_starts in zip(checked, starts, strict=True):
                 inst = s.instances[o.instance.id]
                 if o.finished:
                     row = s.finish_instance(inst, o.status, value, o.error, now)
@@ -1223,8 +1225,7 @@ class MemoryEventBatch:
                 s.events[inst.id] = [e for e in s.events[inst.id] if e.id not in consumed]
                 inst.payload, inst.status = value, WorkflowStatus.RUNNING
                 inst.enqueued_tasks, inst.completed_tasks = o.enqueued_tasks, o.completed_tasks
-                for task, params in zip(o.tasks, task_params, strict=True):
-                    start = task.start_at or now + timedelta(seconds=task.delay)
+                for task, params, start in zip(o.tasks, task_params, task_starts, strict=True):
                     row_id = s.next_id()
                     s.tasks[row_id] = _Task(row_id, inst.id, task.name, params, now, start)
                     wakeups.append(TasksQueued(task.name))
@@ -1243,6 +1244,18 @@ class MemoryEventBatch:
             self._store.held_instances.difference_update(going)
             self._held -= going
             self._store.released.notify_all()
+
+
+def _start_time(task: PendingTask, now: datetime) -> datetime:
+    """When a task becomes due; a time PostgreSQL could not store is refused as it would be."""
+    if task.start_at is not None:
+        return task.start_at
+    try:
+        return now + timedelta(seconds=task.delay)
+    except OverflowError:
+        raise DatabaseError(
+            f"start time of task {task.name!r} is out of range: now + {task.delay:g}s"
+        ) from None
 
 
 # -- records ----------------------------------------------------------------------------------

@@ -72,14 +72,14 @@ def complete_with_task_value(inst: WorkflowInstance, ev: Any) -> Decision:
 # --- tasks are written only on continue ---------------------------------------------------------
 
 
-def test_tasks_are_written_only_when_the_callback_continues(make_manager: MakeManager) -> None:
+def test_tasks_are_written_only_when_the_callback_continues(make_any_manager: MakeManager) -> None:
     def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
         inst.enqueue_task("t", "from a failing callback")
         return inst.fail("changed my mind")
 
     log = TaskLog()
     flow = Flow(on_start=sentinel_aware(on_start), on_task=complete_with_task_value)
-    m = manager(make_manager, flow, {"t": log})
+    m = manager(make_any_manager, flow, {"t": log})
     m.enqueue_workflow(WF, "a")
     info = m.await_workflow(WF, "a", timeout=AWAIT)
     assert (info.status, info.error) == (WorkflowStatus.FAILED, "changed my mind")
@@ -87,14 +87,14 @@ def test_tasks_are_written_only_when_the_callback_continues(make_manager: MakeMa
     assert log.runs == ["sentinel"]
 
 
-def test_tasks_enqueued_before_a_raise_are_not_written(make_manager: MakeManager) -> None:
+def test_tasks_enqueued_before_a_raise_are_not_written(make_any_manager: MakeManager) -> None:
     def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
         inst.enqueue_task("t", "from a raising callback")
         raise LookupError("no such thing")
 
     log = TaskLog()
     flow = Flow(on_start=sentinel_aware(on_start), on_task=complete_with_task_value)
-    m = manager(make_manager, flow, {"t": log})
+    m = manager(make_any_manager, flow, {"t": log})
     m.enqueue_workflow(WF, "a")
     assert m.await_workflow(WF, "a", timeout=AWAIT).error == "LookupError: no such thing"
     run_sentinel(m)
@@ -102,7 +102,7 @@ def test_tasks_enqueued_before_a_raise_are_not_written(make_manager: MakeManager
 
 
 def test_continue_writes_every_buffered_task_with_its_parameters(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
         for i in range(3):
@@ -117,20 +117,22 @@ def test_continue_writes_every_buffered_task_with_its_parameters(
         return inst.continue_with(got)
 
     log = TaskLog()
-    m = manager(make_manager, Flow(on_start=on_start, on_task=on_task), {"t": log}, workers=3)
+    m = manager(make_any_manager, Flow(on_start=on_start, on_task=on_task), {"t": log}, workers=3)
     m.enqueue_workflow(WF, "a")
     assert m.await_workflow(WF, "a", timeout=AWAIT).result == [0, 1, 2]
     assert sorted(r["i"] for r in log.runs) == [0, 1, 2]
 
 
-def test_enqueue_then_complete_fails_with_the_upstream_message(make_manager: MakeManager) -> None:
+def test_enqueue_then_complete_fails_with_the_upstream_message(
+    make_any_manager: MakeManager,
+) -> None:
     def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
         inst.enqueue_task("t", "never")
         return inst.complete("too early")
 
     log = TaskLog()
     flow = Flow(on_start=sentinel_aware(on_start), on_task=complete_with_task_value)
-    m = manager(make_manager, flow, {"t": log})
+    m = manager(make_any_manager, flow, {"t": log})
     m.enqueue_workflow(WF, "a")
     info = m.await_workflow(WF, "a", timeout=AWAIT)
     assert info.status is WorkflowStatus.FAILED
@@ -209,7 +211,7 @@ def test_bad_on_start_fails_the_instance_once_with_a_clear_error(
     ]
 
 
-def test_raising_on_task_complete_fails_the_instance_once(make_manager: MakeManager) -> None:
+def test_raising_on_task_complete_fails_the_instance_once(make_any_manager: MakeManager) -> None:
     def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
         inst.enqueue_task("t", 1)
         return inst.continue_with("before")
@@ -218,16 +220,16 @@ def test_raising_on_task_complete_fails_the_instance_once(make_manager: MakeMana
         raise KeyError("result")
 
     flow = Flow(on_start=on_start, on_task=on_task)
-    m = manager(make_manager, flow, {"t": TaskLog()})
+    m = manager(make_any_manager, flow, {"t": TaskLog()})
     m.enqueue_workflow(WF, "a")
     info = m.await_workflow(WF, "a", timeout=AWAIT)
     assert info.error == "KeyError: 'result'"
     assert flow.names() == ["on_start", "on_task_complete"]
 
 
-def test_non_decision_from_on_cancel_fails_the_instance(make_manager: MakeManager) -> None:
+def test_non_decision_from_on_cancel_fails_the_instance(make_any_manager: MakeManager) -> None:
     flow = Flow(on_cancel=lambda inst, ev: True)
-    m = manager(make_manager, flow)
+    m = manager(make_any_manager, flow)
     m.enqueue_workflow(WF, "a")
     wait_for(
         lambda: m.get_workflow_instance(WF, "a").status is WorkflowStatus.RUNNING,
@@ -239,14 +241,14 @@ def test_non_decision_from_on_cancel_fails_the_instance(make_manager: MakeManage
     assert flow.names() == ["on_start", "on_cancel"]
 
 
-def test_failing_instance_does_not_hold_up_others(make_manager: MakeManager) -> None:
+def test_failing_instance_does_not_hold_up_others(make_any_manager: MakeManager) -> None:
     def on_start(inst: WorkflowInstance, ev: Any) -> Any:
         if inst.instance_name.startswith("bad"):
             raise RuntimeError(inst.instance_name)
         return inst.complete(inst.instance_name)
 
     flow = Flow(on_start=on_start)
-    m = manager(make_manager, flow)
+    m = manager(make_any_manager, flow)
     names = [f"{kind}{i}" for i in range(5) for kind in ("bad", "good")]
     for name in names:
         m.enqueue_workflow(WF, name)
@@ -316,7 +318,9 @@ def test_complete_drops_queued_tasks_pending_events_and_stops_running_tasks(
     assert [r for _, _, r in flow.calls if r is not None and r.task_name == "slow"] == []
 
 
-def test_late_result_of_a_task_ignoring_cancelled_is_discarded(make_manager: MakeManager) -> None:
+def test_late_result_of_a_task_ignoring_cancelled_is_discarded(
+    make_any_manager: MakeManager,
+) -> None:
     release = threading.Event()
     blocked = threading.Event()
     finished_running = threading.Event()
@@ -332,7 +336,7 @@ def test_late_result_of_a_task_ignoring_cancelled_is_discarded(make_manager: Mak
         return inst.continue_with()
 
     flow = Flow(on_start=on_start, on_task=lambda inst, ev: inst.continue_with("task reported"))
-    m = manager(make_manager, flow, {"stubborn": stubborn})
+    m = manager(make_any_manager, flow, {"stubborn": stubborn})
     m.enqueue_workflow(WF, "a")
     assert blocked.wait(10)
     m.cancel_workflow(WF, "a")  # default on_cancel fails the instance
@@ -385,7 +389,7 @@ def test_count_to_n_ends_with_exactly_n(make_manager: MakeManager) -> None:
 
 
 def test_events_of_different_instances_are_handled_concurrently(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     barrier = threading.Barrier(2, timeout=5)
 
@@ -396,7 +400,7 @@ def test_events_of_different_instances_are_handled_concurrently(
             return inst.fail("the other instance's on_start did not run alongside")
         return inst.complete("met")
 
-    m = make_manager(workflow_workers=2)
+    m = make_any_manager(workflow_workers=2)
     m.register_workflow_executor(WF, Flow(on_start=on_start))
     m.enqueue_workflow(WF, "a")
     m.enqueue_workflow(WF, "b")
@@ -408,7 +412,7 @@ def test_events_of_different_instances_are_handled_concurrently(
 
 
 def test_events_of_instances_enqueued_while_running_are_handled_concurrently(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     barrier = threading.Barrier(3, timeout=5)
 
@@ -419,7 +423,7 @@ def test_events_of_instances_enqueued_while_running_are_handled_concurrently(
             return inst.fail("not concurrent")
         return inst.complete(inst.instance_name)
 
-    m = manager(make_manager, Flow(on_start=on_start), workflow_workers=3)
+    m = manager(make_any_manager, Flow(on_start=on_start), workflow_workers=3)
     for name in ("a", "b", "c"):
         m.enqueue_workflow(WF, name)
     for name in ("a", "b", "c"):
@@ -441,7 +445,9 @@ TRICKY = {
 }
 
 
-def test_parameters_payload_task_values_and_result_round_trip(make_manager: MakeManager) -> None:
+def test_parameters_payload_task_values_and_result_round_trip(
+    make_any_manager: MakeManager,
+) -> None:
     seen: dict[str, Any] = {}
 
     def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
@@ -460,7 +466,7 @@ def test_parameters_payload_task_values_and_result_round_trip(make_manager: Make
         seen["task_saw"] = task.parameters
         return task.parameters
 
-    m = manager(make_manager, Flow(on_start=on_start, on_task=on_task), {"echo": echo})
+    m = manager(make_any_manager, Flow(on_start=on_start, on_task=on_task), {"echo": echo})
     m.enqueue_workflow(WF, "a", TRICKY)
     info = m.await_workflow(WF, "a", timeout=AWAIT)
     assert info.status is WorkflowStatus.COMPLETED, info.error
@@ -480,7 +486,7 @@ def test_parameters_payload_task_values_and_result_round_trip(make_manager: Make
     [None, "plain", "\\u0000", 0, -(10**30), 2.5, True, [], {}, [None], {"k": None}],
     ids=repr,
 )
-def test_top_level_json_values_round_trip(make_manager: MakeManager, value: Any) -> None:
+def test_top_level_json_values_round_trip(make_any_manager: MakeManager, value: Any) -> None:
     payloads: list[Any] = []
 
     def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
@@ -491,7 +497,7 @@ def test_top_level_json_values_round_trip(make_manager: MakeManager, value: Any)
         payloads.append(inst.payload)
         return inst.complete(inst.payload)
 
-    m = manager(make_manager, Flow(on_start=on_start, on_cancel=on_cancel))
+    m = manager(make_any_manager, Flow(on_start=on_start, on_cancel=on_cancel))
     m.enqueue_workflow(WF, "a", value)
     deadline = time.monotonic() + AWAIT
     while (live := m.get_workflow_instance(WF, "a")).status is not WorkflowStatus.RUNNING:
@@ -507,7 +513,7 @@ def test_top_level_json_values_round_trip(make_manager: MakeManager, value: Any)
     assert info.parameters == value and type(info.parameters) is type(value)
 
 
-def test_an_unstorable_decision_fails_only_its_own_instance(make_manager: MakeManager) -> None:
+def test_an_unstorable_decision_fails_only_its_own_instance(make_any_manager: MakeManager) -> None:
     """A decision the database refuses (here a start time out of its range) fails that
     instance; instances handled afterwards on the same connections are unaffected."""
 
@@ -517,7 +523,7 @@ def test_an_unstorable_decision_fails_only_its_own_instance(make_manager: MakeMa
             return inst.continue_with()
         return inst.complete(inst.instance_name)
 
-    m = manager(make_manager, Flow(on_start=on_start), workflow_workers=1)
+    m = manager(make_any_manager, Flow(on_start=on_start), workflow_workers=1)
     names = [f"ok{i}" for i in range(12)]
     for name in names[:6]:  # enough runs for the statements to be prepared
         m.enqueue_workflow(WF, name)

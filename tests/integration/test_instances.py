@@ -107,9 +107,9 @@ def test_same_pair_can_be_enqueued_again_after_it_finishes_and_history_keeps_old
 
 
 def test_get_returns_starting_instance_before_any_manager_ran_it(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
-    m = make_manager()
+    m = make_any_manager()
     m.enqueue_workflow(WF, "a", {"p": [1, 2]})
     info = m.get_workflow_instance(WF, "a")
     assert isinstance(info, WorkflowInstanceInfo)
@@ -122,8 +122,8 @@ def test_get_returns_starting_instance_before_any_manager_ran_it(
     assert info.ended_at is None
 
 
-def test_get_returns_running_instance_with_its_payload(make_manager: MakeManager) -> None:
-    m = started(make_manager, Flow(on_start=lambda inst, ev: inst.continue_with({"step": 1})))
+def test_get_returns_running_instance_with_its_payload(make_any_manager: MakeManager) -> None:
+    m = started(make_any_manager, Flow(on_start=lambda inst, ev: inst.continue_with({"step": 1})))
     m.enqueue_workflow(WF, "a", "params")
     info = wait_status(m, "a", WorkflowStatus.RUNNING)
     assert info.is_running
@@ -132,7 +132,9 @@ def test_get_returns_running_instance_with_its_payload(make_manager: MakeManager
     assert info.result is None and info.error is None and info.ended_at is None
 
 
-def test_get_returns_completed_run_with_result_and_no_payload(make_manager: MakeManager) -> None:
+def test_get_returns_completed_run_with_result_and_no_payload(
+    make_any_manager: MakeManager,
+) -> None:
     def on_task(inst: WorkflowInstance, ev: Any) -> Decision:
         return inst.complete({"got": ev.result.value, "payload_was": inst.payload})
 
@@ -140,7 +142,7 @@ def test_get_returns_completed_run_with_result_and_no_payload(make_manager: Make
         inst.enqueue_task("t")
         return inst.continue_with("mid-run payload")
 
-    m = make_manager()
+    m = make_any_manager()
     m.register_workflow_executor(WF, Flow(on_start=on_start, on_task=on_task))
     m.register_task_executor("t", lambda task: 5)
     m.start()
@@ -157,8 +159,8 @@ def test_get_returns_completed_run_with_result_and_no_payload(make_manager: Make
     assert info.ended_at >= info.started_at
 
 
-def test_get_returns_failed_run_with_error_and_no_result(make_manager: MakeManager) -> None:
-    m = started(make_manager, Flow(on_start=lambda inst, ev: inst.fail("nope")))
+def test_get_returns_failed_run_with_error_and_no_result(make_any_manager: MakeManager) -> None:
+    m = started(make_any_manager, Flow(on_start=lambda inst, ev: inst.fail("nope")))
     m.enqueue_workflow(WF, "a")
     m.await_workflow(WF, "a", timeout=AWAIT)
     info = m.get_workflow_instance(WF, "a")
@@ -169,13 +171,13 @@ def test_get_returns_failed_run_with_error_and_no_result(make_manager: MakeManag
     assert info.started_at is not None and info.ended_at is not None
 
 
-def test_get_prefers_the_live_instance_over_a_finished_run(make_manager: MakeManager) -> None:
+def test_get_prefers_the_live_instance_over_a_finished_run(make_any_manager: MakeManager) -> None:
     def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
         if inst.parameters == "quick":
             return inst.complete("done")
         return inst.continue_with("waiting")
 
-    m = started(make_manager, Flow(on_start=on_start))
+    m = started(make_any_manager, Flow(on_start=on_start))
     m.enqueue_workflow(WF, "a", "quick")
     m.await_workflow(WF, "a", timeout=AWAIT)
     m.enqueue_workflow(WF, "a", "slow")
@@ -185,8 +187,8 @@ def test_get_prefers_the_live_instance_over_a_finished_run(make_manager: MakeMan
     assert info.result is None
 
 
-def test_get_unknown_instance_raises_not_found(make_manager: MakeManager) -> None:
-    m = make_manager()
+def test_get_unknown_instance_raises_not_found(make_any_manager: MakeManager) -> None:
+    m = make_any_manager()
     m.enqueue_workflow(WF, "a")
     with pytest.raises(WorkflowInstanceNotFoundError, match="'wf'/'b'"):
         m.get_workflow_instance(WF, "b")
@@ -197,7 +199,7 @@ def test_get_unknown_instance_raises_not_found(make_manager: MakeManager) -> Non
 # --- list --------------------------------------------------------------------------------------
 
 
-def test_list_returns_one_row_per_pair_and_filters(make_manager: MakeManager) -> None:
+def test_list_returns_one_row_per_pair_and_filters(make_any_manager: MakeManager) -> None:
     def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
         if inst.parameters == "fail":
             return inst.fail("failed on purpose")
@@ -205,7 +207,7 @@ def test_list_returns_one_row_per_pair_and_filters(make_manager: MakeManager) ->
             return inst.continue_with({"running": True})
         return inst.complete(inst.parameters)
 
-    m = make_manager()
+    m = make_any_manager()
     flow = Flow(on_start=on_start)
     m.register_workflow_executor("wf1", flow)
     m.register_workflow_executor("wf2", flow)
@@ -263,13 +265,13 @@ def test_list_returns_one_row_per_pair_and_filters(make_manager: MakeManager) ->
     assert m.list_workflow_instances(workflow_name="nope") == []
 
 
-def test_list_shows_live_row_not_history_for_a_rerun_pair(make_manager: MakeManager) -> None:
-    m = started(make_manager, Flow(on_start=lambda inst, ev: inst.complete("old")))
+def test_list_shows_live_row_not_history_for_a_rerun_pair(make_any_manager: MakeManager) -> None:
+    m = started(make_any_manager, Flow(on_start=lambda inst, ev: inst.complete("old")))
     m.enqueue_workflow(WF, "a")
     m.await_workflow(WF, "a", timeout=AWAIT)
     m.enqueue_workflow("unrun", "a")  # a different pair, never processed
     m.stop()
-    m2 = make_manager()  # not started: the re-enqueued pair stays STARTING
+    m2 = make_any_manager()  # not started: the re-enqueued pair stays STARTING
     m2.enqueue_workflow(WF, "a", "again")
     rows = m2.list_workflow_instances(workflow_name=WF)
     assert [(r.status, r.parameters) for r in rows] == [(WorkflowStatus.STARTING, "again")]
@@ -289,10 +291,10 @@ def test_list_shows_live_row_not_history_for_a_rerun_pair(make_manager: MakeMana
     ids=["complete", "fail"],
 )
 def test_cancel_delivers_on_cancel_which_decides(
-    make_manager: MakeManager, decide: Handler, status: str, result: Any, error: Any
+    make_any_manager: MakeManager, decide: Handler, status: str, result: Any, error: Any
 ) -> None:
     flow = Flow(on_start=lambda inst, ev: inst.continue_with("p"), on_cancel=decide)
-    m = started(make_manager, flow)
+    m = started(make_any_manager, flow)
     m.enqueue_workflow(WF, "a")
     wait_status(m, "a", WorkflowStatus.RUNNING)
     m.cancel_workflow(WF, "a")
@@ -304,10 +306,10 @@ def test_cancel_delivers_on_cancel_which_decides(
 
 
 def test_cancel_answered_with_continue_keeps_the_instance_running(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     flow = Flow(on_cancel=lambda inst, ev: inst.continue_with("ignored the cancel"))
-    m = started(make_manager, flow)
+    m = started(make_any_manager, flow)
     m.enqueue_workflow(WF, "a")
     wait_status(m, "a", WorkflowStatus.RUNNING)
     m.cancel_workflow(WF, "a")
@@ -320,9 +322,9 @@ def test_cancel_answered_with_continue_keeps_the_instance_running(
 
 
 def test_cancel_of_unknown_or_finished_instance_raises_not_found(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
-    m = started(make_manager, finishes_with("done"))
+    m = started(make_any_manager, finishes_with("done"))
     with pytest.raises(WorkflowInstanceNotFoundError, match="'wf'/'never'"):
         m.cancel_workflow(WF, "never")
     m.enqueue_workflow(WF, "a")
@@ -339,17 +341,17 @@ def _run_on_start_then_stop(make_manager: MakeManager, flow: Flow) -> None:
     first.stop()
 
 
-def test_second_cancel_is_delivered_when_the_first_continued(make_manager: MakeManager) -> None:
+def test_second_cancel_is_delivered_when_the_first_continued(make_any_manager: MakeManager) -> None:
     def on_cancel(inst: WorkflowInstance, ev: Any) -> Decision:
         seen = (inst.payload or 0) + 1
         return inst.complete(seen) if seen == 2 else inst.continue_with(seen)
 
     flow = Flow(on_cancel=on_cancel)
-    _run_on_start_then_stop(make_manager, flow)
-    idle = make_manager()  # two cancels queue up while no manager runs
+    _run_on_start_then_stop(make_any_manager, flow)
+    idle = make_any_manager()  # two cancels queue up while no manager runs
     idle.cancel_workflow(WF, "a")
     idle.cancel_workflow(WF, "a")
-    m = started(make_manager, flow)
+    m = started(make_any_manager, flow)
     info = m.await_workflow(WF, "a", timeout=AWAIT)
     assert info.status is WorkflowStatus.COMPLETED
     assert info.result == 2
@@ -372,13 +374,13 @@ def test_second_cancel_is_dropped_when_the_first_finished(make_manager: MakeMana
 
 
 def test_cancel_before_on_start_ran_fails_without_calling_on_start(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
-    idle = make_manager()
+    idle = make_any_manager()
     idle.enqueue_workflow(WF, "a")
     idle.cancel_workflow(WF, "a")
     flow = Flow()
-    m = started(make_manager, flow)
+    m = started(make_any_manager, flow)
     info = m.await_workflow(WF, "a", timeout=AWAIT)
     assert info.status is WorkflowStatus.FAILED
     assert info.error == "canceled starting workflow"
@@ -408,13 +410,13 @@ def test_kill_fails_the_instance_with_killed_without_calling_the_executor(
     assert count(m, "SELECT count(*) FROM workflow_instances") == 0
 
 
-def test_kill_before_start_means_on_start_never_runs(make_manager: MakeManager) -> None:
-    idle = make_manager()
+def test_kill_before_start_means_on_start_never_runs(make_any_manager: MakeManager) -> None:
+    idle = make_any_manager()
     idle.enqueue_workflow(WF, "a")
     idle.enqueue_workflow(WF, "b")
     idle.kill_workflow(WF, "a")
     flow = Flow(on_start=lambda inst, ev: inst.complete("ran"))
-    m = started(make_manager, flow)
+    m = started(make_any_manager, flow)
     assert m.await_workflow(WF, "b", timeout=AWAIT).result == "ran"
     assert m.get_workflow_instance(WF, "a").error == "killed"
     assert flow.names("a") == []
@@ -518,12 +520,12 @@ def test_kill_twice_raises_not_found(make_manager: MakeManager) -> None:
 # --- await -------------------------------------------------------------------------------------
 
 
-def test_await_workflow_returns_the_final_info(make_manager: MakeManager) -> None:
+def test_await_workflow_returns_the_final_info(make_any_manager: MakeManager) -> None:
     def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
         inst.enqueue_task("t", inst.parameters)
         return inst.continue_with()
 
-    m = make_manager()
+    m = make_any_manager()
     m.register_workflow_executor(
         WF, Flow(on_start=on_start, on_task=lambda inst, ev: inst.complete(ev.result.value))
     )
@@ -538,8 +540,8 @@ def test_await_workflow_returns_the_final_info(make_manager: MakeManager) -> Non
     assert info == m.get_workflow_instance(WF, "a")
 
 
-def test_await_workflow_raises_timeout_error_while_running(make_manager: MakeManager) -> None:
-    m = make_manager()
+def test_await_workflow_raises_timeout_error_while_running(make_any_manager: MakeManager) -> None:
+    m = make_any_manager()
     m.enqueue_workflow(WF, "a")  # no manager runs it
     began = time.monotonic()
     with pytest.raises(TimeoutError, match="'wf'/'a'"):
@@ -549,31 +551,31 @@ def test_await_workflow_raises_timeout_error_while_running(make_manager: MakeMan
         m.await_workflow(WF, "a", timeout=0)
 
 
-def test_await_workflow_of_unknown_instance_raises_not_found(make_manager: MakeManager) -> None:
-    m = make_manager()
+def test_await_workflow_of_unknown_instance_raises_not_found(make_any_manager: MakeManager) -> None:
+    m = make_any_manager()
     with pytest.raises(WorkflowInstanceNotFoundError):
         m.await_workflow(WF, "never", timeout=1)
 
 
 @pytest.mark.parametrize("timeout", ["5", float("nan"), -1, True, [1]])
-def test_await_workflow_rejects_a_bad_timeout(make_manager: MakeManager, timeout: Any) -> None:
-    m = make_manager()
+def test_await_workflow_rejects_a_bad_timeout(make_any_manager: MakeManager, timeout: Any) -> None:
+    m = make_any_manager()
     m.enqueue_workflow(WF, "a")
     with pytest.raises(CerealError, match="timeout must be a number"):
         m.await_workflow(WF, "a", timeout=timeout)
 
 
 def test_await_workflow_wakes_when_another_manager_finishes_it(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
-    waiter = make_manager()
+    waiter = make_any_manager()
     waiter.enqueue_workflow(WF, "a")
     done: list[WorkflowInstanceInfo] = []
     thread = threading.Thread(
         target=lambda: done.append(waiter.await_workflow(WF, "a", timeout=AWAIT)), daemon=True
     )
     thread.start()
-    started(make_manager, finishes_with("elsewhere"))
+    started(make_any_manager, finishes_with("elsewhere"))
     thread.join(AWAIT + 2)
     assert [i.result for i in done] == ["elsewhere"]
 
@@ -581,8 +583,8 @@ def test_await_workflow_wakes_when_another_manager_finishes_it(
 # --- operations without start() and argument checking --------------------------------------
 
 
-def test_instance_operations_work_without_start(make_manager: MakeManager) -> None:
-    m = make_manager()
+def test_instance_operations_work_without_start(make_any_manager: MakeManager) -> None:
+    m = make_any_manager()
     m.enqueue_workflow(WF, "a", [1])
     m.enqueue_workflow(WF, "b")
     assert m.get_workflow_instance(WF, "a").status is WorkflowStatus.STARTING
@@ -593,7 +595,7 @@ def test_instance_operations_work_without_start(make_manager: MakeManager) -> No
     assert [r.instance_name for r in m.list_workflow_instances(is_running=False)] == ["b"]
     # The queued cancel is honoured once a manager runs the workflow.
     flow = Flow()
-    other = started(make_manager, flow)
+    other = started(make_any_manager, flow)
     assert other.await_workflow(WF, "a", timeout=AWAIT).error == "canceled starting workflow"
 
 
@@ -602,9 +604,9 @@ BAD_NAMES = ["", None, 3, "x" * 201, "nul\x00", "\ud800"]
 
 @pytest.mark.parametrize("bad", BAD_NAMES)
 def test_operations_reject_bad_names_with_invalid_name_error(
-    make_manager: MakeManager, bad: Any
+    make_any_manager: MakeManager, bad: Any
 ) -> None:
-    m = make_manager()
+    m = make_any_manager()
     operations: list[Callable[[], Any]] = [
         lambda: m.enqueue_workflow(bad, "i"),
         lambda: m.enqueue_workflow(WF, bad),
@@ -635,23 +637,23 @@ def test_operations_reject_bad_names_with_invalid_name_error(
     [{1, 2}, float("nan"), {"k": float("inf")}, "nul\x00", ["\udc00"], object(), b"raw"],
 )
 def test_enqueue_rejects_non_json_parameters_with_serialization_error(
-    make_manager: MakeManager, params: Any
+    make_any_manager: MakeManager, params: Any
 ) -> None:
-    m = make_manager()
+    m = make_any_manager()
     with pytest.raises(SerializationError, match="parameters of workflow 'wf'") as info:
         m.enqueue_workflow(WF, "a", params)
     assert isinstance(info.value, TypeError)
     assert m.list_workflow_instances() == []
 
 
-def test_list_rejects_a_non_bool_is_running(make_manager: MakeManager) -> None:
-    m = make_manager()
+def test_list_rejects_a_non_bool_is_running(make_any_manager: MakeManager) -> None:
+    m = make_any_manager()
     with pytest.raises(CerealError, match="is_running"):
         m.list_workflow_instances(is_running="yes")  # type: ignore[arg-type]
 
 
-def test_register_rejects_objects_that_are_not_executors(make_manager: MakeManager) -> None:
-    m = make_manager()
+def test_register_rejects_objects_that_are_not_executors(make_any_manager: MakeManager) -> None:
+    m = make_any_manager()
     with pytest.raises(CerealError, match="on_task_complete"):
         m.register_workflow_executor(WF, object())  # type: ignore[arg-type]
     with pytest.raises(CerealError, match="run"):
@@ -661,8 +663,8 @@ def test_register_rejects_objects_that_are_not_executors(make_manager: MakeManag
 # --- lifecycle ----------------------------------------------------------------------------------
 
 
-def test_registration_after_start_raises_manager_state_error(make_manager: MakeManager) -> None:
-    m = make_manager()
+def test_registration_after_start_raises_manager_state_error(make_any_manager: MakeManager) -> None:
+    m = make_any_manager()
     m.register_workflow_executor(WF, Flow())
     m.start()
     with pytest.raises(ManagerStateError, match="before start"):
@@ -672,8 +674,8 @@ def test_registration_after_start_raises_manager_state_error(make_manager: MakeM
     assert isinstance(info.value, RuntimeError)
 
 
-def test_second_start_raises_manager_state_error(make_manager: MakeManager) -> None:
-    m = make_manager()
+def test_second_start_raises_manager_state_error(make_any_manager: MakeManager) -> None:
+    m = make_any_manager()
     m.start()
     with pytest.raises(ManagerStateError, match="only once"):
         m.start()
@@ -682,11 +684,11 @@ def test_second_start_raises_manager_state_error(make_manager: MakeManager) -> N
         m.start()
 
 
-def test_stop_before_start_and_twice_is_safe(make_manager: MakeManager) -> None:
-    m = make_manager()
+def test_stop_before_start_and_twice_is_safe(make_any_manager: MakeManager) -> None:
+    m = make_any_manager()
     m.stop()
     m.stop()
-    m2 = make_manager()
+    m2 = make_any_manager()
     m2.start()
     m2.stop(timeout=5)
     m2.stop(timeout=5)
@@ -695,8 +697,8 @@ def test_stop_before_start_and_twice_is_safe(make_manager: MakeManager) -> None:
     assert m2.get_workflow_instance(WF, "a").status is WorkflowStatus.STARTING
 
 
-def test_context_manager_starts_and_stops(make_manager: MakeManager) -> None:
-    m = make_manager()
+def test_context_manager_starts_and_stops(make_any_manager: MakeManager) -> None:
+    m = make_any_manager()
     m.register_workflow_executor(WF, finishes_with("inside"))
     with m as entered:
         assert entered is m
@@ -709,7 +711,7 @@ def test_context_manager_starts_and_stops(make_manager: MakeManager) -> None:
 
 
 def test_on_workflow_complete_receives_info_for_complete_and_fail(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     seen: list[WorkflowInstanceInfo] = []
     lock = threading.Lock()
@@ -723,7 +725,7 @@ def test_on_workflow_complete_receives_info_for_complete_and_fail(
             return inst.complete({"r": inst.parameters})
         return inst.fail(RuntimeError("bad"))
 
-    m = started(make_manager, Flow(on_start=on_start), on_workflow_complete=record)
+    m = started(make_any_manager, Flow(on_start=on_start), on_workflow_complete=record)
     m.enqueue_workflow(WF, "ok", 1)
     m.enqueue_workflow(WF, "bad", 2)
     m.await_workflow(WF, "ok", timeout=AWAIT)
@@ -750,11 +752,13 @@ def test_on_workflow_complete_receives_info_for_complete_and_fail(
     assert ok.ended_at == m.get_workflow_instance(WF, "ok").ended_at
 
 
-def test_on_workflow_complete_errors_do_not_break_the_manager(make_manager: MakeManager) -> None:
+def test_on_workflow_complete_errors_do_not_break_the_manager(
+    make_any_manager: MakeManager,
+) -> None:
     def explode(info: WorkflowInstanceInfo) -> None:
         raise RuntimeError("callback bug")
 
-    m = started(make_manager, finishes_with("x"), on_workflow_complete=explode)
+    m = started(make_any_manager, finishes_with("x"), on_workflow_complete=explode)
     for name in ("a", "b"):
         m.enqueue_workflow(WF, name)
         assert m.await_workflow(WF, name, timeout=AWAIT).result == "x"

@@ -95,11 +95,13 @@ def run_workflow(
 # -- results ---------------------------------------------------------------------------------
 
 
-def test_returned_value_is_recorded_as_success_with_that_value(make_manager: MakeManager) -> None:
+def test_returned_value_is_recorded_as_success_with_that_value(
+    make_any_manager: MakeManager,
+) -> None:
     def echo(task: Task) -> Any:
         return {"got": task.parameters, "list": [1, 2.5, None, "x"]}
 
-    manager = start_manager(make_manager, {"echo": echo})
+    manager = start_manager(make_any_manager, {"echo": echo})
     [result] = run_workflow(manager, "i1", [{"name": "echo", "params": {"n": 7}}])
 
     assert result["status"] == "success"
@@ -110,7 +112,7 @@ def test_returned_value_is_recorded_as_success_with_that_value(make_manager: Mak
 
 
 def test_raised_exception_is_recorded_as_failed_with_type_and_message(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     class QuotaExceeded(Exception):
         pass
@@ -118,7 +120,7 @@ def test_raised_exception_is_recorded_as_failed_with_type_and_message(
     def explode(task: Task) -> None:
         raise QuotaExceeded(f"quota of {task.parameters['who']} is used up")
 
-    manager = start_manager(make_manager, {"explode": explode})
+    manager = start_manager(make_any_manager, {"explode": explode})
     [result] = run_workflow(manager, "i1", [{"name": "explode", "params": {"who": "ann"}}])
 
     assert result["status"] == "failed"
@@ -127,11 +129,11 @@ def test_raised_exception_is_recorded_as_failed_with_type_and_message(
     assert result["value"] is None
 
 
-def test_unserialisable_return_value_is_recorded_as_failed(make_manager: MakeManager) -> None:
+def test_unserialisable_return_value_is_recorded_as_failed(make_any_manager: MakeManager) -> None:
     def bad(task: Task) -> Any:
         return {"when": datetime.now(UTC)}
 
-    manager = start_manager(make_manager, {"bad": bad})
+    manager = start_manager(make_any_manager, {"bad": bad})
     [result] = run_workflow(manager, "i1", [{"name": "bad"}])
 
     assert result["status"] == "failed"
@@ -171,9 +173,9 @@ async def _coroutine_function(task: Task) -> Any:
     ids=["function", "object-run", "async-run-method", "coroutine-function"],
 )
 def test_every_kind_of_task_executor_runs(
-    make_manager: MakeManager, executor: Any, tag: str
+    make_any_manager: MakeManager, executor: Any, tag: str
 ) -> None:
-    manager = start_manager(make_manager, {"job": executor})
+    manager = start_manager(make_any_manager, {"job": executor})
     results = run_workflow(
         manager, "i1", [{"name": "job", "params": 1}, {"name": "job", "params": 2}]
     )
@@ -183,8 +185,8 @@ def test_every_kind_of_task_executor_runs(
     assert all(r["status"] == "success" for r in results)
 
 
-def test_both_sync_and_async_executors_run_side_by_side(make_manager: MakeManager) -> None:
-    manager = start_manager(make_manager, {"sync": _plain, "async": _coroutine_function})
+def test_both_sync_and_async_executors_run_side_by_side(make_any_manager: MakeManager) -> None:
+    manager = start_manager(make_any_manager, {"sync": _plain, "async": _coroutine_function})
     results = run_workflow(
         manager, "i1", [{"name": "sync", "params": "a"}, {"name": "async", "params": "b"}]
     )
@@ -196,7 +198,7 @@ def test_both_sync_and_async_executors_run_side_by_side(make_manager: MakeManage
 
 
 def test_task_carries_name_parameters_enqueue_time_workflow_instance_and_deadline(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     seen: dict[str, Task] = {}
     ran_at: dict[str, datetime] = {}
@@ -205,7 +207,9 @@ def test_task_carries_name_parameters_enqueue_time_workflow_instance_and_deadlin
         ran_at[task.name] = datetime.now(UTC)
         seen[task.name] = task
 
-    manager = start_manager(make_manager, {"timed": (capture, {"timeout": 30}), "untimed": capture})
+    manager = start_manager(
+        make_any_manager, {"timed": (capture, {"timeout": 30}), "untimed": capture}
+    )
     before = datetime.now(UTC)
     run_workflow(
         manager,
@@ -257,11 +261,11 @@ class ConcurrencyMeter:
         return int(task.parameters)
 
 
-def test_workers_bounds_concurrent_runs_of_a_task_name(make_manager: MakeManager) -> None:
+def test_workers_bounds_concurrent_runs_of_a_task_name(make_any_manager: MakeManager) -> None:
     three = ConcurrencyMeter(hold=0.15)
     one = ConcurrencyMeter(hold=0.05)
     manager = start_manager(
-        make_manager, {"three": (three, {"workers": 3}), "one": (one, {"workers": 1})}
+        make_any_manager, {"three": (three, {"workers": 3}), "one": (one, {"workers": 1})}
     )
     tasks = [{"name": "three", "params": n} for n in range(12)]
     tasks += [{"name": "one", "params": n} for n in range(4)]
@@ -275,7 +279,7 @@ def test_workers_bounds_concurrent_runs_of_a_task_name(make_manager: MakeManager
     assert one.peak == 1
 
 
-def test_workers_bounds_async_task_concurrency_too(make_manager: MakeManager) -> None:
+def test_workers_bounds_async_task_concurrency_too(make_any_manager: MakeManager) -> None:
     lock = threading.Lock()
     state = {"now": 0, "peak": 0}
 
@@ -287,16 +291,16 @@ def test_workers_bounds_async_task_concurrency_too(make_manager: MakeManager) ->
         with lock:
             state["now"] -= 1
 
-    manager = start_manager(make_manager, {"meter": (meter, {"workers": 2})})
+    manager = start_manager(make_any_manager, {"meter": (meter, {"workers": 2})})
     results = run_workflow(manager, "i1", [{"name": "meter"}] * 8, timeout=30)
 
     assert len(results) == 8
     assert state["peak"] == 2
 
 
-def test_workers_bounds_short_tasks_claimed_ahead(make_manager: MakeManager) -> None:
+def test_workers_bounds_short_tasks_claimed_ahead(make_any_manager: MakeManager) -> None:
     quick = ConcurrencyMeter(hold=0.002)
-    manager = start_manager(make_manager, {"quick": (quick, {"workers": 2})})
+    manager = start_manager(make_any_manager, {"quick": (quick, {"workers": 2})})
     tasks = [{"name": "quick", "params": n} for n in range(60)]
     results = run_workflow(manager, "i1", tasks, timeout=30)
 
@@ -341,7 +345,7 @@ def test_short_tasks_claimed_ahead_are_handed_back_unrun_at_stop(
 
 
 def test_sync_task_past_its_timeout_is_cancelled_failed_and_its_late_return_discarded(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     observed: dict[str, Any] = {}
     returned = threading.Event()
@@ -356,7 +360,7 @@ def test_sync_task_past_its_timeout_is_cancelled_failed_and_its_late_return_disc
     def marker(task: Task) -> str:
         return "marker"
 
-    manager = start_manager(make_manager, {"slow": (slow, {"timeout": 0.5}), "marker": marker})
+    manager = start_manager(make_any_manager, {"slow": (slow, {"timeout": 0.5}), "marker": marker})
     # The marker runs well after the slow task's late return: if that return were recorded,
     # the workflow would complete on it and never see the marker.
     results = run_workflow(
@@ -377,7 +381,7 @@ def test_sync_task_past_its_timeout_is_cancelled_failed_and_its_late_return_disc
     assert results[1]["value"] == "marker"
 
 
-def test_async_task_past_its_timeout_is_cancelled_and_failed(make_manager: MakeManager) -> None:
+def test_async_task_past_its_timeout_is_cancelled_and_failed(make_any_manager: MakeManager) -> None:
     observed: dict[str, Any] = {}
 
     async def sleepy(task: Task) -> str:
@@ -390,7 +394,7 @@ def test_async_task_past_its_timeout_is_cancelled_and_failed(make_manager: MakeM
             raise
         return "never"
 
-    manager = start_manager(make_manager, {"sleepy": (sleepy, {"timeout": 0.5})})
+    manager = start_manager(make_any_manager, {"sleepy": (sleepy, {"timeout": 0.5})})
     started = time.monotonic()
     [result] = run_workflow(manager, "i1", [{"name": "sleepy"}], timeout=10)
 
@@ -401,13 +405,13 @@ def test_async_task_past_its_timeout_is_cancelled_and_failed(make_manager: MakeM
     assert "TimeoutError" in result["error"]
 
 
-def test_task_finishing_within_its_timeout_succeeds(make_manager: MakeManager) -> None:
+def test_task_finishing_within_its_timeout_succeeds(make_any_manager: MakeManager) -> None:
     def quick(task: Task) -> str:
         time.sleep(0.1)
         assert not task.cancelled.is_set()
         return "in time"
 
-    manager = start_manager(make_manager, {"quick": (quick, {"timeout": 5})})
+    manager = start_manager(make_any_manager, {"quick": (quick, {"timeout": 5})})
     [result] = run_workflow(manager, "i1", [{"name": "quick"}])
 
     assert result["status"] == "success"
@@ -417,13 +421,13 @@ def test_task_finishing_within_its_timeout_succeeds(make_manager: MakeManager) -
 # -- start_after -----------------------------------------------------------------------------
 
 
-def test_start_after_timedelta_delays_the_task(make_manager: MakeManager) -> None:
+def test_start_after_timedelta_delays_the_task(make_any_manager: MakeManager) -> None:
     ran: list[float] = []
 
     def stamp(task: Task) -> None:
         ran.append(time.monotonic())
 
-    manager = start_manager(make_manager, {"stamp": stamp})
+    manager = start_manager(make_any_manager, {"stamp": stamp})
     enqueued = time.monotonic()
     run_workflow(manager, "i1", [{"name": "stamp", "delay": 1.2}])
 
@@ -433,25 +437,25 @@ def test_start_after_timedelta_delays_the_task(make_manager: MakeManager) -> Non
 
 @pytest.mark.parametrize("naive", [False, True], ids=["aware", "naive-utc"])
 def test_start_after_datetime_delays_the_task_until_then(
-    make_manager: MakeManager, naive: bool
+    make_any_manager: MakeManager, naive: bool
 ) -> None:
     ran: list[float] = []
 
     def stamp(task: Task) -> None:
         ran.append(time.time())
 
-    manager = start_manager(make_manager, {"stamp": stamp})
+    manager = start_manager(make_any_manager, {"stamp": stamp})
     at = time.time() + 1.2
     run_workflow(manager, "i1", [{"name": "stamp", "at": at, "naive": naive}])
 
     assert at - 0.05 <= ran[0] < at + 1.5
 
 
-def test_tasks_without_start_after_run_before_delayed_ones(make_manager: MakeManager) -> None:
+def test_tasks_without_start_after_run_before_delayed_ones(make_any_manager: MakeManager) -> None:
     def name(task: Task) -> Any:
         return task.parameters
 
-    manager = start_manager(make_manager, {"name": (name, {"workers": 2})})
+    manager = start_manager(make_any_manager, {"name": (name, {"workers": 2})})
     results = run_workflow(
         manager,
         "i1",
@@ -497,7 +501,9 @@ def test_tasks_of_an_unregistered_name_wait_in_the_queue_until_someone_runs_them
 # -- stopping --------------------------------------------------------------------------------
 
 
-def test_stopping_the_manager_sets_cancelled_for_running_tasks(make_manager: MakeManager) -> None:
+def test_stopping_the_manager_sets_cancelled_for_running_tasks(
+    make_any_manager: MakeManager,
+) -> None:
     started, started_async = threading.Event(), threading.Event()
     observed: dict[str, Any] = {}
 
@@ -513,7 +519,7 @@ def test_stopping_the_manager_sets_cancelled_for_running_tasks(make_manager: Mak
         observed["async cancelled"] = True
         return "stopped early"
 
-    manager = start_manager(make_manager, {"patient": patient, "patient_async": patient_async})
+    manager = start_manager(make_any_manager, {"patient": patient, "patient_async": patient_async})
     manager.enqueue_workflow(
         "run", "i1", {"tasks": [{"name": "patient"}, {"name": "patient_async"}]}
     )
