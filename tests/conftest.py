@@ -21,6 +21,7 @@ from tests.helpers.timings import FAST_MANAGER_OPTIONS
 if TYPE_CHECKING:
     from cereal import Manager
     from cereal.backends.postgres import PostgresDriver
+    from cereal.testing import MemoryStore
 
 TESTS_DIR = Path(__file__).resolve().parent
 INTEGRATION_DIRS = (TESTS_DIR / "integration", TESTS_DIR / "faults")
@@ -127,25 +128,30 @@ def make_manager(pg_dsn: str, schema: str) -> Iterator[Callable[..., Manager]]:
         raise errors[0]
 
 
-@pytest.fixture(params=["memory", "postgres"])
-def make_any_manager(request: pytest.FixtureRequest) -> Iterator[Callable[..., Manager]]:
-    """``make_manager`` on each driver in turn: the test runs once with managers on one shared
-    in-memory store (``MemoryDriver``, no database) and once on PostgreSQL (``make_manager``).
+@pytest.fixture
+def memory_store() -> MemoryStore:
+    """The in-memory "database" of this test (system clock); a module may override this
+    fixture to give it a controllable clock."""
+    from cereal.testing import MemoryStore
 
-    For behaviour that needs no real database feature; a test that is about PostgreSQL itself
-    uses ``make_manager``."""
-    if request.param == "postgres":
-        yield request.getfixturevalue("make_manager")
-        return
+    return MemoryStore()
+
+
+@pytest.fixture
+def make_memory_manager(memory_store: MemoryStore) -> Iterator[Callable[..., Manager]]:
+    """Factory ``make_memory_manager(**options)`` of managers, each on its own ``MemoryDriver``
+    on ``memory_store`` (like processes sharing one database), with the fast intervals of
+    ``tests.helpers.timings`` unless ``options`` say otherwise; all stopped after the test."""
     from cereal import Manager
     from cereal.errors import ManagerStateError
-    from cereal.testing import MemoryDriver, MemoryStore
+    from cereal.testing import MemoryDriver
 
-    store = MemoryStore()
     built: list[Manager] = []
 
     def make(**options: Any) -> Manager:
-        manager = Manager(driver=MemoryDriver(store=store), **(FAST_MANAGER_OPTIONS | options))
+        manager = Manager(
+            driver=MemoryDriver(store=memory_store), **(FAST_MANAGER_OPTIONS | options)
+        )
         built.append(manager)
         return manager
 
@@ -156,11 +162,24 @@ def make_any_manager(request: pytest.FixtureRequest) -> Iterator[Callable[..., M
         try:
             manager.stop(timeout=10)
         except ManagerStateError:
-            pass
+            pass  # never started, or already stopped by the test
         except Exception as exc:
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def make_any_manager(request: pytest.FixtureRequest) -> Callable[..., Manager]:
+    """``make_manager`` on each driver in turn: the test runs once with managers on one shared
+    in-memory store (``make_memory_manager``, no database) and once on PostgreSQL
+    (``make_manager``).
+
+    For behaviour that needs no real database feature; a test that is about PostgreSQL itself
+    uses ``make_manager``."""
+    name = "make_memory_manager" if request.param == "memory" else "make_manager"
+    factory: Callable[..., Manager] = request.getfixturevalue(name)
+    return factory
 
 
 def _docker_answers() -> bool:

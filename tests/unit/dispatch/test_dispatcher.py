@@ -1,0 +1,235 @@
+"""The workflow event dispatcher on the in-memory driver: order, concurrency, batching,
+refused decisions and wakeups."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from cereal import Decision, WorkflowInstance, WorkflowStatus
+from cereal.dispatch import WorkflowEventDispatcher
+from cereal.driver import EventBatch, TaskOutcome
+from cereal.errors import TransientDatabaseError
+from cereal.executors import WorkflowExecutor
+from cereal.testing import MemoryDriver
+from cereal.types import WorkflowInstanceInfo
+from tests.helpers.memory import queue_tasks
+from tests.helpers.recorders import Flow
+from tests.helpers.waiting import wait_for
+
+WF = "wf"
+
+
+class ObservedDriver(MemoryDriver):
+    """A memory driver that records the size of every event batch it hands out, and can
+    fail the next few claims as a lost connection would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claimed: list[int] = []
+        self.fail_claims = 0
+
+    def claim_events(
+        self, workflow_names: Any, limit: int, events_per_instance: int
+    ) -> AbstractContextManager[EventBatch]:
+        if self.fail_claims:
+            self.fail_claims -= 1
+            raise TransientDatabaseError("connection lost")
+        batch = super().claim_events(workflow_names, limit, events_per_instance)
+        return _Recording(batch, self.claimed)
+
+
+class _Recording:
+    def __init__(self, inner: AbstractContextManager[EventBatch], sizes: list[int]) -> None:
+        self._inner, self._sizes = inner, sizes
+
+    def __enter__(self) -> EventBatch:
+        batch = self._inner.__enter__()
+        if batch.instances:
+            self._sizes.append(len(batch.instances))
+        return batch
+
+    def __exit__(self, *exc: Any) -> None:
+        self._inner.__exit__(*exc)
+
+
+class Finished:
+    """The ``on_finished`` callback: remembers every finished run."""
+
+    def __init__(self) -> None:
+        self.runs: list[WorkflowInstanceInfo] = []
+
+    def __call__(self, runs: list[WorkflowInstanceInfo]) -> None:
+        self.runs.extend(runs)
+
+    def names(self) -> list[str]:
+        return sorted(r.instance_name for r in self.runs)
+
+
+@pytest.fixture
+def driver() -> ObservedDriver:
+    return ObservedDriver()
+
+
+@pytest.fixture
+def finished() -> Finished:
+    return Finished()
+
+
+@pytest.fixture
+def start_dispatcher(
+    driver: ObservedDriver, finished: Finished
+) -> Iterator[Callable[..., WorkflowEventDispatcher]]:
+    started: list[WorkflowEventDispatcher] = []
+
+    def start(
+        executor: WorkflowExecutor, *, workers: int = 1, poll_interval: float = 0.05, **kw: Any
+    ) -> WorkflowEventDispatcher:
+        dispatcher = WorkflowEventDispatcher(
+            driver,
+            {WF: executor},
+            workers=workers,
+            poll_interval=poll_interval,
+            on_finished=finished,
+            on_tasks_enqueued=lambda names: None,
+            **kw,
+        )
+        dispatcher.start()
+        started.append(dispatcher)
+        return dispatcher
+
+    yield start
+    for dispatcher in started:
+        dispatcher.stop(5)
+
+
+def test_events_of_one_instance_are_delivered_in_order_one_at_a_time(
+    driver: ObservedDriver, finished: Finished, start_dispatcher: Callable[..., Any]
+) -> None:
+    inside = threading.Semaphore(1)
+    overlapped: list[int] = []
+    values: list[int] = []
+
+    def on_task(inst: WorkflowInstance, ev: Any) -> Decision:
+        if not inside.acquire(blocking=False):
+            overlapped.append(ev.result.value)
+        try:
+            time.sleep(0.01)
+            values.append(ev.result.value)
+            return inst.continue_with() if len(values) < 5 else inst.complete(values)
+        finally:
+            inside.release()
+
+    queue_tasks(driver, "t", list(range(5)), workflow_name=WF, instance_name="a")
+    claimed, _ = driver.claim_tasks({"t": 5}, "someone")
+    for task in sorted(claimed, key=lambda t: t.parameters):  # results land in this order
+        driver.complete_tasks(
+            [TaskOutcome(task.id, WF, "success", result_json=str(task.parameters))], "someone"
+        )
+    start_dispatcher(Flow(on_task=on_task), workers=4, events_per_instance=2)
+    wait_for(lambda: finished.names() == ["a"], what="the instance to finish")
+    assert overlapped == []
+    assert finished.runs[0].result == [0, 1, 2, 3, 4]
+
+
+def test_different_instances_are_handled_at_the_same_time(
+    driver: ObservedDriver, finished: Finished, start_dispatcher: Callable[..., Any]
+) -> None:
+    together = threading.Barrier(3, timeout=10)
+
+    def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
+        together.wait()  # breaks (and fails the instances) unless three run at once
+        return inst.complete()
+
+    for name in "abc":
+        driver.enqueue_workflow(WF, name, None)
+    start_dispatcher(Flow(on_start=on_start), workers=3)
+    wait_for(lambda: finished.names() == ["a", "b", "c"], what="three instances")
+    assert {r.status for r in finished.runs} == {WorkflowStatus.COMPLETED}
+
+
+def test_a_backlog_is_claimed_in_growing_batches_of_at_most_batch_size(
+    driver: ObservedDriver, finished: Finished, start_dispatcher: Callable[..., Any]
+) -> None:
+    names = [f"i{n:02}" for n in range(40)]
+    for name in names:
+        driver.enqueue_workflow(WF, name, None)
+    start_dispatcher(Flow(on_start=lambda inst, ev: inst.complete()), workers=1, batch_size=8)
+    wait_for(lambda: finished.names() == names, what="every instance")
+    assert driver.claimed[:4] == [1, 2, 4, 8]
+    assert max(driver.claimed) == 8 and sum(driver.claimed) == 40
+
+
+def test_a_decision_the_store_refuses_fails_only_its_own_instance(
+    driver: ObservedDriver, finished: Finished, start_dispatcher: Callable[..., Any]
+) -> None:
+    def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
+        if inst.instance_name == "bad":
+            inst.enqueue_task("t", start_after=timedelta(days=999_999_999))
+            return inst.continue_with()
+        return inst.complete(inst.instance_name)
+
+    names = ["a", "b", "bad", "c", "d"]
+    for name in names:
+        driver.enqueue_workflow(WF, name, None)
+    start_dispatcher(Flow(on_start=on_start), workers=1)
+    wait_for(lambda: finished.names() == names, what="every instance")
+    by_name = {r.instance_name: r for r in finished.runs}
+    bad = by_name.pop("bad")
+    assert bad.status is WorkflowStatus.FAILED
+    assert bad.error is not None and "cannot store the decision" in bad.error
+    assert {(n, r.status, r.result) for n, r in by_name.items()} == {
+        (n, WorkflowStatus.COMPLETED, n) for n in ["a", "b", "c", "d"]
+    }
+
+
+def test_wake_claims_at_once_without_waiting_for_the_poll(
+    driver: ObservedDriver, finished: Finished, start_dispatcher: Callable[..., Any]
+) -> None:
+    dispatcher = start_dispatcher(Flow(on_start=lambda i, e: i.complete()), poll_interval=3600)
+    time.sleep(0.1)  # the first look found nothing; the next poll is an hour away
+    driver.enqueue_workflow(WF, "a", None)
+    dispatcher.wake()
+    wait_for(lambda: finished.names() == ["a"], timeout=10, what="the woken claim")
+
+
+def test_a_failed_claim_is_retried(
+    driver: ObservedDriver, finished: Finished, start_dispatcher: Callable[..., Any]
+) -> None:
+    driver.fail_claims = 2
+    driver.enqueue_workflow(WF, "a", None)
+    start_dispatcher(Flow(on_start=lambda i, e: i.complete("done")))
+    wait_for(lambda: finished.names() == ["a"], what="the instance after two failed claims")
+    assert driver.fail_claims == 0 and finished.runs[0].result == "done"
+
+
+def test_stop_lets_the_callback_in_flight_finish_and_commit(
+    driver: ObservedDriver, finished: Finished, start_dispatcher: Callable[..., Any]
+) -> None:
+    entered, go_on = threading.Event(), threading.Event()
+
+    def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
+        entered.set()
+        go_on.wait(10)
+        return inst.complete("committed")
+
+    driver.enqueue_workflow(WF, "a", None)
+    dispatcher = start_dispatcher(Flow(on_start=on_start))
+    assert entered.wait(5)
+    stopping = threading.Thread(target=dispatcher.stop, args=(10,))
+    stopping.start()
+    time.sleep(0.1)
+    go_on.set()
+    stopping.join(10)
+    assert driver.get_workflow_instance(WF, "a") is not None
+    info = driver.get_workflow_instance(WF, "a")
+    assert info is not None and (info.status, info.result) == (
+        WorkflowStatus.COMPLETED,
+        "committed",
+    )

@@ -1,0 +1,221 @@
+"""TaskPools on the in-memory driver: what they claim, how they run tasks, what they record."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from cereal.executors import task_callable
+from cereal.task_pools import TaskPools, TaskRegistration
+from cereal.testing import MemoryDriver
+from cereal.types import Task
+from tests.helpers.memory import queue_tasks, queued_and_claimed, reported
+from tests.helpers.waiting import wait_for
+
+OWNER = "pools-under-test"
+
+
+class CountingDriver(MemoryDriver):
+    """A memory driver that counts the result writes it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[int] = []
+
+    def complete_tasks(self, outcomes: Any, owner: str) -> set[int]:
+        self.writes.append(len(outcomes))
+        return super().complete_tasks(outcomes, owner)
+
+
+@pytest.fixture
+def driver() -> CountingDriver:
+    return CountingDriver()
+
+
+@pytest.fixture
+def start_pools(driver: CountingDriver) -> Iterator[Callable[..., TaskPools]]:
+    """``start_pools(name=(fn, workers, timeout), ...)``: started pools, stopped after the test."""
+    started: list[TaskPools] = []
+
+    def start(**tasks: tuple[Any, int, float | None]) -> TaskPools:
+        regs = {
+            name: TaskRegistration(name, task_callable(fn), workers, timeout)
+            for name, (fn, workers, timeout) in tasks.items()
+        }
+        pools = TaskPools(driver, regs, owner=OWNER, poll_interval=0.05, on_reported=lambda: None)
+        pools.start()
+        started.append(pools)
+        return pools
+
+    yield start
+    for pools in started:
+        pools.stop(5)
+
+
+class Gate:
+    """A task function that blocks until opened, tracking how many runs are inside at once."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self._lock = threading.Lock()
+        self.inside = 0
+        self.most_inside = 0
+        self.ran: list[Any] = []
+
+    def __call__(self, task: Task) -> Any:
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.ran.append(task.parameters)
+        try:
+            self.open.wait(10)
+            return task.parameters
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+def test_no_more_tasks_of_a_name_are_claimed_than_it_has_workers(
+    driver: CountingDriver, start_pools: Callable[..., TaskPools]
+) -> None:
+    slow, other = Gate(), Gate()
+    queue_tasks(driver, "slow", list(range(5)), instance_name="a")
+    queue_tasks(driver, "other", list(range(3)), instance_name="b")
+    start_pools(slow=(slow, 2, None), other=(other, 1, None))
+    wait_for(lambda: slow.inside == 2 and other.inside == 1, what="three tasks running")
+    time.sleep(0.3)  # several claim polls: none may take more
+    assert queued_and_claimed(driver, "slow") == (3, 2)
+    assert queued_and_claimed(driver, "other") == (2, 1)
+    slow.open.set()
+    other.open.set()
+    wait_for(lambda: queued_and_claimed(driver, "slow") == (0, 0), what="every slow task")
+    assert slow.most_inside == 2 and other.most_inside == 1
+
+
+def test_sync_and_async_executors_both_run_and_report_their_values(
+    driver: CountingDriver, start_pools: Callable[..., TaskPools]
+) -> None:
+    async def triple(task: Task) -> int:
+        await asyncio.sleep(0)
+        return int(task.parameters) * 3
+
+    inst = queue_tasks(driver, "double", [1, 2])
+    other = queue_tasks(driver, "triple", [1, 2], instance_name="j")
+    start_pools(double=(lambda task: task.parameters * 2, 2, None), triple=(triple, 2, None))
+    doubled = wait_for(lambda: len(r := reported(driver, inst)) == 2 and r, what="doubles")
+    tripled = wait_for(lambda: len(r := reported(driver, other)) == 2 and r, what="triples")
+    assert sorted((r.parameters, r.status, r.result) for r in doubled) == [
+        (1, "success", 2),
+        (2, "success", 4),
+    ]
+    assert sorted((r.parameters, r.status, r.result) for r in tripled) == [
+        (1, "success", 3),
+        (2, "success", 6),
+    ]
+
+
+def test_a_raising_task_is_reported_failed_with_its_exception(
+    driver: CountingDriver, start_pools: Callable[..., TaskPools]
+) -> None:
+    def boom(task: Task) -> None:
+        raise KeyError(task.parameters)
+
+    inst = queue_tasks(driver, "boom", ["x"])
+    start_pools(boom=(boom, 1, None))
+    (outcome,) = wait_for(lambda: reported(driver, inst), what="the outcome")
+    assert outcome.status == "failed" and outcome.error == "KeyError: 'x'"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_task_past_its_timeout_is_cancelled_and_reported_failed_once(
+    kind: str, driver: CountingDriver, start_pools: Callable[..., TaskPools]
+) -> None:
+    saw_cancel = threading.Event()
+
+    def sync_wait(task: Task) -> str:
+        if task.cancelled.wait(10):
+            saw_cancel.set()
+        return "too late"
+
+    async def async_wait(task: Task) -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            saw_cancel.set()
+            raise
+        return "too late"
+
+    inst = queue_tasks(driver, "wait", [None])
+    start_pools(wait=(sync_wait if kind == "sync" else async_wait, 1, 0.2))
+    (outcome,) = wait_for(lambda: reported(driver, inst), what="the timeout")
+    assert outcome.status == "failed"
+    assert outcome.error == ("TimeoutError: task 'wait' did not finish within its timeout of 0.2s")
+    assert saw_cancel.wait(5)
+    time.sleep(0.2)  # the late return must not add a second outcome
+    assert len(reported(driver, inst)) == 1
+
+
+def test_outcomes_finished_meanwhile_are_written_together(
+    driver: CountingDriver, start_pools: Callable[..., TaskPools]
+) -> None:
+    inst = queue_tasks(driver, "quick", list(range(200)))
+    start_pools(quick=(lambda task: task.parameters, 8, None))
+    outcomes = wait_for(lambda: len(r := reported(driver, inst)) == 200 and r, what="200 tasks")
+    assert sorted(o.result for o in outcomes) == list(range(200))
+    assert sum(driver.writes) == 200
+    assert len(driver.writes) < 200  # some writes carried several outcomes
+
+
+def test_stop_cancels_running_tasks_and_hands_back_claimed_ones_that_never_started(
+    driver: CountingDriver, start_pools: Callable[..., TaskPools]
+) -> None:
+    ran: list[Any] = []
+    warmed = threading.Event()
+
+    def work(task: Task) -> Any:
+        ran.append(task.parameters)
+        if task.parameters == "block":
+            warmed.set()
+            task.cancelled.wait(10)
+        return task.parameters
+
+    warm = queue_tasks(driver, "t", ["warm-up"] * 5, instance_name="warm")
+    pools = start_pools(t=(work, 1, None))
+    wait_for(lambda: len(reported(driver, warm)) == 5, what="the warm-up tasks")
+    # Short runs so far: the pool now claims ahead of its single worker.
+    queue_tasks(driver, "t", ["block", "later", "later", "later"], instance_name="main")
+    assert warmed.wait(5)
+    wait_for(lambda: queued_and_claimed(driver, "t")[1] == 4, what="tasks claimed ahead")
+    pools.stop(5)
+    assert ran.count("later") == 0
+    assert queued_and_claimed(driver, "t") == (3, 0)  # "block" reported, the rest back
+
+
+def test_heartbeats_keep_running_tasks_and_forget_drops_tasks_whose_rows_are_gone(
+    driver: CountingDriver, start_pools: Callable[..., TaskPools]
+) -> None:
+    gate = Gate()
+    stopped = threading.Event()
+
+    def wait(task: Task) -> None:
+        gate(task)
+        if task.cancelled.is_set():
+            stopped.set()
+
+    queue_tasks(driver, "t", [1])
+    pools = start_pools(t=(wait, 1, None))
+    wait_for(lambda: gate.inside == 1, what="the task to run")
+    (task_id,) = pools.unreported()
+    assert driver.heartbeat_tasks([task_id], OWNER) == {task_id}
+    assert driver.kill_workflow("w", "i", "killed")
+    pools.confirm_gone([task_id], "workflow finished")
+    assert pools.unreported() == []
+    gate.open.set()  # it was told to stop; its result has nowhere to go
+    wait_for(lambda: gate.inside == 0, what="the task to return")
+    time.sleep(0.2)
+    assert driver.writes == []
