@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -14,10 +14,11 @@ import pytest
 
 from cereal import Decision, WorkflowInstance, WorkflowStatus
 from cereal.dispatch import WorkflowEventDispatcher
-from cereal.driver import EventBatch, TaskOutcome
+from cereal.driver import TaskOutcome
 from cereal.errors import TransientDatabaseError
 from cereal.executors import WorkflowExecutor
 from cereal.testing import MemoryDriver
+from cereal.testing.memory import MemoryEventBatch
 from cereal.types import WorkflowInstanceInfo
 from tests.helpers.memory import queue_tasks
 from tests.helpers.recorders import Flow
@@ -35,28 +36,17 @@ class ObservedDriver(MemoryDriver):
         self.claimed: list[int] = []
         self.fail_claims = 0
 
+    @contextmanager
     def claim_events(
-        self, workflow_names: Any, limit: int, events_per_instance: int
-    ) -> AbstractContextManager[EventBatch]:
+        self, workflow_names: Sequence[str], limit: int, events_per_instance: int
+    ) -> Iterator[MemoryEventBatch]:
         if self.fail_claims:
             self.fail_claims -= 1
             raise TransientDatabaseError("connection lost")
-        batch = super().claim_events(workflow_names, limit, events_per_instance)
-        return _Recording(batch, self.claimed)
-
-
-class _Recording:
-    def __init__(self, inner: AbstractContextManager[EventBatch], sizes: list[int]) -> None:
-        self._inner, self._sizes = inner, sizes
-
-    def __enter__(self) -> EventBatch:
-        batch = self._inner.__enter__()
-        if batch.instances:
-            self._sizes.append(len(batch.instances))
-        return batch
-
-    def __exit__(self, *exc: Any) -> None:
-        self._inner.__exit__(*exc)
+        with super().claim_events(workflow_names, limit, events_per_instance) as batch:
+            if batch.instances:
+                self.claimed.append(len(batch.instances))
+            yield batch
 
 
 class Finished:

@@ -14,7 +14,7 @@ from cereal.executors import task_callable
 from cereal.task_pools import TaskPools, TaskRegistration
 from cereal.testing import MemoryDriver
 from cereal.types import Task
-from tests.helpers.memory import queue_tasks, queued_and_claimed, reported
+from tests.helpers.memory import Reported, queue_tasks, queued_and_claimed, reported
 from tests.helpers.waiting import wait_for
 
 OWNER = "pools-under-test"
@@ -55,6 +55,11 @@ def start_pools(driver: CountingDriver) -> Iterator[Callable[..., TaskPools]]:
     yield start
     for pools in started:
         pools.stop(5)
+
+
+def wait_for_reports(driver: MemoryDriver, instance_id: int, count: int) -> list[Reported]:
+    wait_for(lambda: len(reported(driver, instance_id)) == count, what=f"{count} outcomes")
+    return reported(driver, instance_id)
 
 
 class Gate:
@@ -107,8 +112,8 @@ def test_sync_and_async_executors_both_run_and_report_their_values(
     inst = queue_tasks(driver, "double", [1, 2])
     other = queue_tasks(driver, "triple", [1, 2], instance_name="j")
     start_pools(double=(lambda task: task.parameters * 2, 2, None), triple=(triple, 2, None))
-    doubled = wait_for(lambda: len(r := reported(driver, inst)) == 2 and r, what="doubles")
-    tripled = wait_for(lambda: len(r := reported(driver, other)) == 2 and r, what="triples")
+    doubled = wait_for_reports(driver, inst, 2)
+    tripled = wait_for_reports(driver, other, 2)
     assert sorted((r.parameters, r.status, r.result) for r in doubled) == [
         (1, "success", 2),
         (2, "success", 4),
@@ -165,7 +170,7 @@ def test_outcomes_finished_meanwhile_are_written_together(
 ) -> None:
     inst = queue_tasks(driver, "quick", list(range(200)))
     start_pools(quick=(lambda task: task.parameters, 8, None))
-    outcomes = wait_for(lambda: len(r := reported(driver, inst)) == 200 and r, what="200 tasks")
+    outcomes = wait_for_reports(driver, inst, 200)
     assert sorted(o.result for o in outcomes) == list(range(200))
     assert sum(driver.writes) == 200
     assert len(driver.writes) < 200  # some writes carried several outcomes
