@@ -42,11 +42,12 @@ def test_readme_patterns_example_prints_what_it_says(pg_dsn: str, schema: str) -
 
 def test_readme_testing_examples_pass_as_a_users_test_suite(tmp_path: Path, pg_dsn: str) -> None:
     service = python_blocks("Patterns")[0]
-    unit, conftest, integration = python_blocks("Testing your workflows")
+    unit, conftest, integration, memory = python_blocks("Testing your workflows")
     (tmp_path / "service.py").write_text(service)
     (tmp_path / "conftest.py").write_text(conftest)
     (tmp_path / "test_unit.py").write_text(unit)
     (tmp_path / "test_service.py").write_text(integration)
+    (tmp_path / "test_memory.py").write_text(memory)
     env = dict(os.environ, CEREAL_TEST_DSN=pg_dsn)
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
@@ -57,4 +58,23 @@ def test_readme_testing_examples_pass_as_a_users_test_suite(tmp_path: Path, pg_d
         env=env,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "3 passed" in done.stdout
+    assert "4 passed" in done.stdout
+
+
+def test_readme_memory_example_passes_with_no_database_configured(tmp_path: Path) -> None:
+    service = python_blocks("Patterns")[0]
+    conftest, memory = python_blocks("Testing your workflows")[1::2]
+    (tmp_path / "service.py").write_text(service)
+    (tmp_path / "conftest.py").write_text(conftest)
+    (tmp_path / "test_memory.py").write_text(memory)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CEREAL_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
