@@ -14,19 +14,13 @@ import pytest
 
 from cereal import Decision, Manager, Task, TaskStatus, WorkflowInstance, WorkflowStatus
 from tests.helpers.recorders import Flow, TaskLog
+from tests.helpers.rows import count_rows
 from tests.helpers.waiting import wait_for
 
 WF = "wf"
 MakeManager = Callable[..., Manager]
 Handler = Callable[[WorkflowInstance, Any], Any]
 AWAIT = 15.0
-
-
-def count(m: Manager, sql: str) -> int:
-    with m.driver.connection() as conn:
-        row = conn.execute(sql).fetchone()  # type: ignore[call-overload]
-    assert row is not None
-    return int(row[0])
 
 
 def manager(
@@ -193,18 +187,18 @@ def raise_value_error(inst: WorkflowInstance, ev: Any) -> Decision:
     ],
 )
 def test_bad_on_start_fails_the_instance_once_with_a_clear_error(
-    make_manager: MakeManager, decide: Handler, error: str
+    make_any_manager: MakeManager, decide: Handler, error: str
 ) -> None:
     completed: list[Any] = []
     flow = Flow(on_start=decide)
-    m = manager(make_manager, flow, on_workflow_complete=completed.append)
+    m = manager(make_any_manager, flow, on_workflow_complete=completed.append)
     m.enqueue_workflow(WF, "a")
     info = m.await_workflow(WF, "a", timeout=AWAIT)
     assert info.status is WorkflowStatus.FAILED
     assert info.error == error
     assert info.result is None
     assert flow.names() == ["on_start"]  # called once: no retry loop
-    assert count(m, "SELECT count(*) FROM workflow_instances") == 0
+    assert count_rows(m, "workflow_instances") == 0
     wait_for(lambda: completed, what="on_workflow_complete")
     assert [(i.instance_name, i.status, i.error) for i in completed] == [
         ("a", WorkflowStatus.FAILED, error)
@@ -265,7 +259,7 @@ def test_failing_instance_does_not_hold_up_others(make_any_manager: MakeManager)
 
 
 def test_complete_drops_queued_tasks_pending_events_and_stops_running_tasks(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     slow_started = threading.Event()
     slow_cancelled = threading.Event()
@@ -294,7 +288,7 @@ def test_complete_drops_queued_tasks_pending_events_and_stops_running_tasks(
         return inst.continue_with()
 
     flow = Flow(on_start=on_start, on_task=on_task)
-    m = make_manager()
+    m = make_any_manager()
     m.register_workflow_executor(WF, flow)
     m.register_task_executor("slow", slow)
     m.register_task_executor("quick", quick, workers=3)
@@ -305,8 +299,8 @@ def test_complete_drops_queued_tasks_pending_events_and_stops_running_tasks(
     assert info.status is WorkflowStatus.COMPLETED
     assert info.result is not None and info.result.startswith("finished after quick")
     assert flow.names() == ["on_start", "on_task_complete"]
-    assert count(m, "SELECT count(*) FROM tasks") == 0
-    assert count(m, "SELECT count(*) FROM workflow_events") == 0
+    assert count_rows(m, "tasks") == 0
+    assert count_rows(m, "workflow_events") == 0
     assert slow_started.is_set()
     assert slow_cancelled.wait(5), "the running task was not told to stop"
     assert slow_returned.wait(5)
@@ -355,7 +349,7 @@ def test_late_result_of_a_task_ignoring_cancelled_is_discarded(
 # --- ordering within an instance, concurrency across instances ---------------------------------
 
 
-def test_count_to_n_ends_with_exactly_n(make_manager: MakeManager) -> None:
+def test_count_to_n_ends_with_exactly_n(make_any_manager: MakeManager) -> None:
     n = 100
     mismatches: list[tuple[Any, int]] = []
 
@@ -378,7 +372,8 @@ def test_count_to_n_ends_with_exactly_n(make_manager: MakeManager) -> None:
     flow = Flow(on_start=on_start, on_task=on_task)
     # Two managers with several handlers each compete for the same instance's events.
     managers = [
-        manager(make_manager, flow, {"inc": inc}, workers=8, workflow_workers=4) for _ in range(2)
+        manager(make_any_manager, flow, {"inc": inc}, workers=8, workflow_workers=4)
+        for _ in range(2)
     ]
     managers[0].enqueue_workflow(WF, "count")
     info = managers[1].await_workflow(WF, "count", timeout=30)

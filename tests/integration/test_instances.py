@@ -28,6 +28,7 @@ from cereal.errors import (
     WorkflowInstanceNotFoundError,
 )
 from tests.helpers.recorders import Flow
+from tests.helpers.rows import count_rows
 from tests.helpers.waiting import wait_for
 
 WF = "wf"
@@ -41,13 +42,6 @@ def wait_status(m: Manager, name: str, status: WorkflowStatus, wf: str = WF) -> 
         lambda: (i := m.get_workflow_instance(wf, name)).status is status and i,
         what=f"{wf}/{name} to be {status}",
     )
-
-
-def count(m: Manager, sql: str) -> int:
-    with m.driver.connection() as conn:
-        row = conn.execute(sql).fetchone()  # type: ignore[call-overload]
-    assert row is not None
-    return int(row[0])
 
 
 def started(make_manager: MakeManager, flow: Flow, wf: str = WF, **options: Any) -> Manager:
@@ -65,20 +59,20 @@ def finishes_with(result: Any) -> Flow:
 
 
 def test_enqueue_duplicate_live_pair_raises_exists_without_side_effects(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
-    m = make_manager()
+    m = make_any_manager()
     m.enqueue_workflow(WF, "a", {"run": 1})
     with pytest.raises(WorkflowInstanceExistsError, match="'wf'/'a'"):
         m.enqueue_workflow(WF, "a", {"run": 2})
     info = m.get_workflow_instance(WF, "a")
     assert info.parameters == {"run": 1}
-    assert count(m, "SELECT count(*) FROM workflow_instances") == 1
-    assert count(m, "SELECT count(*) FROM workflow_events") == 1
+    assert count_rows(m, "workflow_instances") == 1
+    assert count_rows(m, "workflow_events") == 1
     # Another instance name or workflow name is a different pair.
     m.enqueue_workflow(WF, "b")
     m.enqueue_workflow("other", "a")
-    assert count(m, "SELECT count(*) FROM workflow_instances") == 3
+    assert count_rows(m, "workflow_instances") == 3
 
 
 def test_same_pair_can_be_enqueued_again_after_it_finishes_and_history_keeps_old_run(
@@ -359,18 +353,18 @@ def test_second_cancel_is_delivered_when_the_first_continued(make_any_manager: M
     assert [c[2] for c in flow.calls[1:]] == [None, 1]
 
 
-def test_second_cancel_is_dropped_when_the_first_finished(make_manager: MakeManager) -> None:
+def test_second_cancel_is_dropped_when_the_first_finished(make_any_manager: MakeManager) -> None:
     flow = Flow(on_cancel=lambda inst, ev: inst.complete("first cancel"))
-    _run_on_start_then_stop(make_manager, flow)
-    idle = make_manager()
+    _run_on_start_then_stop(make_any_manager, flow)
+    idle = make_any_manager()
     idle.cancel_workflow(WF, "a")
     idle.cancel_workflow(WF, "a")
-    assert count(idle, "SELECT count(*) FROM workflow_events WHERE event_type = 'cancel'") == 2
-    m = started(make_manager, flow)
+    assert count_rows(idle, "workflow_events", "cancel") == 2
+    m = started(make_any_manager, flow)
     info = m.await_workflow(WF, "a", timeout=AWAIT)
     assert info.result == "first cancel"
     assert flow.names() == ["on_start", "on_cancel"]
-    assert count(m, "SELECT count(*) FROM workflow_events") == 0
+    assert count_rows(m, "workflow_events") == 0
 
 
 def test_cancel_before_on_start_ran_fails_without_calling_on_start(
@@ -391,11 +385,11 @@ def test_cancel_before_on_start_ran_fails_without_calling_on_start(
 
 
 def test_kill_fails_the_instance_with_killed_without_calling_the_executor(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     completed: list[WorkflowInstanceInfo] = []
     flow = Flow(on_start=lambda inst, ev: inst.continue_with("busy"))
-    m = started(make_manager, flow, on_workflow_complete=completed.append)
+    m = started(make_any_manager, flow, on_workflow_complete=completed.append)
     m.enqueue_workflow(WF, "a", {"k": 1})
     wait_status(m, "a", WorkflowStatus.RUNNING)
     m.kill_workflow(WF, "a")
@@ -407,7 +401,7 @@ def test_kill_fails_the_instance_with_killed_without_calling_the_executor(
     assert info.ended_at is not None
     assert m.await_workflow(WF, "a", timeout=AWAIT).error == "killed"
     assert flow.names() == ["on_start"]  # neither on_cancel nor anything else
-    assert count(m, "SELECT count(*) FROM workflow_instances") == 0
+    assert count_rows(m, "workflow_instances") == 0
 
 
 def test_kill_before_start_means_on_start_never_runs(make_any_manager: MakeManager) -> None:
@@ -422,7 +416,7 @@ def test_kill_before_start_means_on_start_never_runs(make_any_manager: MakeManag
     assert flow.names("a") == []
 
 
-def test_kill_drops_queued_tasks_and_stops_running_ones(make_manager: MakeManager) -> None:
+def test_kill_drops_queued_tasks_and_stops_running_ones(make_any_manager: MakeManager) -> None:
     running = threading.Event()
     saw_cancel = threading.Event()
     returned = threading.Event()
@@ -448,19 +442,19 @@ def test_kill_drops_queued_tasks_and_stops_running_ones(make_manager: MakeManage
         return inst.continue_with()
 
     flow = Flow(on_start=on_start, on_task=lambda inst, ev: inst.complete(ev.result.value))
-    m = make_manager(heartbeat_interval=0.5)
+    m = make_any_manager(heartbeat_interval=0.5)
     m.register_workflow_executor(WF, flow)
     m.register_task_executor("slow", slow, workers=1)
     m.start()
     m.enqueue_workflow(WF, "victim")
     assert running.wait(10), "the first task never started"
-    assert count(m, "SELECT count(*) FROM tasks WHERE state = 'queued'") == 4
+    assert count_rows(m, "tasks", "queued") == 4
     killed_at = time.monotonic()
     m.kill_workflow(WF, "victim")
     assert saw_cancel.wait(5), "the running task was not told to stop"
     assert time.monotonic() - killed_at < 2.5  # within a few heartbeats at most
     assert returned.wait(5)
-    assert count(m, "SELECT count(*) FROM tasks") == 0
+    assert count_rows(m, "tasks") == 0
     # Tasks run oldest first: a task enqueued now runs only after any left-over queued one.
     m.enqueue_workflow(WF, "sentinel", "sentinel")
     assert m.await_workflow(WF, "sentinel", timeout=AWAIT).result == "sentinel ran"
@@ -469,7 +463,7 @@ def test_kill_drops_queued_tasks_and_stops_running_ones(make_manager: MakeManage
     assert m.get_workflow_instance(WF, "victim").error == "killed"
 
 
-def test_kill_waits_for_a_callback_in_flight_and_wins(make_manager: MakeManager) -> None:
+def test_kill_waits_for_a_callback_in_flight_and_wins(make_any_manager: MakeManager) -> None:
     entered = threading.Event()
     release = threading.Event()
 
@@ -479,7 +473,7 @@ def test_kill_waits_for_a_callback_in_flight_and_wins(make_manager: MakeManager)
         inst.enqueue_task("t", "written by the in-flight callback")
         return inst.continue_with("committed before the kill")
 
-    m = make_manager()
+    m = make_any_manager()
     m.register_workflow_executor(WF, Flow(on_start=on_start))
     m.register_task_executor("t", lambda task: None)
     m.start()
@@ -503,18 +497,18 @@ def test_kill_waits_for_a_callback_in_flight_and_wins(make_manager: MakeManager)
     assert outcome == ["killed"]
     info = m.get_workflow_instance(WF, "a")
     assert (info.status, info.error) == (WorkflowStatus.FAILED, "killed")
-    assert count(m, "SELECT count(*) FROM tasks") == 0  # the callback's task went with it
+    assert count_rows(m, "tasks") == 0  # the callback's task went with it
 
 
-def test_kill_twice_raises_not_found(make_manager: MakeManager) -> None:
-    m = make_manager()
+def test_kill_twice_raises_not_found(make_any_manager: MakeManager) -> None:
+    m = make_any_manager()
     m.enqueue_workflow(WF, "a")
     m.kill_workflow(WF, "a")
     with pytest.raises(WorkflowInstanceNotFoundError, match="'wf'/'a'"):
         m.kill_workflow(WF, "a")
     with pytest.raises(WorkflowInstanceNotFoundError):
         m.kill_workflow(WF, "never enqueued")
-    assert count(m, "SELECT count(*) FROM workflow_results") == 1
+    assert count_rows(m, "workflow_results") == 1
 
 
 # --- await -------------------------------------------------------------------------------------
