@@ -3,11 +3,13 @@ storage (instances, events, tasks, finished runs) whichever driver its manager r
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from psycopg import sql
 
 from cereal import Manager
+from cereal.driver import Driver
 from cereal.testing import MemoryDriver
 
 _COLUMNS = {"workflow_events": "event_type", "tasks": "state"}
@@ -40,3 +42,25 @@ def count_rows(manager: Manager, table: str, kind: str | None = None) -> int:
         row = conn.execute(query).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def run_starts(driver: Driver, workflow_name: str, instance_name: str) -> list[datetime]:
+    """Start times of every run of ``(workflow_name, instance_name)``, finished or live,
+    oldest first, as the driver stored them."""
+    if isinstance(driver, MemoryDriver):
+        store = driver.store
+        pair = (workflow_name, instance_name)
+        with store.lock:
+            starts = [run.started_at for run in store.history.get(pair, [])]
+            if pair in store.live:
+                starts.append(store.instances[store.live[pair]].started_at)
+        return sorted(starts)
+    with driver.connection() as conn:  # type: ignore[attr-defined]
+        rows = conn.execute(
+            "SELECT started_at FROM workflow_results"
+            " WHERE workflow_name = %s AND instance_name = %s"
+            " UNION ALL SELECT started_at FROM workflow_instances"
+            " WHERE workflow_name = %s AND instance_name = %s ORDER BY 1",
+            (workflow_name, instance_name, workflow_name, instance_name),
+        ).fetchall()
+    return [row[0] for row in rows]

@@ -21,16 +21,16 @@ class _Complete:
         return instance.fail("cancelled")
 
 
-def test_configure_rejects_bad_values_naming_them(make_manager: Callable[..., Manager]) -> None:
-    manager = make_manager()
+def test_configure_rejects_bad_values_naming_them(make_any_manager: Callable[..., Manager]) -> None:
+    manager = make_any_manager()
     with pytest.raises(CerealError, match="'yes'"):
         manager.configure(scheduler="yes")  # type: ignore[arg-type]
     with pytest.raises(CerealError, match=r"workflow_workers .* got 0"):
         manager.configure(workflow_workers=0)
 
 
-def test_configure_after_start_is_a_state_error(make_manager: Callable[..., Manager]) -> None:
-    manager = make_manager()
+def test_configure_after_start_is_a_state_error(make_any_manager: Callable[..., Manager]) -> None:
+    manager = make_any_manager()
     manager.register_workflow_executor("w", _Complete())
     manager.configure(workflow_workers=2)
     manager.start()

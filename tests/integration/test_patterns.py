@@ -66,8 +66,8 @@ def state(**fields: Any) -> dict[str, Any]:
 # -- single task ----------------------------------------------------------------------------------
 
 
-def test_single_task_workflow_completes_with_the_task_value(make_manager: MakeManager) -> None:
-    manager = make_manager()
+def test_single_task_workflow_completes_with_the_task_value(make_any_manager: MakeManager) -> None:
+    manager = make_any_manager()
     register_single_task_workflow(manager, "square-one", square)
     manager.start()
     manager.enqueue_workflow("square-one", "a", 7)
@@ -78,7 +78,7 @@ def test_single_task_workflow_completes_with_the_task_value(make_manager: MakeMa
     assert (failed.status, failed.error) == (WorkflowStatus.FAILED, "ValueError: negative: -1")
 
 
-def test_single_task_workflow_honours_workers(make_manager: MakeManager) -> None:
+def test_single_task_workflow_honours_workers(make_any_manager: MakeManager) -> None:
     barrier = threading.Barrier(2, timeout=10)
     lock = threading.Lock()
     running = [0, 0]  # now, most at once
@@ -95,7 +95,7 @@ def test_single_task_workflow_honours_workers(make_manager: MakeManager) -> None
                 running[0] -= 1
         return "ok"
 
-    manager = make_manager()
+    manager = make_any_manager()
     register_single_task_workflow(manager, "paired", paired, workers=2)
     manager.start()
     for i in range(4):
@@ -105,12 +105,12 @@ def test_single_task_workflow_honours_workers(make_manager: MakeManager) -> None
     assert running[1] == 2
 
 
-def test_single_task_workflow_honours_timeout(make_manager: MakeManager) -> None:
+def test_single_task_workflow_honours_timeout(make_any_manager: MakeManager) -> None:
     def slow(task: Task) -> str:
         task.cancelled.wait(20)
         return "too late"
 
-    manager = make_manager()
+    manager = make_any_manager()
     register_single_task_workflow(manager, "slow", slow, timeout=0.5)
     manager.start()
     manager.enqueue_workflow("slow", "one")
@@ -119,7 +119,9 @@ def test_single_task_workflow_honours_timeout(make_manager: MakeManager) -> None
     assert "timeout" in (done.error or "")
 
 
-def test_single_task_workflow_cancel_is_ignored_unless_allowed(make_manager: MakeManager) -> None:
+def test_single_task_workflow_cancel_is_ignored_unless_allowed(
+    make_any_manager: MakeManager,
+) -> None:
     started = threading.Event()
     release = threading.Event()
     cancels: list[str] = []
@@ -134,7 +136,7 @@ def test_single_task_workflow_cancel_is_ignored_unless_allowed(make_manager: Mak
         wait_for(lambda: release.is_set() or task.cancelled.is_set(), timeout=20)
         return "finished"
 
-    manager = make_manager()
+    manager = make_any_manager()
     manager.register_task_executor("held", held)
     manager.register_workflow_executor("held", Recording("held"))
     register_single_task_workflow(manager, "stoppable", held, allow_cancel=True)
@@ -160,9 +162,9 @@ def test_single_task_workflow_cancel_is_ignored_unless_allowed(make_manager: Mak
 
 
 def test_chain_runs_its_sub_workflows_in_order_and_completes_with_their_states(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
-    manager = make_manager()
+    manager = make_any_manager()
     manager.register_workflow_executor("chain", ChainWorkflowExecutor(Squares(), Squares()))
     manager.register_task_executor("square", square, workers=4)
     manager.start()
@@ -181,8 +183,8 @@ def test_chain_runs_its_sub_workflows_in_order_and_completes_with_their_states(
     assert read.sub_workflow(1).parameters == [4]
 
 
-def test_chain_stops_at_a_failure_in_the_middle(make_manager: MakeManager) -> None:
-    manager = make_manager()
+def test_chain_stops_at_a_failure_in_the_middle(make_any_manager: MakeManager) -> None:
+    manager = make_any_manager()
     manager.register_workflow_executor(
         "chain", ChainWorkflowExecutor(Squares(), Squares(), Squares())
     )
@@ -199,7 +201,7 @@ def test_chain_stops_at_a_failure_in_the_middle(make_manager: MakeManager) -> No
 
 
 def test_chain_cancel_goes_to_the_current_sub_workflow_and_stops_the_chain(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     started = threading.Event()
     stopped = threading.Event()
@@ -210,7 +212,7 @@ def test_chain_cancel_goes_to_the_current_sub_workflow_and_stops_the_chain(
             stopped.set()
         return 0
 
-    manager = make_manager()
+    manager = make_any_manager()
     manager.register_workflow_executor("chain", ChainWorkflowExecutor(Squares(), Squares()))
     manager.register_task_executor("square", block)
     manager.start()
@@ -231,8 +233,8 @@ def test_chain_cancel_goes_to_the_current_sub_workflow_and_stops_the_chain(
 # -- parallel -------------------------------------------------------------------------------------
 
 
-def test_parallel_completes_with_mixed_outcomes(make_manager: MakeManager) -> None:
-    manager = make_manager()
+def test_parallel_completes_with_mixed_outcomes(make_any_manager: MakeManager) -> None:
+    manager = make_any_manager()
     manager.register_workflow_executor(
         "fan", ParallelWorkflowExecutor({"good": Squares(), "bad": Squares(), "none": Squares()})
     )
@@ -250,8 +252,8 @@ def test_parallel_completes_with_mixed_outcomes(make_manager: MakeManager) -> No
     assert read.sub_workflow("good").completed and read.sub_workflow("bad").failed
 
 
-def test_parallel_with_an_unknown_key_fails_naming_it(make_manager: MakeManager) -> None:
-    manager = make_manager()
+def test_parallel_with_an_unknown_key_fails_naming_it(make_any_manager: MakeManager) -> None:
+    manager = make_any_manager()
     manager.register_workflow_executor("fan", ParallelWorkflowExecutor({"a": Squares()}))
     manager.start()
     manager.enqueue_workflow("fan", "f", {"a": [], "zzz": []})
@@ -260,7 +262,9 @@ def test_parallel_with_an_unknown_key_fails_naming_it(make_manager: MakeManager)
     assert ParallelState.from_info(done).error == done.error
 
 
-def test_parallel_cancel_goes_to_every_unfinished_sub_workflow(make_manager: MakeManager) -> None:
+def test_parallel_cancel_goes_to_every_unfinished_sub_workflow(
+    make_any_manager: MakeManager,
+) -> None:
     class Stubborn(Squares):
         def on_cancel(self, inst: Any, ev: Any) -> Any:
             return inst.continue_with(inst.payload)  # finishes its work anyway
@@ -276,7 +280,7 @@ def test_parallel_cancel_goes_to_every_unfinished_sub_workflow(make_manager: Mak
             task.cancelled.wait(20)
         return int(task.parameters)
 
-    manager = make_manager()
+    manager = make_any_manager()
     manager.register_workflow_executor(
         "fan", ParallelWorkflowExecutor({"quits": Squares(), "stays": Stubborn()})
     )
@@ -303,8 +307,8 @@ def test_parallel_cancel_goes_to_every_unfinished_sub_workflow(make_manager: Mak
 # -- schedules ------------------------------------------------------------------------------------
 
 
-def test_a_chain_runs_from_a_schedule(make_manager: MakeManager) -> None:
-    manager = make_manager()
+def test_a_chain_runs_from_a_schedule(make_any_manager: MakeManager) -> None:
+    manager = make_any_manager()
     manager.register_workflow_executor("nightly", ChainWorkflowExecutor(Squares(), Squares()))
     manager.register_task_executor("square", square, workers=2)
     manager.start()

@@ -22,6 +22,7 @@ from dateutil.rrule import DAILY, MINUTELY, SECONDLY, rrule, rruleset
 
 from cereal import Manager, Schedule, WorkflowInstance
 from cereal.backends.postgres import PostgresDriver
+from cereal.driver import Driver
 from cereal.errors import (
     CerealError,
     InvalidScheduleError,
@@ -31,6 +32,7 @@ from cereal.errors import (
 )
 from tests.helpers.logs import capture_logs
 from tests.helpers.recorders import Flow, complete
+from tests.helpers.rows import run_starts
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -84,17 +86,9 @@ def started(make_manager: MakeManager, recorder: Flow, **options: Any) -> Manage
     return manager
 
 
-def history(driver: PostgresDriver, instance_name: str) -> list[datetime]:
-    """Start times of every run of ``(WF, instance_name)``, finished or live, from the database."""
-    with driver.connection() as conn:
-        rows = conn.execute(
-            "SELECT started_at FROM workflow_results"
-            " WHERE workflow_name = %s AND instance_name = %s"
-            " UNION ALL SELECT started_at FROM workflow_instances"
-            " WHERE workflow_name = %s AND instance_name = %s ORDER BY 1",
-            (WF, instance_name, WF, instance_name),
-        ).fetchall()
-    return [row[0] for row in rows]
+def history(driver: Driver, instance_name: str) -> list[datetime]:
+    """Start times of every run of ``(WF, instance_name)``, finished or live, from storage."""
+    return run_starts(driver, WF, instance_name)
 
 
 def fields(schedule: Schedule) -> tuple[Any, ...]:
@@ -115,10 +109,10 @@ def fields(schedule: Schedule) -> tuple[Any, ...]:
 
 
 def test_schedule_runs_every_occurrence_on_time_with_its_parameters(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     recorder = recording_flow()
-    manager = started(make_manager, recorder)
+    manager = started(make_any_manager, recorder)
     first = second_after(2)
     params = {"n": 1, "tags": ["a", None], "text": "grüße ☃", "big": 2**62, "f": 0.1}
     manager.create_workflow_schedule(
@@ -150,10 +144,10 @@ def test_schedule_runs_every_occurrence_on_time_with_its_parameters(
 
 
 def test_rule_that_runs_out_runs_its_last_occurrences_then_schedule_is_disabled(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     recorder = recording_flow()
-    manager = started(make_manager, recorder)
+    manager = started(make_any_manager, recorder)
     at = second_after(1)
     two = timedelta(seconds=2)
     expected = {  # name: (recurrence, occurrences still to come)
@@ -208,9 +202,11 @@ def test_rule_that_runs_out_runs_its_last_occurrences_then_schedule_is_disabled(
 # -- updates ---------------------------------------------------------------------------------
 
 
-def test_updated_parameters_reach_the_next_run_without_restart(make_manager: MakeManager) -> None:
+def test_updated_parameters_reach_the_next_run_without_restart(
+    make_any_manager: MakeManager,
+) -> None:
     recorder = recording_flow()
-    manager = started(make_manager, recorder)
+    manager = started(make_any_manager, recorder)
     first = second_after(1)
     manager.create_workflow_schedule(
         WF, "params", {"v": 1}, recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=2")
@@ -225,10 +221,10 @@ def test_updated_parameters_reach_the_next_run_without_restart(make_manager: Mak
 
 
 def test_updated_recurrence_recomputes_next_due_and_runs_follow_the_new_rule(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     recorder = recording_flow()
-    manager = started(make_manager, recorder)
+    manager = started(make_any_manager, recorder)
     manager.create_workflow_schedule(
         WF, "rule", {"r": 1}, recurrence=rule(second_after(3600), "FREQ=HOURLY")
     )
@@ -246,9 +242,9 @@ def test_updated_recurrence_recomputes_next_due_and_runs_follow_the_new_rule(
         assert abs(run.seen_at - occurrence) <= TOLERANCE
 
 
-def test_disabled_schedule_stops_running(make_manager: MakeManager) -> None:
+def test_disabled_schedule_stops_running(make_any_manager: MakeManager) -> None:
     recorder = recording_flow()
-    manager = started(make_manager, recorder)
+    manager = started(make_any_manager, recorder)
     first = second_after(1)
     manager.create_workflow_schedule(WF, "off", recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=2"))
     recorder.wait_for_starts(1, 4, "off")
@@ -261,10 +257,10 @@ def test_disabled_schedule_stops_running(make_manager: MakeManager) -> None:
 
 
 def test_reenabling_recomputes_next_due_and_does_not_fire_the_stale_occurrence(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     recorder = recording_flow()
-    manager = started(make_manager, recorder)
+    manager = started(make_any_manager, recorder)
     first = second_after(1)
     manager.create_workflow_schedule(
         WF, "stale", recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=10")
@@ -281,9 +277,9 @@ def test_reenabling_recomputes_next_due_and_does_not_fire_the_stale_occurrence(
 
 
 def test_update_with_an_exhausted_rule_is_rejected_and_changes_nothing(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
-    manager = make_manager(scheduler=False)
+    manager = make_any_manager(scheduler=False)
     manager.create_workflow_schedule(
         WF, "atomic", {"a": 1}, recurrence=rule(second_after(3600), "FREQ=DAILY")
     )
@@ -313,9 +309,9 @@ def test_update_with_an_exhausted_rule_is_rejected_and_changes_nothing(
 
 
 def test_reenabling_a_rule_that_ran_out_while_disabled_is_rejected(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
-    manager = make_manager(scheduler=False)
+    manager = make_any_manager(scheduler=False)
     at = second_after(1)
     manager.create_workflow_schedule(
         WF, "gone", recurrence=rule(at, "FREQ=SECONDLY;COUNT=1"), enabled=False
@@ -332,9 +328,9 @@ def test_reenabling_a_rule_that_ran_out_while_disabled_is_rejected(
 
 
 def test_create_rejects_duplicates_bad_rules_and_bad_input_storing_nothing(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
-    manager = make_manager(scheduler=False)
+    manager = make_any_manager(scheduler=False)
     good = rule(second_after(3600), "FREQ=DAILY")
     manager.create_workflow_schedule(WF, "dup", {"x": 1}, recurrence=good)
     original = manager.get_workflow_schedule(WF, "dup")
@@ -381,8 +377,8 @@ def test_create_rejects_duplicates_bad_rules_and_bad_input_storing_nothing(
     assert [s.instance_name for s in manager.list_workflow_schedules()] == ["dup"]
 
 
-def test_create_accepts_dateutil_rrule_and_rruleset(make_manager: MakeManager) -> None:
-    manager = make_manager(scheduler=False)
+def test_create_accepts_dateutil_rrule_and_rruleset(make_any_manager: MakeManager) -> None:
+    manager = make_any_manager(scheduler=False)
     now = utcnow()
     utc_rule = rrule(MINUTELY, interval=15, dtstart=datetime(2030, 1, 1, 9, tzinfo=UTC))
     london = ZoneInfo("Europe/London")
@@ -417,8 +413,8 @@ def test_create_accepts_dateutil_rrule_and_rruleset(make_manager: MakeManager) -
     ]
 
 
-def test_stored_recurrence_text_round_trips_exactly(make_manager: MakeManager) -> None:
-    manager = make_manager(scheduler=False)
+def test_stored_recurrence_text_round_trips_exactly(make_any_manager: MakeManager) -> None:
+    manager = make_any_manager(scheduler=False)
     texts = {
         "utc": "DTSTART:20300101T090000Z\nRRULE:FREQ=DAILY;INTERVAL=2",
         "london": "DTSTART;TZID=Europe/London:20300601T090000\nRRULE:FREQ=WEEKLY;BYDAY=MO,FR",
@@ -453,9 +449,9 @@ def test_stored_recurrence_text_round_trips_exactly(make_manager: MakeManager) -
 
 
 def test_rule_without_dtstart_is_anchored_once_and_does_not_drift(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
-    manager = make_manager(scheduler=False)
+    manager = make_any_manager(scheduler=False)
     before = utcnow().replace(microsecond=0) - timedelta(seconds=1)
     manager.create_workflow_schedule(WF, "floating", recurrence="FREQ=HOURLY;INTERVAL=2")
     after = utcnow() + timedelta(seconds=1)
@@ -473,14 +469,14 @@ def test_rule_without_dtstart_is_anchored_once_and_does_not_drift(
     assert again.next_due_at == first.next_due_at
     assert again.next_occurrences(3, probe) == first.next_occurrences(3, probe)
     # Another manager object reads the same anchor.
-    assert make_manager(scheduler=False).get_workflow_schedule(WF, "floating") == again
+    assert make_any_manager(scheduler=False).get_workflow_schedule(WF, "floating") == again
 
 
 # -- get, list, delete -----------------------------------------------------------------------
 
 
-def test_get_list_delete_and_not_found_errors(make_manager: MakeManager) -> None:
-    manager = make_manager(scheduler=False)
+def test_get_list_delete_and_not_found_errors(make_any_manager: MakeManager) -> None:
+    manager = make_any_manager(scheduler=False)
     with pytest.raises(WorkflowScheduleNotFoundError, match="missing"):
         manager.get_workflow_schedule(WF, "missing")
     with pytest.raises(WorkflowScheduleNotFoundError, match="missing"):
@@ -532,9 +528,9 @@ def test_get_list_delete_and_not_found_errors(make_manager: MakeManager) -> None
             call("x", None)  # type: ignore[arg-type]
 
 
-def test_last_run_fields_reflect_the_latest_finished_run(make_manager: MakeManager) -> None:
+def test_last_run_fields_reflect_the_latest_finished_run(make_any_manager: MakeManager) -> None:
     recorder = recording_flow()
-    manager = started(make_manager, recorder)
+    manager = started(make_any_manager, recorder)
     first = second_after(1)
     manager.create_workflow_schedule(WF, "last", recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=2"))
     fresh = manager.get_workflow_schedule(WF, "last")
@@ -563,9 +559,9 @@ def test_last_run_fields_reflect_the_latest_finished_run(make_manager: MakeManag
 
 
 def test_next_occurrences_returns_n_increasing_utc_datetimes_from_the_rule(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
-    manager = make_manager(scheduler=False)
+    manager = make_any_manager(scheduler=False)
     manager.create_workflow_schedule(
         WF, "quarter", recurrence="DTSTART:20300101T000000Z\nRRULE:FREQ=MINUTELY;INTERVAL=15"
     )
@@ -594,9 +590,11 @@ def test_next_occurrences_returns_n_increasing_utc_datetimes_from_the_rule(
 # -- skipping and coalescing -----------------------------------------------------------------
 
 
-def test_occurrence_is_skipped_while_the_previous_run_is_live(make_manager: MakeManager) -> None:
+def test_occurrence_is_skipped_while_the_previous_run_is_live(
+    make_any_manager: MakeManager,
+) -> None:
     recorder = recording_flow(hold=True)
-    manager = started(make_manager, recorder)
+    manager = started(make_any_manager, recorder)
     first = second_after(1)
     manager.create_workflow_schedule(
         WF, "busy", {"b": 1}, recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=2")
@@ -709,10 +707,10 @@ def test_unreadable_stored_rule_disables_its_schedule_and_others_still_run(
 
 
 def test_each_occurrence_is_enqueued_once_with_three_managers(
-    make_manager: MakeManager, driver: PostgresDriver
+    make_any_manager: MakeManager,
 ) -> None:
     recorder = recording_flow()
-    managers = [started(make_manager, recorder) for _ in range(3)]
+    managers = [started(make_any_manager, recorder) for _ in range(3)]
     first = second_after(1)
     with capture_logs() as logs:
         managers[0].create_workflow_schedule(
@@ -724,7 +722,7 @@ def test_each_occurrence_is_enqueued_once_with_three_managers(
         time.sleep(0.5)  # the last run finishes
 
     occurrences = math.floor((stopped_at - first).total_seconds()) + 1  # 7
-    starts = history(driver, "once")
+    starts = history(managers[0].driver, "once")
     windows = Counter(math.floor((s - first).total_seconds()) for s in starts)
     assert windows and max(windows.values()) == 1, windows
     assert all(0 <= k < occurrences for k in windows), windows
@@ -743,12 +741,12 @@ def test_each_occurrence_is_enqueued_once_with_three_managers(
 
 
 def test_sleeping_scheduler_wakes_on_notify_from_another_manager(
-    make_manager: MakeManager,
+    make_any_manager: MakeManager,
 ) -> None:
     recorder = recording_flow()
-    started(make_manager, recorder)
+    started(make_any_manager, recorder)
     time.sleep(1)  # its first pass found nothing and it now sleeps for up to a minute
-    other = make_manager(scheduler=False)  # its own driver; never started
+    other = make_any_manager(scheduler=False)  # its own driver; never started
 
     at = second_after(1)
     other.create_workflow_schedule(WF, "created", recurrence=rule(at, "FREQ=HOURLY"))
