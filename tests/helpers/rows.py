@@ -64,3 +64,18 @@ def run_starts(driver: Driver, workflow_name: str, instance_name: str) -> list[d
             (workflow_name, instance_name, workflow_name, instance_name),
         ).fetchall()
     return [row[0] for row in rows]
+
+
+def finished_runs(driver: Driver, workflow_name: str, instance_name: str) -> list[tuple[str, Any]]:
+    """``(status, error)`` of every finished run of the pair, as stored, oldest first."""
+    if isinstance(driver, MemoryDriver):
+        with driver.store.lock:
+            runs = list(driver.store.history.get((workflow_name, instance_name), []))
+        return [(run.status.value, run.error) for run in runs]
+    with driver.connection() as conn:  # type: ignore[attr-defined]
+        rows = conn.execute(
+            "SELECT status, error FROM workflow_results"
+            " WHERE workflow_name = %s AND instance_name = %s ORDER BY id",
+            (workflow_name, instance_name),
+        ).fetchall()
+    return [(row[0], row[1]) for row in rows]

@@ -23,8 +23,8 @@ from cereal import (
     WorkflowInstance,
     WorkflowStatus,
 )
-from cereal.backends.postgres import PostgresDriver
 from tests.helpers.processes import program
+from tests.helpers.rows import count_rows, finished_runs
 from tests.helpers.timings import LOST_TASK_TIMEOUT
 from tests.helpers.waiting import wait_for
 
@@ -158,7 +158,7 @@ def test_task_of_a_killed_process_is_reported_lost_once_by_another_manager(
 
 @pytest.mark.parametrize("how", ["kill", "complete"])
 def test_task_whose_workflow_finished_is_cancelled_promptly_and_its_late_result_discarded(
-    make_manager: MakeManager, pg_dsn: str, schema: str, how: str
+    make_any_manager: MakeManager, how: str
 ) -> None:
     heartbeat = 0.5
     running = threading.Event()
@@ -176,7 +176,7 @@ def test_task_whose_workflow_finished_is_cancelled_promptly_and_its_late_result_
         assert running.wait(10)
         return "released"
 
-    manager = make_manager(heartbeat_interval=heartbeat)
+    manager = make_any_manager(heartbeat_interval=heartbeat)
     manager.register_workflow_executor("watch", Watch())
     manager.register_task_executor("wait", wait)
     manager.register_task_executor("release", release)
@@ -207,11 +207,9 @@ def test_task_whose_workflow_finished_is_cancelled_promptly_and_its_late_result_
     )
     time.sleep(0.5)  # time for a (wrongly) recorded result to arrive
     assert reports(manager, "i1") == []
-    assert query(pg_dsn, schema, "SELECT count(*) FROM workflow_events") == [(0,)]
-    assert query(pg_dsn, schema, "SELECT count(*) FROM tasks") == [(0,)]
-    [(status, error)] = query(
-        pg_dsn, schema, "SELECT status, error FROM workflow_results WHERE instance_name = 'i1'"
-    )
+    assert count_rows(manager, "workflow_events") == 0
+    assert count_rows(manager, "tasks") == 0
+    [(status, error)] = finished_runs(manager.driver, "watch", "i1")
     if how == "kill":
         assert (status, error) == ("failed", "killed")
     else:
@@ -219,7 +217,7 @@ def test_task_whose_workflow_finished_is_cancelled_promptly_and_its_late_result_
 
 
 def test_task_reported_lost_elsewhere_is_stopped_by_its_heartbeat_and_its_result_discarded(
-    make_manager: MakeManager, driver: PostgresDriver
+    make_any_manager: MakeManager,
 ) -> None:
     """A task presumed dead (say its process stalled past the lost-task timeout) is reported
     LOST by someone else; when it comes back, its heartbeat finds the row gone."""
@@ -233,7 +231,8 @@ def test_task_reported_lost_elsewhere_is_stopped_by_its_heartbeat_and_its_result
         observed["at"] = time.monotonic()
         return "late"
 
-    manager = make_manager(heartbeat_interval=heartbeat, lost_task_timeout=30)
+    manager = make_any_manager(heartbeat_interval=heartbeat, lost_task_timeout=30)
+    other = make_any_manager()  # another manager on the same storage, never started
     manager.register_workflow_executor("watch", Watch())
     manager.register_task_executor("wait", wait)
     manager.start()
@@ -241,7 +240,7 @@ def test_task_reported_lost_elsewhere_is_stopped_by_its_heartbeat_and_its_result
     assert running.wait(10)
 
     # What another manager's reaper does when this task's heartbeats stop for long enough.
-    wait_for(lambda: driver.reap_lost_tasks(0.0, "task lost: test") == 1, 5, "the reap")
+    wait_for(lambda: other.driver.reap_lost_tasks(0.0, "task lost: test") == 1, 5, "the reap")
     reaped = time.monotonic()
 
     wait_for(lambda: "at" in observed, heartbeat + 3, "the task to be cancelled")
