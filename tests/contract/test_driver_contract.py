@@ -31,6 +31,7 @@ from cereal.driver import (
     TasksQueued,
     Wakeup,
 )
+from cereal.errors import DatabaseError
 from cereal.testing import MemoryDriver
 from cereal.types import TaskStatus, WorkflowStatus
 from cereal.workflow import PendingTask
@@ -526,6 +527,37 @@ def test_commit_deletes_consumed_events_and_stores_payload_counters_and_tasks(
     tasks, _ = d.claim_tasks({"t": 10}, OWNER)
     assert sorted(t.parameters for t in tasks) == [1, 2]
     assert {(t.workflow_name, t.instance_name) for t in tasks} == {(W, "a")}
+
+
+def test_commit_refuses_a_task_start_time_out_of_range_and_writes_nothing(
+    contract_driver: Driver,
+) -> None:
+    d = contract_driver
+    start(d, "a")
+    with claim(d) as batch:
+        inst = batch.instances[0]
+        with pytest.raises(DatabaseError) as refused:
+            batch.commit(
+                [
+                    StepOutcome(
+                        instance=inst,
+                        consumed=[e.id for e in batch.events[inst.id]],
+                        status=WorkflowStatus.RUNNING,
+                        enqueued_tasks=1,
+                        tasks=[
+                            PendingTask(
+                                "t", None, delay=timedelta(days=999_999_999).total_seconds()
+                            )
+                        ],
+                    )
+                ]
+            )
+    assert not refused.value.transient
+    with claim(d) as batch:  # nothing was written: the start event comes again
+        (inst,) = batch.instances
+        assert inst.status is WorkflowStatus.STARTING
+        assert [e.kind for e in batch.events[inst.id]] == ["start"]
+    assert d.claim_tasks({"t": 10}, OWNER)[0] == []
 
 
 def test_commit_of_a_finished_instance_moves_it_to_history_and_drops_its_work(
