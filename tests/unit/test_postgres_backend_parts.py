@@ -28,7 +28,7 @@ def test_payloads_use_one_letter_kinds() -> None:
     assert notify.encode(SchedulesChanged()) == "s"
 
 
-@pytest.mark.parametrize("payload", ["", "x", "fabc", "f", "f-1"])
+@pytest.mark.parametrize("payload", ["", "x", "fabc", "f", "f-1", "f\u00b2", "f\u0663", "f1 "])
 def test_unknown_payloads_are_ignored(payload: str) -> None:
     assert notify.decode(payload) is None
 

@@ -54,6 +54,15 @@ class PostgresListener:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def _deliver(self, payload: str) -> None:
+        """Hand one payload's wakeup over; nothing a payload holds may end the loop."""
+        try:
+            wakeup = notify.decode(payload)
+            if wakeup is not None:
+                self._on_wakeup(wakeup)
+        except Exception as exc:
+            log.error("handling a notification failed", payload=payload[:100], error=repr(exc))
+
     def _run(self) -> None:
         delay = self._retry
         while not self._stop.is_set():
@@ -65,9 +74,7 @@ class PostgresListener:
                     self._on_reconnect()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.25):
-                            wakeup = notify.decode(note.payload)
-                            if wakeup is not None:
-                                self._on_wakeup(wakeup)
+                            self._deliver(note.payload)
             except Exception as exc:
                 self.connected.clear()
                 if self._stop.is_set():

@@ -46,14 +46,19 @@ def encode(wakeup: Wakeup) -> str:
 
 
 def decode(payload: str) -> Wakeup | None:
-    """The wakeup a payload announces; None for a payload this version does not know."""
+    """The wakeup a payload announces; None for a payload this version does not know.
+
+    A wakeup is only a hint to look: any role that can connect may send any payload on
+    the channel, so the receiver acts on what the database confirms, never on the payload.
+    """
     kind, rest = payload[:1], payload[1:]
     if kind == "e":
         return EventsPending(rest)
     if kind == "t":
         return TasksQueued(rest)
     if kind == "f":
-        return InstanceFinished(int(rest)) if rest.isdigit() else None
+        # Anyone who can connect can send anything: only plain ASCII digits are an id.
+        return InstanceFinished(int(rest)) if rest.isascii() and rest.isdigit() else None
     if kind == "s":
         return SchedulesChanged()
     return None
