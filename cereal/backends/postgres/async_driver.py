@@ -21,10 +21,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, LiteralString
 
 import psycopg
-from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from cereal.backends.postgres.errors import translate as shared_translate
 from cereal.backends.postgres.jsonb import use_strict_jsonb
 from cereal.backends.postgres.migrations import migrate
 from cereal.backends.postgres.queries import load_queries
@@ -32,8 +32,6 @@ from cereal.checks import decode_cursor, encode_cursor, not_enqueued
 from cereal.driver import ScheduleChange, StoredSchedule
 from cereal.errors import (
     CerealError,
-    DatabaseError,
-    SerializationError,
     TransientDatabaseError,
 )
 from cereal.logging import get_logger
@@ -680,20 +678,10 @@ def _reraise_cancel(exc: BaseException) -> None:
 
 
 def translate(exc: psycopg.Error) -> CerealError:
-    """The :mod:`cereal.errors` type of a psycopg error (the message is the server's)."""
-    if isinstance(
-        exc,
-        psycopg.OperationalError
-        | psycopg.InterfaceError
-        | pgerrors.DeadlockDetected
-        | pgerrors.SerializationFailure
-        | pgerrors.InvalidSqlStatementName
-        | pgerrors.ReadOnlySqlTransaction,
-    ):
-        return TransientDatabaseError(str(exc))
-    if isinstance(exc, psycopg.DataError):
-        return SerializationError(str(exc))
-    return DatabaseError(str(exc))
+    """The :mod:`cereal.errors` type of a psycopg error (the message is the server's): the
+    synchronous driver's classification (:func:`cereal.backends.postgres.errors.translate`),
+    so that both clients raise the same type for the same failure."""
+    return shared_translate(exc)
 
 
 async def _check_connection(conn: AsyncConnection) -> None:
