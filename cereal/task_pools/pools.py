@@ -116,6 +116,7 @@ class TaskPools:
         if self._async is not None:
             self._async.stop()
         self._writer.join(left(0.1))
+        self._writer.abandon()  # out of time: commit nothing more after stop returns
         self._watchdog.join(left(0.1))
         if self._async is not None:
             self._async.join(left(0.1))

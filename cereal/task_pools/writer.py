@@ -2,27 +2,45 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Callable
 
+from cereal.codec import storable_text
 from cereal.driver import Driver, TaskOutcome
-from cereal.errors import DatabaseError
+from cereal.errors import DatabaseError, SerializationError
 from cereal.logging import get_logger
 from cereal.task_pools.batcher import Batcher
+from cereal.types import TaskStatus
 
 __all__ = ["ResultWriter"]
 
 log = get_logger("cereal.tasks")
 
 PERMANENT_FAILURES = 3
-"""Attempts before a batch the database keeps refusing is given up (its tasks are then
-reported lost by the lost-task reaper, since nobody heartbeats them any more)."""
+"""Attempts before a batch the database keeps rejecting for a reason that is not one of its
+values (a missing table, a revoked privilege) is given up: its tasks are then reported lost
+by the lost-task reaper, since nobody heartbeats them any more."""
+MAX_RETRY_DELAY = 2.0
+"""The longest pause between two attempts at a batch the database cannot take now."""
+REFUSAL_MESSAGE_CHARS = 2000
+"""How much of the server's message a refused result's ``FAILED`` outcome keeps."""
 
 
 class ResultWriter:
     """Writes outcomes through :meth:`Driver.complete_tasks` from one thread, as many per
-    call as were queued meanwhile; transient failures are retried with backoff. After each
-    batch, ``on_written`` gets the outcomes (written, discarded or given up)."""
+    call as were queued meanwhile. After each batch, ``on_written`` gets its outcomes
+    (written, discarded, replaced or given up).
+
+    - A failure the database says is transient (lost connection, read-only server, shutdown,
+      deadlock...) is retried with backoff for as long as it lasts: the outcomes stay queued
+      and their tasks stay heartbeated, so a finished task's result survives any outage
+      shorter than the lost-task timeout.
+    - A batch refused for one of its values (:class:`~cereal.errors.SerializationError`, e.g.
+      a result over PostgreSQL's ``jsonb`` size limit) is written again one outcome at a
+      time; the refused outcome becomes a ``FAILED`` result naming the server's reason, and
+      every other outcome of the batch is recorded.
+    - Any other permanent failure is retried a few times, then given up and logged.
+    """
 
     def __init__(
         self,
@@ -35,6 +53,7 @@ class ResultWriter:
         self._driver = driver
         self._owner = owner
         self._on_written = on_written
+        self._abandoned = threading.Event()
         self._batcher: Batcher[TaskOutcome] = Batcher(
             "cereal-task-writer", self._write, max_batch=max_batch
         )
@@ -52,12 +71,71 @@ class ResultWriter:
     def join(self, timeout: float | None) -> None:
         self._batcher.join(timeout)
 
+    def abandon(self) -> None:
+        """Stop retrying: what is not written yet is given up (its tasks are reported lost
+        after the lost-task timeout). For a stop that ran out of time."""
+        self._abandoned.set()
+
     def _write(self, batch: list[TaskOutcome]) -> None:
+        try:
+            self._record(batch)
+        except SerializationError as exc:
+            if len(batch) == 1:
+                self._replace_refused(batch[0], exc)
+            else:
+                log.warning(
+                    "task results refused by the database; recording them one by one",
+                    error=_short(exc),
+                    count=len(batch),
+                )
+                for outcome in batch:
+                    try:
+                        self._record([outcome])
+                    except SerializationError as refused:
+                        self._replace_refused(outcome, refused)
+                    except _GiveUp:
+                        pass
+        except _GiveUp:
+            pass
+        self._on_written(batch)
+
+    def _replace_refused(self, outcome: TaskOutcome, exc: SerializationError) -> None:
+        """Record a ``FAILED`` outcome in place of one the database refused to store."""
+        log.error(
+            "task result refused by the database",
+            task_id=outcome.id,
+            workflow=outcome.workflow_name,
+            error=_short(exc),
+        )
+        failed = TaskOutcome(
+            outcome.id,
+            outcome.workflow_name,
+            TaskStatus.FAILED.value,
+            error=storable_text(f"the database refused the task's result: {_short(exc)}"),
+        )
+        try:
+            self._record([failed])
+        except (SerializationError, _GiveUp):
+            log.error("cannot record task results", task_ids=[outcome.id], error=_short(exc))
+
+    def _record(self, batch: list[TaskOutcome]) -> None:
+        """Write ``batch``, retrying transient failures until they pass. Raises
+        :class:`SerializationError` when the database refuses a value of the batch, and
+        :class:`_GiveUp` (after logging) when it keeps failing otherwise or the writer is
+        abandoned."""
         delay, permanent_failures = 0.1, 0
         while True:
+            if self._abandoned.is_set():
+                log.error(
+                    "cannot record task results: stopped before the database took them",
+                    task_ids=[o.id for o in batch],
+                )
+                raise _GiveUp
             try:
                 self._driver.complete_tasks(batch, self._owner)
-                break
+                return
+            except SerializationError:
+                raise
             except Exception as exc:
                 if not (isinstance(exc, DatabaseError) and exc.transient):
                     permanent_failures += 1
@@ -67,10 +145,20 @@ class ResultWriter:
                             error=repr(exc),
                             task_ids=[o.id for o in batch],
                         )
-                        break
+                        raise _GiveUp from exc
                 log.warning(
                     "recording task results failed; retrying", error=repr(exc), retry_in=delay
                 )
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        self._on_written(batch)
+                self._abandoned.wait(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+
+
+class _GiveUp(Exception):
+    """A batch was given up (already logged)."""
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if len(text) > REFUSAL_MESSAGE_CHARS:
+        text = text[:REFUSAL_MESSAGE_CHARS] + "..."
+    return text
