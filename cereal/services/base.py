@@ -32,6 +32,10 @@ class PeriodicService:
     def run_once(self) -> float | None:
         raise NotImplementedError
 
+    def retry_delay(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failed runs in a row (exponential backoff)."""
+        return min(0.5 * 2.0**failures, 10.0)
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=f"cereal-{self.name}", daemon=True)
         self._thread.start()
@@ -58,7 +62,7 @@ class PeriodicService:
                 failures = 0
             except Exception as exc:
                 failures += 1
-                delay = min(0.5 * 2**failures, 10.0)
+                delay = self.retry_delay(failures)
                 transient = isinstance(exc, DatabaseError) and exc.transient
                 level = self.log.warning if transient else self.log.error
                 level(f"{self.name} failed; retrying", error=repr(exc), retry_in=delay)

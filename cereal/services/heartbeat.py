@@ -10,9 +10,12 @@ __all__ = ["Heartbeat", "LostTaskReaper"]
 
 
 class Heartbeat(PeriodicService):
-    """Every ``interval`` seconds, refresh the heartbeat of each running task in one
-    statement. A task whose row is gone (its workflow finished, or another manager already
-    reported it lost) is told to stop and its result will be discarded."""
+    """Every ``interval`` seconds, refresh the heartbeat of each task whose outcome is not
+    recorded yet (claimed, running, or finished with its result waiting to be written) in
+    one statement, on the driver's liveness path. A task whose row is gone (its workflow
+    finished, or another manager already reported it lost) is told to stop and its result
+    will be discarded. A failed heartbeat is retried every second at most, without a
+    growing backoff."""
 
     name = "heartbeat"
 
@@ -21,6 +24,11 @@ class Heartbeat(PeriodicService):
         self._driver = driver
         self._pools = pools
         self._owner = owner
+
+    def retry_delay(self, failures: int) -> float:
+        """No growing backoff: after an outage, every second of delay brings live tasks
+        closer to being reported lost. A failed attempt costs one connection attempt."""
+        return min(self.interval, 1.0)
 
     def run_once(self) -> float | None:
         ids = self._pools.unreported()

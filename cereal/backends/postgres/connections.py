@@ -17,9 +17,12 @@ from cereal.backends.postgres.jsonb import use_strict_jsonb
 from cereal.backends.postgres.migrations import migrate
 from cereal.errors import DatabaseError, TransientDatabaseError
 
-__all__ = ["Connection", "Connections"]
+__all__ = ["Connection", "Connections", "DedicatedConnection"]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
+
+READ_ONLY = "25006"
+"""SQLSTATE read_only_sql_transaction."""
 
 
 class Connections:
@@ -139,8 +142,54 @@ class Connections:
             try:
                 with conn:
                     yield conn
+            except psycopg.Error as exc:
+                if exc.sqlstate == READ_ONLY:
+                    # A session opened while the server was read-only (or on a standby)
+                    # stays so: drop it, the pool's next one may reach a writable server.
+                    conn.close()
+                raise
             finally:
                 pool.putconn(conn)
+
+
+class DedicatedConnection:
+    """One connection of its own, outside the pool, for work that must not wait behind
+    it: task heartbeats. After an outage the pool reconnects with a growing backoff and may
+    be busy with everyone's retries; this connection is opened again on the very next call
+    after any failure (bounded by the connect timeout), so liveness comes back as soon as
+    the server does. Calls are serialised; psycopg errors leave as :mod:`cereal.errors`
+    types."""
+
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """Use the connection (autocommit), opening it first if needed."""
+        with self._lock:
+            conn = self._conn
+            if conn is None or is_dead(conn):
+                self._conn = None
+                if conn is not None:
+                    conn.close()
+                conn = self._conn = self._connections.connect()
+            try:
+                with translated():
+                    yield conn
+            except BaseException:
+                # Whatever went wrong (a lost link, a read-only session after a failover),
+                # the next call starts from a fresh connection.
+                self._conn = None
+                conn.close()
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 def is_dead(conn: Connection) -> bool:

@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 
 from cereal.backends.postgres import notify, operator_views
 from cereal.backends.postgres import overview as dashboard_views
-from cereal.backends.postgres.connections import Connection, Connections
+from cereal.backends.postgres.connections import Connection, Connections, DedicatedConnection
 from cereal.backends.postgres.events import PostgresEventBatch, claim_events
 from cereal.backends.postgres.jsonb import use_lenient_jsonb
 from cereal.backends.postgres.listener import PostgresListener
@@ -125,6 +125,7 @@ class PostgresDriver:
             connect_timeout=connect_timeout,
             application_name=application_name,
         )
+        self._liveness = DedicatedConnection(self._db)
         self._q = load_queries()
         self.channel = notify.channel_name(self._schema)
         self._schedules = ScheduleStatements(self._db, self._q, self.channel)
@@ -150,7 +151,8 @@ class PostgresDriver:
         self._db.open()
 
     def close(self) -> None:
-        """Close the pool. The driver can be opened again later."""
+        """Close the pool and the heartbeat connection. The driver can be opened again."""
+        self._liveness.close()
         self._db.close()
 
     def __enter__(self) -> PostgresDriver:
@@ -360,11 +362,16 @@ class PostgresDriver:
         return {r["id"] for r in rows}
 
     def heartbeat_tasks(self, task_ids: Sequence[int], owner: str) -> set[int]:
-        """Refresh running tasks' heartbeats; return the ids that still exist."""
+        """Refresh running tasks' heartbeats; return the ids that still exist.
+
+        Runs on a connection of its own (see :class:`.DedicatedConnection`), never queued
+        behind the pool, so that live tasks do not look lost after an outage."""
         if not task_ids:
             return set()
-        rows = self._rows("heartbeat_tasks", {"ids": list(task_ids), "owner": owner})
-        return {r["id"] for r in rows}
+        params = {"ids": list(task_ids), "owner": owner}
+        with self._liveness.connection() as conn:
+            rows = conn.execute(self._q["heartbeat_tasks"], params).fetchall()
+        return {r[0] for r in rows}
 
     def release_tasks(self, task_ids: Sequence[int], owner: str) -> None:
         """Hand claimed tasks that never started back to the queue."""
