@@ -2,9 +2,12 @@
 
 ``python -m tests.faults.chaos run`` (or ``scripts/chaos``) runs the workload against an embedded
 PostgreSQL it owns (or ``--dsn``), SIGKILLs a worker process every few seconds, restarts the
-server once (embedded only) and prints what the checker found. ``python -m tests.faults.chaos
-worker ...`` is one worker process; :class:`Workload` drives them and is what the fault tests
-use.
+server once (embedded only) and prints what the checker found. Optional I/O faults (``--io-faults``
+turns them all on): read-only windows with every worker session terminated, a loop of backend
+terminations, task results over PostgreSQL's ``jsonb`` limit (their instances must end with a
+``FAILED`` task result saying the database refused it) and forged notifications.
+``python -m tests.faults.chaos worker ...`` is one worker process; :class:`Workload` drives
+them and is what the fault tests use.
 
 The workflow (``chaos``): ``on_start`` fans out ``k`` ``chaos_part`` tasks; when every part
 is back it enqueues one chained ``chaos_final`` task with the part values, and completes with
@@ -35,7 +38,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -76,6 +79,11 @@ __all__ = [
 WORKFLOW = "chaos"
 PART_TASK = "chaos_part"
 FINAL_TASK = "chaos_final"
+BIG_WORKFLOW = "chaos_big"
+BIG_TASK = "chaos_big"
+BIG_RESULT_BYTES = 2**28 + 2**20
+"""A task result this long is over PostgreSQL's jsonb limit (268435455 bytes a string)."""
+REFUSED = "refused"
 FINAL_KEY = "final"
 DUPLICATE = "duplicate result"
 
@@ -257,6 +265,33 @@ class ChaosTasks:
         return self._run(task, sum(int(v) for v in p["values"]) + int(p["n"]))
 
 
+class OversizedWorkflow:
+    """``chaos_big``: one task whose result is over the jsonb limit. The instance completes
+    with ``"refused"`` once the task's result comes back ``FAILED`` because the database
+    refused it; a ``LOST`` task is enqueued again; anything else fails the instance."""
+
+    def on_start(self, instance: WorkflowInstance, event: StartEvent) -> Decision:
+        instance.enqueue_task(BIG_TASK, {"try": 1})
+        return instance.continue_with()
+
+    def on_task_complete(self, instance: WorkflowInstance, event: TaskCompleteEvent) -> Decision:
+        result = event.result
+        if result.status is TaskStatus.LOST:
+            instance.enqueue_task(BIG_TASK, {"try": int(result.parameters["try"]) + 1})
+            return instance.continue_with()
+        if result.status is TaskStatus.FAILED and "refused" in (result.error or ""):
+            return instance.complete(REFUSED)
+        return instance.fail(f"oversized result came back {result.status.value}: {result.error}")
+
+    def on_cancel(self, instance: WorkflowInstance, event: CancelEvent) -> Decision:
+        return instance.fail("cancelled")
+
+
+def oversized_result(task: Task) -> str:
+    """The result of a ``chaos_big`` task: a string over the jsonb limit."""
+    return "x" * BIG_RESULT_BYTES
+
+
 # -- worker processes ----------------------------------------------------------------------
 
 
@@ -341,6 +376,8 @@ def run_worker(
     tasks = ChaosTasks(log, options.task_delay)
     manager.register_task_executor(PART_TASK, tasks.part, workers=options.task_workers)
     manager.register_task_executor(FINAL_TASK, tasks.final, workers=options.task_workers)
+    manager.register_workflow_executor(BIG_WORKFLOW, OversizedWorkflow())
+    manager.register_task_executor(BIG_TASK, oversized_result)
     manager.start()
     log.write("ready")
     print("ready", flush=True)
@@ -424,6 +461,9 @@ class ChaosReport:
     task_end_times: list[float] = field(default_factory=list)
     callback_keys: Counter[tuple[Any, ...]] = field(default_factory=Counter)
     callback_pids: dict[tuple[Any, ...], set[int]] = field(default_factory=dict)
+    oversized_expected: int = 0
+    oversized_refused: int = 0
+    oversized_wrong: dict[str, str] = field(default_factory=dict)
 
     @property
     def duplicates(self) -> int:
@@ -447,6 +487,7 @@ class ChaosReport:
             and self.duplicates == 0
             and not self.unrecovered_runs
             and self.leftover_rows == 0
+            and self.oversized_refused == self.oversized_expected
         )
 
     @property
@@ -518,6 +559,18 @@ class ChaosReport:
         kills = sum(1 for name, _ in self.marks if name == "kill")
         if kills:
             lines.append(f"workers killed     : {kills}")
+        faults = Counter(name for name, _ in self.marks)
+        if faults["read-only"]:
+            lines.append(f"read-only windows  : {faults['read-only']}")
+        if faults["terminate"]:
+            lines.append(f"terminations       : {faults['terminate']} rounds")
+        if faults["forge"]:
+            lines.append(f"forged notices     : {faults['forge']} rounds")
+        if self.oversized_expected:
+            lines.append(
+                f"oversized results  : {self.oversized_refused}/{self.oversized_expected} "
+                f"refused and reported FAILED to their workflow"
+            )
         for label, items in (
             ("failed", self.failed),
             ("wrong", self.wrong),
@@ -526,6 +579,7 @@ class ChaosReport:
             ("duplicate results", self.duplicate_results),
             ("task ids run twice", self.tasks_run_twice),
             ("unrecovered runs", self.unrecovered_runs),
+            ("oversized wrong", self.oversized_wrong),
         ):
             if items:
                 shown = list(items.items() if isinstance(items, dict) else items)[:5]
@@ -579,6 +633,7 @@ class Workload:
         self._client: Manager | None = None
         self._next_n = 0
         self._fan_outs: dict[str, int] = {}
+        self.oversized: list[str] = []
 
     # -- set-up and teardown ---------------------------------------------------------------
 
@@ -723,6 +778,50 @@ class Workload:
         self.mark("terminate")
         return sum(1 for (ok,) in rows if ok)
 
+    def set_read_only(self, on: bool, *, terminate: bool) -> int:
+        """Make new sessions of the workload's database read-only (or writable again) and,
+        with ``terminate``, end the workers' sessions (what a failover looks like); return
+        how many were ended. Use a database of the run's own: this alters the database."""
+        with self._writable() as conn:
+            name = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = {}").format(
+                    sql.Identifier(name), sql.SQL("on" if on else "off")
+                )
+            )
+        self.mark("read-only" if on else "writable")
+        return self.terminate_worker_connections() if terminate else 0
+
+    def _writable(self) -> psycopg.Connection[Any]:
+        """A connection of the harness that a read-only window does not make read-only."""
+        return psycopg.connect(
+            self.dsn,
+            autocommit=True,
+            connect_timeout=10,
+            options="-c default_transaction_read_only=off",
+        )
+
+    def forge_notifications(self) -> int:
+        """Send what any role that can connect could send on the schema's channel: finish
+        notices for live instances, and garbage; return how many."""
+        live = self._query("SELECT id FROM workflow_instances ORDER BY random() LIMIT 20")
+        payloads = [f"f{r[0]}" for r in live]
+        payloads += ["f\u00b2", "f-1", "f", "f" + "9" * 300, "e" + WORKFLOW, "t" + PART_TASK]
+        payloads += ["s", "", "\u2603", "e" + "x" * 5000]
+        with self._writable() as conn:
+            for payload in payloads:
+                conn.execute("SELECT pg_notify(%s, %s)", (f"cereal_{self.schema}", payload))
+        self.mark("forge")
+        return len(payloads)
+
+    def enqueue_oversized(self, count: int) -> list[str]:
+        """Enqueue ``count`` ``chaos_big`` instances (see :class:`OversizedWorkflow`)."""
+        names = [f"b{len(self.oversized) + i:05d}" for i in range(count)]
+        for name in names:
+            self.client.enqueue_workflow(BIG_WORKFLOW, name)
+        self.oversized.extend(names)
+        return names
+
     def listening_workers(self) -> set[str]:
         """Application names of the workers that have a LISTEN connection."""
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
@@ -768,9 +867,9 @@ class Workload:
         """How many enqueued instances have finished (None while the database is down)."""
         try:
             rows = self._query(
-                "SELECT count(DISTINCT instance_name) FROM workflow_results"
-                " WHERE workflow_name = %s",
-                (WORKFLOW,),
+                "SELECT count(DISTINCT (workflow_name, instance_name)) FROM workflow_results"
+                " WHERE workflow_name = ANY(%s)",
+                ([WORKFLOW, BIG_WORKFLOW],),
             )
         except psycopg.Error:
             return None
@@ -781,7 +880,7 @@ class Workload:
         deadline = time.monotonic() + timeout
         while True:
             done = self.finished_count()
-            if done is not None and done >= len(self.enqueued):
+            if done is not None and done >= len(self.enqueued) + len(self.oversized):
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -842,6 +941,17 @@ class Workload:
                 report.completed += 1
             report.lost += max(retries, 0)
         report.ended_at = max(report.end_times, default=report.started_at)
+        report.oversized_expected = len(self.oversized)
+        if self.oversized:
+            for name, status, result, error in self._query(
+                "SELECT instance_name, status, result, error FROM workflow_results"
+                " WHERE workflow_name = %s",
+                (BIG_WORKFLOW,),
+            ):
+                if status == "completed" and result == REFUSED:
+                    report.oversized_refused += 1
+                else:
+                    report.oversized_wrong[name] = f"{status}: {error}"
         self._check_records(report)
         return report
 
@@ -924,12 +1034,43 @@ class _EmbeddedServer:
             shutil.rmtree(self.parent, ignore_errors=True)
 
 
+def _scratch_database(dsn: str) -> tuple[str, Callable[[], None]]:
+    """Create a database of the run's own on ``dsn``'s server (read-only windows alter
+    it); return its DSN and a function that drops it."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = "cereal_chaos_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    def drop() -> None:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    params = conninfo_to_dict(dsn)
+    params["dbname"] = name
+    return make_conninfo("", **params), drop
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.io_faults:
+        args.read_only_every = args.read_only_every or 20.0
+        args.terminate_every = args.terminate_every or 10.0
+        args.oversized = args.oversized or 1
+        args.forge_every = args.forge_every or 1.0
+    if args.read_only_every > 0 and args.lost_timeout <= 2 * args.read_only_for:
+        # A window longer than the lost-task timeout loses running tasks by design.
+        args.lost_timeout = 3 * args.read_only_for
     server: _EmbeddedServer | None = None
     dsn: str | None = args.dsn
     if dsn is None:
         server = _EmbeddedServer.start()
         dsn = server.dsn
+    drop_database: Callable[[], None] | None = None
+    if args.read_only_every > 0:
+        dsn, drop_database = _scratch_database(dsn)
     options = WorkerOptions(
         task_delay=args.task_delay,
         task_workers=args.task_workers,
@@ -945,11 +1086,12 @@ def _run(args: argparse.Namespace) -> int:
         log_dir=Path(args.log_dir) if args.log_dir else None,
     )
     began = time.monotonic()
+    total = args.instances + args.oversized
 
     def say(text: str) -> None:
         done = workload.finished_count()
         progress = "?" if done is None else str(done)
-        print(f"[{time.monotonic() - began:6.1f}s] {progress:>5}/{args.instances} {text}")
+        print(f"[{time.monotonic() - began:6.1f}s] {progress:>5}/{total} {text}", flush=True)
 
     try:
         workload.prepare()
@@ -958,6 +1100,9 @@ def _run(args: argparse.Namespace) -> int:
         say(f"{args.workers} workers started")
         workload.enqueue()
         say(f"enqueued {args.instances} instances x {args.fan_out} parts + 1 chained task")
+        if args.oversized:
+            workload.enqueue_oversized(args.oversized)
+            say(f"enqueued {args.oversized} instances whose task result is over the jsonb limit")
         restart_at = None
         if server is not None and args.restart_at > 0:
             restart_at = int(args.restart_at * args.instances)
@@ -967,10 +1112,13 @@ def _run(args: argparse.Namespace) -> int:
         next_kill = time.monotonic() + args.kill_every
         done_at_kill = -1
         next_terminate = time.monotonic() + args.terminate_every
+        next_read_only = time.monotonic() + args.read_only_every
+        next_forge = time.monotonic() + args.forge_every
+        forged = 0
         while True:
             now = time.monotonic()
             done = workload.finished_count()
-            if done is not None and done >= args.instances:
+            if done is not None and done >= total:
                 break
             if now >= deadline:
                 say(f"not finished after {args.timeout:g}s; checking anyway")
@@ -996,7 +1144,20 @@ def _run(args: argparse.Namespace) -> int:
                 else:
                     say(f"terminated {count} worker connections")
                 next_terminate = time.monotonic() + args.terminate_every
+            if args.read_only_every > 0 and now >= next_read_only:
+                count = workload.set_read_only(True, terminate=True)
+                say(f"database read-only for {args.read_only_for:g}s; ended {count} sessions")
+                time.sleep(args.read_only_for)
+                workload.set_read_only(False, terminate=False)
+                say("database writable again (sessions opened meanwhile stay read-only)")
+                next_read_only = time.monotonic() + args.read_only_every
+            if args.forge_every > 0 and now >= next_forge:
+                with contextlib.suppress(psycopg.Error):
+                    forged += workload.forge_notifications()
+                next_forge = time.monotonic() + args.forge_every
             time.sleep(0.1)
+        if forged:
+            say(f"sent {forged} forged notifications")
         codes = workload.stop_all()
         say(f"workers stopped (exit codes {codes})")
         report = workload.check()
@@ -1005,9 +1166,12 @@ def _run(args: argparse.Namespace) -> int:
         return 0 if report.ok else 1
     finally:
         workload.close()
+        if drop_database is not None:
+            with contextlib.suppress(psycopg.Error):
+                drop_database()
         if server is not None:
             server.remove()
-        elif not args.keep:
+        elif not args.keep and drop_database is None:
             with contextlib.suppress(psycopg.Error):
                 workload.drop_schema()
 
@@ -1046,6 +1210,35 @@ def main(argv: list[str] | None = None) -> int:
         help="restart PostgreSQL once this fraction has finished (0.4; 0: never)",
     )
     run.add_argument("--restart-pause", type=float, default=1.0, help="seconds down (1)")
+    run.add_argument(
+        "--read-only-every",
+        type=float,
+        default=0.0,
+        help="seconds between read-only windows (0: never); the run then uses a database of "
+        "its own on the server",
+    )
+    run.add_argument(
+        "--read-only-for", type=float, default=3.5, help="seconds each window lasts (3.5)"
+    )
+    run.add_argument(
+        "--oversized",
+        type=int,
+        default=0,
+        help="instances whose task result is over the jsonb limit (0; ~270 MiB each)",
+    )
+    run.add_argument(
+        "--forge-every",
+        type=float,
+        default=0.0,
+        help="seconds between rounds of forged notifications (0: never)",
+    )
+    run.add_argument(
+        "--io-faults",
+        action="store_true",
+        help="all I/O faults: read-only every 20 s, terminations every 10 s, 1 oversized "
+        "result, forged notifications every second (explicit options win); with read-only "
+        "windows the lost-task timeout is raised to 3 windows unless it is over 2",
+    )
     run.add_argument("--timeout", type=float, default=110.0, help="give up after (110 s)")
     run.add_argument("--log-dir", help="keep the workers' records and logs here")
     run.add_argument("--keep", action="store_true", help="keep the schema (with --dsn)")
