@@ -152,6 +152,9 @@ def test_values_over_the_jsonb_limit_are_serialization_errors_from_public_calls(
         "create_workflow_schedule": lambda: manager.create_workflow_schedule(
             "w", "big", huge_text, recurrence="FREQ=DAILY"
         ),
+        "enqueue_workflows": lambda: manager.enqueue_workflows(
+            [("w", "small", None), ("w", "big-bulk", huge_text)]
+        ),
         "aio.enqueue_workflow": lambda: asyncio.run(
             manager.aio.enqueue_workflow("w", "big-aio", huge_text)
         ),
