@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from cereal import tracing
 from cereal.checks import (
     KILLED,
     await_timed_out,
@@ -87,8 +88,11 @@ class AsyncManagerClient:
         for non-JSON parameters."""
         check_pair(workflow_name, instance_name)
         params = encode(parameters, f"parameters of workflow {workflow_name!r}")
-        if not await self._driver.enqueue_workflow(workflow_name, instance_name, params):
-            raise instance_exists(workflow_name, instance_name)
+        with tracing.enqueue_span(workflow_name, instance_name) as span:
+            if not await self._driver.enqueue_workflow(
+                workflow_name, instance_name, params, trace_context=span.context
+            ):
+                raise instance_exists(workflow_name, instance_name)
 
     async def enqueue_workflows(
         self, items: Iterable[tuple[str, str, Any]]
@@ -99,7 +103,8 @@ class AsyncManagerClient:
         checked = enqueue_items(items)
         if not checked:
             return []
-        return await self._driver.enqueue_workflows(checked)
+        with tracing.bulk_enqueue_span(checked) as span:
+            return await self._driver.enqueue_workflows(checked, trace_context=span.context)
 
     async def cancel_workflow(self, workflow_name: str, instance_name: str) -> None:
         """Deliver a cancel event to the executor's ``on_cancel``, which decides."""

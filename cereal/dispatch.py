@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cereal import instrumentation
 from cereal.driver import Driver, EventBatch
 from cereal.errors import DatabaseError, SerializationError
 from cereal.executors import WorkflowExecutor
@@ -315,6 +316,9 @@ class WorkflowEventDispatcher:
     def _after_commit(
         self, outcomes: list[StepOutcome], finished: list[WorkflowInstanceInfo]
     ) -> None:
+        for o in outcomes:
+            for kind in o.handled_kinds:
+                instrumentation.event_handled(o.instance.workflow_name, kind)
         names = {t.name for o in outcomes if not o.finished for t in o.tasks}
         if names:
             self._on_tasks_enqueued(names)

@@ -81,6 +81,8 @@ class InstanceRow:
     started_at: datetime
     problem: str | None = None
     """Why the stored state cannot be used (it cannot be decoded); the instance then fails."""
+    trace_context: str | None = None
+    """The trace context stored at enqueue (opaque text from :mod:`cereal.tracing`), or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,16 @@ class StepOutcome:
     error: str | None = None
     handled: int = 0
     """How many callbacks ran."""
+    handled_kinds: list[str] = field(default_factory=list)
+    """The event kind of each callback that ran, in order."""
+    task_contexts: list[str | None] = field(default_factory=list)
+    """The trace context to store with each of ``tasks``, in the same order (a missing
+    entry means none)."""
+
+    def traced_tasks(self) -> list[tuple[PendingTask, str | None]]:
+        """``tasks`` paired with their trace contexts."""
+        ctx = self.task_contexts
+        return [(t, ctx[i] if i < len(ctx) else None) for i, t in enumerate(self.tasks)]
 
     @property
     def finished(self) -> bool:
@@ -187,6 +199,8 @@ class ClaimedTask:
     """Which attempt this is (1 for the first run)."""
     max_attempts: int = 1
     """Attempts allowed by the retry policy the claim stored in the row (1: no retries)."""
+    trace_context: str | None = None
+    """The trace context of the callback that enqueued the task, or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,9 +397,15 @@ class Driver(Protocol):
     # workflow instances
 
     def enqueue_workflow(
-        self, workflow_name: str, instance_name: str, parameters_json: str | None
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        trace_context: str | None = None,
     ) -> bool:
-        """Insert a live instance with its start event; False if the pair is live."""
+        """Insert a live instance with its start event; False if the pair is live.
+        ``trace_context`` is stored with the instance and returned in its
+        :class:`InstanceRow`."""
         ...
 
     def cancel_workflow(self, workflow_name: str, instance_name: str) -> bool:
@@ -414,11 +434,12 @@ class Driver(Protocol):
         ...
 
     def enqueue_workflows(
-        self, items: Sequence[tuple[str, str, str | None]]
+        self, items: Sequence[tuple[str, str, str | None]], trace_context: str | None = None
     ) -> list[tuple[str, str]]:
         """Insert many ``(workflow_name, instance_name, parameters_json)`` instances with
         their start events in one round trip; return the pairs that were not inserted
-        because a live instance already existed (or that appear twice in ``items``)."""
+        because a live instance already existed (or that appear twice in ``items``).
+        ``trace_context`` is stored with every instance inserted."""
         ...
 
     def list_workflow_instances(
@@ -643,13 +664,17 @@ class AsyncDriver(Protocol):
     # workflow instances
 
     async def enqueue_workflow(
-        self, workflow_name: str, instance_name: str, parameters_json: str | None
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        trace_context: str | None = None,
     ) -> bool:
         """As :meth:`Driver.enqueue_workflow`."""
         ...
 
     async def enqueue_workflows(
-        self, items: Sequence[tuple[str, str, str | None]]
+        self, items: Sequence[tuple[str, str, str | None]], trace_context: str | None = None
     ) -> list[tuple[str, str]]:
         """As :meth:`Driver.enqueue_workflows`."""
         ...

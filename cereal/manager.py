@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from cereal import tracing
 from cereal.checks import (
     KILLED,
     await_timed_out,
@@ -342,8 +343,11 @@ class Manager(ScheduleOperations):
         check_name("workflow_name", workflow_name)
         check_name("instance_name", instance_name)
         params = encode(parameters, f"parameters of workflow {workflow_name!r}")
-        if not self.driver.enqueue_workflow(workflow_name, instance_name, params):
-            raise instance_exists(workflow_name, instance_name)
+        with tracing.enqueue_span(workflow_name, instance_name) as span:
+            if not self.driver.enqueue_workflow(
+                workflow_name, instance_name, params, trace_context=span.context
+            ):
+                raise instance_exists(workflow_name, instance_name)
         if self._dispatcher is not None and workflow_name in self._workflows:
             self._dispatcher.wake()
 
@@ -418,7 +422,8 @@ class Manager(ScheduleOperations):
         rows = enqueue_items(items)
         if not rows:
             return []
-        skipped = self.driver.enqueue_workflows(rows)
+        with tracing.bulk_enqueue_span(rows) as span:
+            skipped = self.driver.enqueue_workflows(rows, trace_context=span.context)
         if self._dispatcher is not None and any(r[0] in self._workflows for r in rows):
             self._dispatcher.wake()
         return skipped

@@ -9,7 +9,9 @@ instance, so a crash anywhere re-delivers every event of the batch.
 from __future__ import annotations
 
 import json
+import time
 
+from cereal import instrumentation, tracing
 from cereal.codec import describe_error, storable_text, try_encode
 from cereal.driver import EventRow, InstanceRow, StepOutcome
 from cereal.executors import WorkflowExecutor
@@ -154,8 +156,9 @@ def run_events(
         )
         callback = _CALLBACK.get(event.kind, event.kind)
         out.handled += 1
+        out.handled_kinds.append(event.kind)
         try:
-            decision = _call(executor, handle, event)
+            decision, span = _call_observed(executor, handle, event, instance)
         except BaseException as exc:
             # User code: CancelledError, SystemExit, KeyboardInterrupt and the like fail the
             # instance like any exception; letting them out would kill the handler thread.
@@ -174,8 +177,13 @@ def run_events(
                 error=f"{callback} returned {type(decision).__name__} instead of a Decision",
             )
             break
+        known = len(out.tasks)
         if _apply(out, handle, decision):
             break
+        if len(out.tasks) > known:
+            # The tasks continue the trace as children of the callback that enqueued them.
+            del out.task_contexts[known:]
+            out.task_contexts.extend([span.context] * (len(out.tasks) - known))
         out.consumed.append(event.id)
         payload = json.loads(out.payload_json) if out.payload_json is not None else None
         payload_changed = True
@@ -183,7 +191,45 @@ def run_events(
         out.payload_json, _ = try_encode(instance.payload, "payload")
     if out.finished and out.tasks:
         out.tasks.clear()
+        out.task_contexts.clear()
     return out
+
+
+def _call_observed(
+    executor: WorkflowExecutor, handle: WorkflowInstance, event: EventRow, instance: InstanceRow
+) -> tuple[object, tracing.Span]:
+    """:func:`_call` inside the callback's span, reporting the decision (``fail`` when the
+    callback raised or returned no Decision) to the span and to the instrumentation
+    observers. Returns the decision and the (ended) span, whose context the tasks keep."""
+    span = tracing.callback_span(
+        instance.workflow_name, instance.instance_name, event.kind, instance.trace_context
+    )
+    with span:
+        began = time.perf_counter()
+        try:
+            decision = _call(executor, handle, event)
+        except BaseException as exc:
+            _observed(span, event.kind, instance, "fail", began, describe_error(exc))
+            raise
+        if isinstance(decision, Decision):
+            _observed(span, event.kind, instance, decision.kind.value, began, decision.error)
+        else:
+            _observed(span, event.kind, instance, "fail", began, "no Decision returned")
+    return decision, span
+
+
+def _observed(
+    span: tracing.Span,
+    kind: str,
+    instance: InstanceRow,
+    decision: str,
+    began: float,
+    error: str | None,
+) -> None:
+    instrumentation.callback_finished(
+        instance.workflow_name, kind, decision, time.perf_counter() - began
+    )
+    span.finish(decision, error)
 
 
 def _apply(out: StepOutcome, handle: WorkflowInstance, decision: Decision) -> bool:

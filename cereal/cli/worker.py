@@ -77,8 +77,14 @@ def add_parser(commands: Any) -> None:
         type=positive_int,
         help="concurrent workflow-event handlers (default: the app's setting)",
     )
-    # Options of optional parts (e.g. --metrics-port from cereal[web]) are added here and
-    # act in _before_start().
+    # Options of optional parts are added here and act in _before_start().
+    add_option(
+        parser,
+        "--metrics-port",
+        metavar="N",
+        type=tcp_port,
+        help="serve Prometheus metrics on http://0.0.0.0:N/metrics (needs cereal[web])",
+    )
     parser.set_defaults(run=run)
 
 
@@ -119,8 +125,27 @@ def load_app(spec: str) -> Manager:
     )
 
 
+def tcp_port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ValueError(f"must be a TCP port (1-65535), got {text!r}")
+    return value
+
+
 def _before_start(manager: Manager, args: argparse.Namespace) -> None:
-    """Hook for optional parts of the worker (a metrics endpoint, say) to start with it."""
+    """Start the optional parts of the worker: the metrics endpoint."""
+    if args.metrics_port is None:
+        return
+    try:
+        from cereal.web.metrics import start_metrics_server
+    except ImportError as exc:
+        raise CommandError(
+            f"--metrics-port needs the web extra: pip install 'cereal[web]' ({exc})"
+        ) from None
+    try:
+        start_metrics_server(args.metrics_port, manager.driver)
+    except OSError as exc:
+        raise CommandError(f"cannot serve metrics on port {args.metrics_port}: {exc}") from None
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cereal import instrumentation
 from cereal.driver import Driver
 from cereal.schedules import next_due_after
 from cereal.services.base import PeriodicService
@@ -47,6 +48,7 @@ class Scheduler(PeriodicService):
             if late > self._late_warning:
                 log.warning("schedule ran late", due_at=run.due_at.isoformat(), late_s=late)
             if run.enqueued:
+                instrumentation.scheduler_lag(late)
                 log.info(
                     "scheduled workflow enqueued",
                     due_at=run.due_at.isoformat(),

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cereal import instrumentation, tracing
 from cereal.codec import describe_error, try_encode
 from cereal.driver import ClaimedTask, Driver, TaskOutcome
 from cereal.errors import DatabaseError
@@ -221,6 +222,7 @@ class TaskPools:
                 instance=row.instance_name,
                 error=row.problem,
             )
+            instrumentation.task_finished(row.task_name, TaskStatus.FAILED.value, 0.0)
             self._writer.put(
                 TaskOutcome(row.id, row.workflow_name, TaskStatus.FAILED.value, error=row.problem)
             )
@@ -272,22 +274,41 @@ class TaskPools:
         if reg.timeout is not None:
             self._watchdog.watch(claim.claimed.id, reg.timeout)
         began = time.monotonic()
-        try:
-            value = reg.fn(claim.task)
-            if inspect.isawaitable(value):
-                value = asyncio.run(_await(value))
-        except BaseException as exc:  # a task must never take its worker down
-            self._finish(claim, error=exc, took=time.monotonic() - began)
-        else:
-            self._finish(claim, value=value, took=time.monotonic() - began)
+        with self._span(claim) as span:
+            claim.began = time.perf_counter()
+            try:
+                value = reg.fn(claim.task)
+                if inspect.isawaitable(value):
+                    value = asyncio.run(_await(value))
+            except BaseException as exc:  # a task must never take its worker down
+                self._finish(claim, error=exc, took=time.monotonic() - began, span=span)
+            else:
+                self._finish(claim, value=value, took=time.monotonic() - began, span=span)
 
     async def _run_async(self, reg: TaskRegistration, claim: Claim) -> None:
-        try:
-            value = await reg.fn(claim.task)
-        except BaseException as exc:  # includes CancelledError after a timeout
-            self._finish(claim, error=exc)
-        else:
-            self._finish(claim, value=value)
+        with self._span(claim) as span:
+            claim.began = time.perf_counter()
+            try:
+                value = await reg.fn(claim.task)
+            except BaseException as exc:  # includes CancelledError after a timeout
+                self._finish(claim, error=exc, span=span)
+            else:
+                self._finish(claim, value=value, span=span)
+
+    @staticmethod
+    def _span(claim: Claim) -> tracing.Span:
+        row = claim.claimed
+        return tracing.task_span(
+            row.task_name, row.workflow_name, row.instance_name, row.trace_context
+        )
+
+    @staticmethod
+    def _report(claim: Claim, outcome: TaskOutcome, span: tracing.Span | None = None) -> None:
+        """Tell the observers (and the run's span) how a task run ended."""
+        seconds = 0.0 if claim.began is None else time.perf_counter() - claim.began
+        instrumentation.task_finished(claim.task.name, outcome.status, seconds)
+        if span is not None:
+            span.finish(outcome.status, outcome.error)
 
     def _finish(
         self,
@@ -296,6 +317,7 @@ class TaskPools:
         value: Any = None,
         error: BaseException | None = None,
         took: float | None = None,
+        span: tracing.Span | None = None,
     ) -> None:
         with self._cond:
             self._busy[claim.task.name] -= 1
@@ -329,6 +351,7 @@ class TaskPools:
                 error=err,
                 result_json=text,
             )
+        self._report(claim, outcome, span)
         self._writer.put(outcome)
 
     def _cancel(self, claim: Claim) -> None:
@@ -352,16 +375,16 @@ class TaskPools:
             workflow=claim.task.workflow_name,
             instance=claim.task.instance_name,
         )
-        self._writer.put(
-            TaskOutcome(
-                claim.claimed.id,
-                claim.task.workflow_name,
-                TaskStatus.FAILED.value,
-                error=f"TimeoutError: task {claim.task.name!r} did not finish within "
-                f"its timeout of {reg.timeout:g}s",
-                retry=_has_attempts_left(claim.claimed),
-            )
+        outcome = TaskOutcome(
+            claim.claimed.id,
+            claim.task.workflow_name,
+            TaskStatus.FAILED.value,
+            error=f"TimeoutError: task {claim.task.name!r} did not finish within "
+            f"its timeout of {reg.timeout:g}s",
+            retry=_has_attempts_left(claim.claimed),
         )
+        self._report(claim, outcome)
+        self._writer.put(outcome)
 
     # -- reporting -----------------------------------------------------------------------------
 

@@ -60,3 +60,5 @@ class Claim:
     state: TaskState = TaskState.CLAIMED
     future: Future[Any] | None = None
     """The coroutine's future, for async executors (cancelled on timeout or stop)."""
+    began: float | None = None
+    """``time.perf_counter()`` when its executor was called (None before)."""

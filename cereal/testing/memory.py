@@ -99,6 +99,7 @@ class _Instance:
     status: WorkflowStatus = WorkflowStatus.STARTING
     enqueued_tasks: int = 0
     completed_tasks: int = 0
+    trace_context: str | None = None
 
     @property
     def pair(self) -> Pair:
@@ -132,6 +133,7 @@ class _Task:
     state: str = "queued"
     claimed_by: str | None = None
     heartbeat_at: datetime | None = None
+    trace_context: str | None = None
     attempt: int = 1
     max_attempts: int = 1
     retry_delay: float | None = None
@@ -204,10 +206,14 @@ class MemoryStore:
 
     # The helpers below expect the caller to hold ``lock``.
 
-    def insert_instance(self, pair: Pair, parameters: str | None, now: datetime) -> int | None:
+    def insert_instance(
+        self, pair: Pair, parameters: str | None, now: datetime, trace_context: str | None = None
+    ) -> int | None:
         if pair in self.live:
             return None
-        inst = _Instance(self.next_id(), pair[0], pair[1], parameters, now)
+        inst = _Instance(
+            self.next_id(), pair[0], pair[1], parameters, now, trace_context=trace_context
+        )
         self.instances[inst.id] = inst
         self.live[pair] = inst.id
         self.events[inst.id] = [_Event(self.next_id(), inst.id, "start", now)]
@@ -455,19 +461,25 @@ class MemoryDriver:
     # -- workflow instances ----------------------------------------------------------------
 
     def enqueue_workflow(
-        self, workflow_name: str, instance_name: str, parameters_json: str | None
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        trace_context: str | None = None,
     ) -> bool:
         """Insert a live instance with its start event; False if the pair is live."""
         params = _checked(parameters_json, "parameters")
         s = self._store
         with s.lock:
-            inserted = s.insert_instance((workflow_name, instance_name), params, s.clock())
+            inserted = s.insert_instance(
+                (workflow_name, instance_name), params, s.clock(), trace_context
+            )
             if inserted is not None:
                 s.emit([EventsPending(workflow_name)])
         return inserted is not None
 
     def enqueue_workflows(
-        self, items: Sequence[tuple[str, str, str | None]]
+        self, items: Sequence[tuple[str, str, str | None]], trace_context: str | None = None
     ) -> list[tuple[str, str]]:
         """Insert many instances at once; return the pairs that were not (already live, or
         repeated in ``items``). Bad JSON in any item raises before anything is written."""
@@ -478,7 +490,7 @@ class MemoryDriver:
             now = s.clock()
             names: list[Wakeup] = []
             for w, i, params in checked:
-                if s.insert_instance((w, i), params, now) is None:
+                if s.insert_instance((w, i), params, now, trace_context) is None:
                     skipped.append((w, i))
                 else:
                     names.append(EventsPending(w))
@@ -1225,9 +1237,13 @@ class MemoryEventBatch:
                 s.events[inst.id] = [e for e in s.events[inst.id] if e.id not in consumed]
                 inst.payload, inst.status = value, WorkflowStatus.RUNNING
                 inst.enqueued_tasks, inst.completed_tasks = o.enqueued_tasks, o.completed_tasks
-                for task, params, start in zip(o.tasks, task_params, task_starts, strict=True):
+                for (task, trace), params, start in zip(
+                    o.traced_tasks(), task_params, task_starts, strict=True
+                ):
                     row_id = s.next_id()
-                    s.tasks[row_id] = _Task(row_id, inst.id, task.name, params, now, start)
+                    s.tasks[row_id] = _Task(
+                        row_id, inst.id, task.name, params, now, start, trace_context=trace
+                    )
                     wakeups.append(TasksQueued(task.name))
             self._release_locked(keep)
             s.emit(wakeups)
@@ -1313,6 +1329,7 @@ def _instance_row(inst: _Instance) -> InstanceRow:
         inst.completed_tasks,
         inst.started_at,
         problem=_problems(p1, p2),
+        trace_context=inst.trace_context,
     )
 
 
@@ -1350,6 +1367,7 @@ def _claimed_task(task: _Task, inst: _Instance) -> ClaimedTask:
         problem=problem,
         attempt=task.attempt,
         max_attempts=task.max_attempts,
+        trace_context=task.trace_context,
     )
 
 

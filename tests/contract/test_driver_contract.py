@@ -1156,3 +1156,45 @@ def test_instance_timeline_shows_pending_events_tasks_and_past_runs(
     assert len(d.instance_timeline(W, "a", 1).tasks) == 1
     gone = d.instance_timeline(W, "nobody", 50)
     assert (gone.live, gone.events, gone.tasks, gone.runs) == (False, [], [], [])
+
+
+# -- trace context ------------------------------------------------------------------------------
+
+
+def test_trace_context_travels_with_the_instance_and_with_each_task(
+    contract_driver: Driver,
+) -> None:
+    d = contract_driver
+    require(d, "enqueue_workflow", "trace_context")
+    assert d.enqueue_workflow(W, "traced", None, trace_context='{"traceparent":"00-a"}')
+    start(d, "plain")
+    with claim(d) as batch:
+        traced, plain = instance_of(batch, "traced"), instance_of(batch, "plain")
+        assert (traced.trace_context, plain.trace_context) == ('{"traceparent":"00-a"}', None)
+        batch.commit(
+            [
+                StepOutcome(
+                    instance=traced,
+                    consumed=[e.id for e in batch.events[traced.id]],
+                    status=WorkflowStatus.RUNNING,
+                    enqueued_tasks=2,
+                    tasks=[PendingTask("t", js(1)), PendingTask("t", js(2))],
+                    task_contexts=["ctx-1"],  # shorter than tasks: the rest have none
+                )
+            ]
+        )
+    tasks, _ = d.claim_tasks({"t": 10}, OWNER)
+    assert sorted((t.parameters, t.trace_context) for t in tasks) == [(1, "ctx-1"), (2, None)]
+
+
+def test_a_bulk_enqueue_stores_its_trace_context_with_every_instance(
+    contract_driver: Driver,
+) -> None:
+    d = contract_driver
+    require(d, "enqueue_workflows", "trace_context")
+    assert d.enqueue_workflows([(W, "a", None), (W, "b", None)], trace_context="bulk") == []
+    with claim(d) as batch:
+        assert sorted((i.instance_name, i.trace_context) for i in batch.instances) == [
+            ("a", "bulk"),
+            ("b", "bulk"),
+        ]

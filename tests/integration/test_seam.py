@@ -75,9 +75,17 @@ class Delegating:
         return self._call("listener", seen, on_reconnect)  # type: ignore[no-any-return]
 
     def enqueue_workflow(
-        self, workflow_name: str, instance_name: str, parameters_json: str | None
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        trace_context: str | None = None,
     ) -> bool:
-        return bool(self._call("enqueue_workflow", workflow_name, instance_name, parameters_json))
+        return bool(
+            self._call(
+                "enqueue_workflow", workflow_name, instance_name, parameters_json, trace_context
+            )
+        )
 
     def cancel_workflow(self, workflow_name: str, instance_name: str) -> bool:
         return bool(self._call("cancel_workflow", workflow_name, instance_name))
@@ -98,9 +106,9 @@ class Delegating:
         return self._call("get_workflow_instance", workflow_name, instance_name)  # type: ignore[no-any-return]
 
     def enqueue_workflows(
-        self, items: Sequence[tuple[str, str, str | None]]
+        self, items: Sequence[tuple[str, str, str | None]], trace_context: str | None = None
     ) -> list[tuple[str, str]]:
-        return self._call("enqueue_workflows", items)  # type: ignore[no-any-return]
+        return self._call("enqueue_workflows", items, trace_context)  # type: ignore[no-any-return]
 
     def list_workflow_instances(
         self,

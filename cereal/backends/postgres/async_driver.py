@@ -60,8 +60,9 @@ WITH items AS (
                          %(parameters)s::text[]) WITH ORDINALITY
         AS t(workflow_name, instance_name, parameters, n)
 ), inserted AS (
-    INSERT INTO workflow_instances (workflow_name, instance_name, parameters)
-    SELECT workflow_name, instance_name, parameters::jsonb FROM items ORDER BY n
+    INSERT INTO workflow_instances (workflow_name, instance_name, parameters, trace_context)
+    SELECT workflow_name, instance_name, parameters::jsonb, %(trace_context)s::text
+    FROM items ORDER BY n
     ON CONFLICT ON CONSTRAINT workflow_instances_name DO NOTHING
     RETURNING id, workflow_name, instance_name
 ), start_events AS (
@@ -365,7 +366,11 @@ class AsyncPostgresDriver:
     # -- workflow instances --------------------------------------------------------------------
 
     async def enqueue_workflow(
-        self, workflow_name: str, instance_name: str, parameters_json: str | None
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        trace_context: str | None = None,
     ) -> bool:
         rows = await self._rows(
             "enqueue_workflow",
@@ -373,13 +378,14 @@ class AsyncPostgresDriver:
                 "workflow_name": workflow_name,
                 "instance_name": instance_name,
                 "parameters": parameters_json,
+                "trace_context": trace_context,
                 "channel": self._channel,
             },
         )
         return bool(rows)
 
     async def enqueue_workflows(
-        self, items: Sequence[tuple[str, str, str | None]]
+        self, items: Sequence[tuple[str, str, str | None]], trace_context: str | None = None
     ) -> list[tuple[str, str]]:
         if not items:
             return []
@@ -389,6 +395,7 @@ class AsyncPostgresDriver:
                 "workflow_names": [w for w, _, _ in items],
                 "instance_names": [i for _, i, _ in items],
                 "parameters": [p for _, _, p in items],
+                "trace_context": trace_context,
                 "channel": self._channel,
             },
         )

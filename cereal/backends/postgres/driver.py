@@ -191,7 +191,11 @@ class PostgresDriver:
     # -- workflow instances ------------------------------------------------------------------
 
     def enqueue_workflow(
-        self, workflow_name: str, instance_name: str, parameters_json: str | None
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        trace_context: str | None = None,
     ) -> bool:
         """Insert a live instance with its start event; False if the pair is live."""
         rows = self._rows(
@@ -200,6 +204,7 @@ class PostgresDriver:
                 "workflow_name": workflow_name,
                 "instance_name": instance_name,
                 "parameters": parameters_json,
+                "trace_context": trace_context,
                 "channel": self.channel,
             },
         )
@@ -262,11 +267,11 @@ class PostgresDriver:
         return list_instances(self, workflow_name, instance_name, is_running, status, limit, after)
 
     def enqueue_workflows(
-        self, items: Sequence[tuple[str, str, str | None]]
+        self, items: Sequence[tuple[str, str, str | None]], trace_context: str | None = None
     ) -> list[tuple[str, str]]:
         """Insert many instances with their start events in one statement; return the pairs
         not inserted (live already, or repeated in ``items``)."""
-        return enqueue_many(self, items)
+        return enqueue_many(self, items, trace_context)
 
     # -- workflow events ---------------------------------------------------------------------
 

@@ -193,9 +193,9 @@ class PostgresEventBatch:
         going = [o for o in outcomes if not o.finished]
         done = [o for o in outcomes if o.finished]
         consumed = [eid for o in going for eid in o.consumed]
-        tasks = [(o.instance.id, t) for o in going for t in o.tasks]
+        tasks = [(o.instance.id, t, c) for o in going for t, c in o.traced_tasks()]
         notes = sorted(
-            {notify.encode(TasksQueued(t.name)) for _, t in tasks}
+            {notify.encode(TasksQueued(t.name)) for _, t, _ in tasks}
             | {notify.encode(InstanceFinished(o.instance.id)) for o in done}
         )
         with conn.pipeline():
@@ -215,11 +215,12 @@ class PostgresEventBatch:
                 conn.execute(
                     q["insert_tasks"],
                     {
-                        "instance_ids": [i for i, _ in tasks],
-                        "names": [t.name for _, t in tasks],
-                        "parameters": [t.parameters_json for _, t in tasks],
-                        "start_ats": [t.start_at for _, t in tasks],
-                        "delays": [t.delay for _, t in tasks],
+                        "instance_ids": [i for i, _, _ in tasks],
+                        "names": [t.name for _, t, _ in tasks],
+                        "parameters": [t.parameters_json for _, t, _ in tasks],
+                        "start_ats": [t.start_at for _, t, _ in tasks],
+                        "delays": [t.delay for _, t, _ in tasks],
+                        "trace_contexts": [c for _, _, c in tasks],
                     },
                 )
             cur = None

@@ -72,7 +72,9 @@ def list_instances(
 
 
 def enqueue_many(
-    driver: PostgresDriver, items: Sequence[tuple[str, str, str | None]]
+    driver: PostgresDriver,
+    items: Sequence[tuple[str, str, str | None]],
+    trace_context: str | None = None,
 ) -> list[tuple[str, str]]:
     """Rows of :meth:`PostgresDriver.enqueue_workflows`: insert in one statement, return the
     pairs not inserted (live already, or repeated in ``items``), in the order given."""
@@ -94,6 +96,7 @@ def enqueue_many(
                 "workflow_names": [u[0] for u in unique],
                 "instance_names": [u[1] for u in unique],
                 "parameters": [u[2] for u in unique],
+                "trace_context": trace_context,
                 "count": len(unique),
                 "channel": driver.channel,
             },

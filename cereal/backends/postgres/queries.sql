@@ -7,8 +7,8 @@
 -- name: enqueue_workflow
 -- Insert a live instance and its start event, unless the pair is already live.
 WITH inserted AS (
-    INSERT INTO workflow_instances (workflow_name, instance_name, parameters)
-    VALUES (%(workflow_name)s, %(instance_name)s, %(parameters)s::jsonb)
+    INSERT INTO workflow_instances (workflow_name, instance_name, parameters, trace_context)
+    VALUES (%(workflow_name)s, %(instance_name)s, %(parameters)s::jsonb, %(trace_context)s)
     ON CONFLICT ON CONSTRAINT workflow_instances_name DO NOTHING
     RETURNING id, workflow_name
 ), start_event AS (
@@ -193,8 +193,9 @@ WITH items AS (
                          %(parameters)s::text[])
         WITH ORDINALITY AS t(workflow_name, instance_name, parameters, ord)
 ), inserted AS (
-    INSERT INTO workflow_instances (workflow_name, instance_name, parameters)
-    SELECT workflow_name, instance_name, parameters::jsonb FROM items ORDER BY ord
+    INSERT INTO workflow_instances (workflow_name, instance_name, parameters, trace_context)
+    SELECT workflow_name, instance_name, parameters::jsonb, %(trace_context)s::text
+    FROM items ORDER BY ord
     ON CONFLICT ON CONSTRAINT workflow_instances_name DO NOTHING
     RETURNING id, workflow_name, instance_name
 ), start_events AS (
@@ -221,7 +222,7 @@ SELECT EXISTS (
 -- Claim instances of the given workflows that have pending events. The row lock serialises
 -- the events of one instance across every process; SKIP LOCKED lets others take the rest.
 SELECT i.id, i.workflow_name, i.instance_name, i.parameters, i.payload, i.status,
-       i.enqueued_tasks, i.completed_tasks, i.started_at
+       i.enqueued_tasks, i.completed_tasks, i.started_at, i.trace_context
 FROM workflow_instances i
 WHERE i.id IN (SELECT e.instance_id FROM workflow_events e)
   AND i.workflow_name = ANY(%(names)s)
@@ -266,12 +267,12 @@ WHERE i.id = u.id;
 
 -- name: insert_tasks
 -- Write the tasks of continuing instances; start_after uses the database clock.
-INSERT INTO tasks (instance_id, task_name, parameters, start_after)
+INSERT INTO tasks (instance_id, task_name, parameters, start_after, trace_context)
 SELECT t.instance_id, t.task_name, t.parameters::jsonb,
-       coalesce(t.start_at, now() + make_interval(secs => t.delay))
+       coalesce(t.start_at, now() + make_interval(secs => t.delay)), t.trace_context
 FROM unnest(%(instance_ids)s::bigint[], %(names)s::text[], %(parameters)s::text[],
-            %(start_ats)s::timestamptz[], %(delays)s::float8[])
-     AS t(instance_id, task_name, parameters, start_at, delay);
+            %(start_ats)s::timestamptz[], %(delays)s::float8[], %(trace_contexts)s::text[])
+     AS t(instance_id, task_name, parameters, start_at, delay, trace_context);
 
 -- name: finish_instances
 -- Move finished instances to history; their tasks and events go with them (cascade).
@@ -324,13 +325,13 @@ WITH wanted AS (
     FROM wanted, workflow_instances i
     WHERE t.id = wanted.id AND i.id = t.instance_id
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at,
-              i.workflow_name, i.instance_name, t.attempt, t.max_attempts
+              i.workflow_name, i.instance_name, t.attempt, t.max_attempts, t.trace_context
 )
 SELECT id, instance_id, task_name, parameters, enqueued_at, workflow_name, instance_name,
-       attempt, max_attempts, NULL::float8 AS next_due_in
+       attempt, max_attempts, trace_context, NULL::float8 AS next_due_in
 FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT extract(epoch FROM min(start_after) - now())::float8 FROM tasks
         WHERE task_name = ANY(%(names)s) AND state = 'queued' AND start_after > now());
 

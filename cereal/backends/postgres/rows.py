@@ -57,6 +57,7 @@ def instance_row(r: Row) -> InstanceRow:
         problem=_problems(
             _undecodable("parameters", r["parameters"]), _undecodable("payload", r["payload"])
         ),
+        trace_context=r.get("trace_context"),
     )
 
 
@@ -94,6 +95,7 @@ def claimed_task(r: Row) -> ClaimedTask:
         problem=_undecodable("task parameters", r["parameters"]),
         attempt=r["attempt"],
         max_attempts=r["max_attempts"],
+        trace_context=r.get("trace_context"),
     )
 
 

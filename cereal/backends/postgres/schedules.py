@@ -160,6 +160,7 @@ class ScheduleStatements:
                         "workflow_name": workflow_name,
                         "instance_name": instance_name,
                         "parameters": dumps(params),
+                        "trace_context": None,
                         "channel": self._channel,
                     },
                 ).fetchall()
