@@ -8,14 +8,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dateutil.rrule import rrule, rruleset
 
+from cereal.checks import first_due, schedule_change, schedule_exists, schedule_not_found
 from cereal.codec import check_name, encode
 from cereal.config import flag
 from cereal.driver import ScheduleChange, StoredSchedule
 from cereal.errors import (
     CerealError,
     InvalidScheduleError,
-    WorkflowScheduleExistsError,
-    WorkflowScheduleNotFoundError,
 )
 from cereal.recurrence import Recurrence, load_recurrence, parse_recurrence
 from cereal.types import Schedule
@@ -71,17 +70,11 @@ class ScheduleOperations:
         enabled = flag("enabled", enabled)
         now = self.driver.now()
         rule = _parse(recurrence, now)
-        next_due = rule.next_after(now, inclusive=True)
-        if next_due is None:
-            raise InvalidScheduleError(
-                f"recurrence has no occurrence at or after {now.isoformat()}: {rule.text!r}"
-            )
+        next_due = first_due(rule, now)
         if not self.driver.insert_schedule(
             workflow_name, instance_name, params, rule.text, enabled, next_due
         ):
-            raise WorkflowScheduleExistsError(
-                f"workflow schedule {_pair(workflow_name, instance_name)} already exists"
-            )
+            raise schedule_exists(workflow_name, instance_name)
 
     def update_workflow_schedule(
         self,
@@ -105,27 +98,20 @@ class ScheduleOperations:
             enabled = flag("enabled", enabled)
 
         def change(stored: StoredSchedule, now: datetime) -> ScheduleChange:
-            new_enabled = stored.enabled if enabled is None else enabled
-            text, next_due = stored.recurrence, stored.next_due_at
-            if recurrence is not None or (new_enabled and not stored.enabled):
-                rule = _parse(recurrence, now) if recurrence is not None else _load(text)
-                text = rule.text
-                next_due = rule.next_after(now, inclusive=True)
-                if next_due is None:
-                    raise InvalidScheduleError(
-                        f"recurrence has no occurrence at or after {now.isoformat()}, so "
-                        f"schedule {_pair(workflow_name, instance_name)} cannot run again: "
-                        f"{text!r}"
-                    )
-            return ScheduleChange(
-                parameters_json=params if set_params else stored.parameters_json,
-                recurrence=text,
-                enabled=new_enabled,
-                next_due_at=next_due,
+            return schedule_change(
+                workflow_name,
+                instance_name,
+                stored,
+                now,
+                enabled=enabled,
+                parameters_json=params,
+                set_parameters=set_params,
+                parse=None if recurrence is None else (lambda at: _parse(recurrence, at)),
+                load=_load,
             )
 
         if not self.driver.update_schedule(workflow_name, instance_name, change):
-            raise _not_found(workflow_name, instance_name)
+            raise schedule_not_found(workflow_name, instance_name)
 
     def get_workflow_schedule(self, workflow_name: str, instance_name: str) -> Schedule:
         """The schedule of this pair; :class:`WorkflowScheduleNotFoundError` if none."""
@@ -133,7 +119,7 @@ class ScheduleOperations:
         check_name("instance_name", instance_name)
         rows = self.driver.list_schedules(workflow_name, instance_name)
         if not rows:
-            raise _not_found(workflow_name, instance_name)
+            raise schedule_not_found(workflow_name, instance_name)
         return rows[0]
 
     def list_workflow_schedules(self) -> list[Schedule]:
@@ -145,7 +131,7 @@ class ScheduleOperations:
         check_name("workflow_name", workflow_name)
         check_name("instance_name", instance_name)
         if not self.driver.delete_schedule(workflow_name, instance_name):
-            raise _not_found(workflow_name, instance_name)
+            raise schedule_not_found(workflow_name, instance_name)
 
 
 def next_due_after(recurrence: str, now: datetime) -> datetime | None:
@@ -153,16 +139,6 @@ def next_due_after(recurrence: str, now: datetime) -> datetime | None:
     out); what the scheduler moves a schedule to after running it. Missed occurrences
     collapse into the run that just happened."""
     return load_recurrence(recurrence).next_after(now, inclusive=False)
-
-
-def _pair(workflow_name: str, instance_name: str) -> str:
-    return f"{workflow_name!r}/{instance_name!r}"
-
-
-def _not_found(workflow_name: str, instance_name: str) -> WorkflowScheduleNotFoundError:
-    return WorkflowScheduleNotFoundError(
-        f"workflow schedule {_pair(workflow_name, instance_name)} not found"
-    )
 
 
 def _checked(recurrence: object, evaluate: Callable[[], T]) -> T:
