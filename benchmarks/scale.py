@@ -36,6 +36,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from benchmarks.bench import LagRecorder
 from cereal import (
     CancelEvent,
     Decision,
@@ -333,26 +334,10 @@ class Scale:
         """Lag (ms) of ``due`` schedules due within 4 s, with ``stored`` schedules in all
         (the others due in 2030 or later), every one written straight into the table."""
         schema = self.new_schema()
-        lags: list[float] = []
-        due_at: dict[str, float] = {}
-        lock = threading.Lock()
-
-        class Once:
-            def on_start(self, instance: WorkflowInstance, event: StartEvent) -> Decision:
-                with lock:
-                    lags.append((time.time() - due_at[instance.instance_name]) * 1000)
-                return instance.complete()
-
-            def on_task_complete(
-                self, instance: WorkflowInstance, event: TaskCompleteEvent
-            ) -> Decision:
-                return instance.complete()
-
-            def on_cancel(self, instance: WorkflowInstance, event: CancelEvent) -> Decision:
-                return instance.complete()
+        recorder = LagRecorder()
 
         m = self.manager(schema)
-        m.register_workflow_executor("once", Once())
+        m.register_workflow_executor("once", recorder)
         m.create_workflow_schedule(
             "filler", "template", recurrence="DTSTART:20300101T000000Z\nRRULE:FREQ=YEARLY"
         )
@@ -380,12 +365,12 @@ class Scale:
             " RETURNING instance_name, extract(epoch FROM next_due_at)::float8",
             (due,),
         )
-        due_at.update({name: float(at) for name, at in rows})
+        recorder.due.update({name: float(at) for name, at in rows})
         with m:
             deadline = time.monotonic() + 30
-            while len(lags) < due and time.monotonic() < deadline:
+            while len(recorder.lags) < due and time.monotonic() < deadline:
                 time.sleep(0.05)
-        return lags
+        return recorder.lags
 
 
 def _median_ms(call: Callable[[], object], repeat: int) -> float:
