@@ -5,6 +5,8 @@ its instance at once, and a slow callback does not hold up the instances claimed
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -80,6 +82,55 @@ def test_split_lets_go_of_the_slow_instance_when_its_events_are_gone(
         with driver.connection() as conn:  # what a handler elsewhere would have consumed
             conn.execute("DELETE FROM workflow_events WHERE instance_id = %s", (slow.id,))
         assert batch.split([], keep=slow.id) == ([], False)  # its decision must be dropped
+
+
+def test_split_lets_go_when_another_session_handled_the_events_just_before_the_relock(
+    driver: PostgresDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The relock statement is slowed between taking its snapshot and locking the row, so that
+    # another session can lock the instance, consume its event and commit in that gap. The
+    # relock must see that commit: keeping the instance would write its decision (and its
+    # tasks) a second time.
+    statements = driver._q  # fault injection into one statement
+    original = statements["relock_instance"]
+    slowed = original.replace(
+        "WHERE i.id = %(id)s", "WHERE i.id = %(id)s AND (SELECT pg_sleep(0.5)) IS NOT NULL"
+    )
+    assert slowed != original
+    monkeypatch.setitem(statements, "relock_instance", slowed)
+    for name in ("a", "b"):
+        driver.enqueue_workflow(WF, name, None)
+    handled = threading.Event()
+
+    def handle_elsewhere() -> None:
+        while not handled.is_set():
+            with driver.claim_events([WF], 10, 10) as other:
+                mine = [i for i in other.instances if i.instance_name == "b"]
+                if mine:
+                    other.commit([running_outcome(mine[0], other.events[mine[0].id], '"other"')])
+                    handled.set()
+            handled.wait(0.005)
+
+    with driver.claim_events([WF], 10, 10) as batch:
+        slow = next(i for i in batch.instances if i.instance_name == "b")
+        elsewhere = threading.Thread(target=handle_elsewhere)
+        elsewhere.start()
+        finished, kept = batch.split([], keep=slow.id)
+        assert handled.is_set()
+        assert (finished, kept) == ([], False)
+    elsewhere.join(10)
+    info = driver.get_workflow_instance(WF, "b")
+    assert info is not None and info.payload == "other"
+
+
+def running_outcome(instance: Any, events: Sequence[Any], payload_json: str) -> StepOutcome:
+    """A decision that consumes ``events`` and stores ``payload_json``."""
+    return StepOutcome(
+        instance=instance,
+        consumed=[e.id for e in events],
+        payload_json=payload_json,
+        status=WorkflowStatus.RUNNING,
+    )
 
 
 def tuple_lock_waiters(driver: PostgresDriver, schema: str) -> int:

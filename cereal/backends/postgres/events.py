@@ -238,10 +238,14 @@ class PostgresEventBatch:
             if notes:
                 conn.execute(q["notify"], {"channel": self._channel, "payloads": notes})
             conn.execute("COMMIT")
-            held = None
+            held = pending = None
             if relock is not None:
                 conn.execute("BEGIN")
-                held = conn.cursor()
-                held.execute(q["relock_instance"], {"id": relock[0], "event_id": relock[1]})
+                held = conn.execute(q["relock_instance"], {"id": relock[0]})
+                pending = conn.execute(q["event_still_pending"], {"event_id": relock[1]})
             ended = {r["id"]: r["ended_at"] for r in cur.fetchall()} if cur is not None else {}
-            return ended, held is not None and held.fetchone() is not None
+            kept = False
+            if held is not None and pending is not None:
+                locked, still = held.fetchone(), pending.fetchone()
+                kept = locked is not None and still is not None and bool(still[0])
+            return ended, kept

@@ -232,12 +232,19 @@ FOR NO KEY UPDATE OF i SKIP LOCKED;
 
 -- name: relock_instance
 -- Hold on to an instance whose callback is still running after its batch-mates were
--- committed: only if nobody took it meanwhile and the first event handed to it is still there.
+-- committed, unless another session holds it now. Whether somebody else handled its events
+-- in between is asked by the next statement (event_still_pending).
 SELECT i.id
 FROM workflow_instances i
 WHERE i.id = %(id)s
-  AND EXISTS (SELECT 1 FROM workflow_events e WHERE e.id = %(event_id)s)
 FOR NO KEY UPDATE OF i SKIP LOCKED;
+
+-- name: event_still_pending
+-- Run after relock_instance, so that its snapshot includes every commit made before the lock
+-- was taken. (A condition inside the locking statement would be read from that statement's
+-- earlier snapshot: a session that handled the event and committed just before the lock
+-- would go unseen, and its tasks would be written a second time.)
+SELECT EXISTS (SELECT 1 FROM workflow_events e WHERE e.id = %(event_id)s) AS pending;
 
 -- name: fetch_events
 -- The oldest pending events of each locked instance, in order.
