@@ -14,6 +14,7 @@ import logging
 import sys
 from typing import Any
 
+from cereal import __version__
 from cereal.cli import instances, schedules, tasks, worker
 from cereal.cli.options import (
     EXIT_ERROR,
@@ -39,6 +40,7 @@ def _parser() -> Parser:
         epilog="Every --option can also be set as a CEREAL_OPTION variable (--dsn: "
         "CEREAL_DATABASE_URL). Exit codes: 0 ok, 1 error, 2 usage, 3 not found.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_option(
         parser,
         "--dsn",

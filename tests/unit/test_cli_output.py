@@ -72,6 +72,15 @@ def test_usage_errors_are_one_line_with_exit_code_2(capsys: pytest.CaptureFixtur
     assert err.startswith("cereal instances show: error: ")
 
 
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import cereal
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"cereal {cereal.__version__}\n"
+
+
 def test_print_sql_needs_no_database(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
         [

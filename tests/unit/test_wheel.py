@@ -67,3 +67,11 @@ def test_wheel_ships_the_package_its_marker_and_its_sql(wheel_files: list[str]) 
     assert "cereal/py.typed" in wheel_files
     assert "cereal/backends/postgres/queries.sql" in wheel_files
     assert any(n.startswith("cereal/backends/postgres/migrations/0001_") for n in wheel_files)
+
+
+def test_the_package_reports_the_version_it_was_installed_as() -> None:
+    import importlib.metadata
+
+    import cereal
+
+    assert cereal.__version__ == importlib.metadata.version("cereal")
