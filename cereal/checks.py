@@ -42,7 +42,6 @@ __all__ = [
     "first_due",
     "instance_exists",
     "instance_not_found",
-    "not_enqueued",
     "schedule_change",
     "schedule_exists",
     "schedule_not_found",
@@ -99,22 +98,6 @@ def enqueue_items(items: object) -> list[tuple[str, str, str | None]]:
         what = f"parameters of workflow instance {workflow_name!r}/{instance_name!r}"
         checked.append((workflow_name, instance_name, encode(parameters, what)))
     return checked
-
-
-def not_enqueued(
-    items: Iterable[tuple[str, str, Any]], inserted: Iterable[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """The pairs of ``items`` (in order) that ``inserted`` does not account for: a pair
-    inserted once accounts for its first occurrence only."""
-    left = set(inserted)
-    skipped: list[tuple[str, str]] = []
-    for workflow_name, instance_name, _ in items:
-        pair = (workflow_name, instance_name)
-        if pair in left:
-            left.discard(pair)
-        else:
-            skipped.append(pair)
-    return skipped
 
 
 def check_list_filters(

@@ -13,7 +13,6 @@ Pool and listener belong to the event loop that opened them. A call made on anot
 from __future__ import annotations
 
 import asyncio
-import json
 import select
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -22,13 +21,15 @@ from typing import TYPE_CHECKING, Any, LiteralString
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from cereal.backends.postgres.errors import translate as shared_translate
 from cereal.backends.postgres.jsonb import use_strict_jsonb
+from cereal.backends.postgres.listing import BulkEnqueue, Listing
 from cereal.backends.postgres.migrations import migrate
 from cereal.backends.postgres.queries import load_queries
-from cereal.checks import decode_cursor, encode_cursor, not_enqueued
+from cereal.backends.postgres.rows import Row, dumps, finished_info, live_info, schedule
 from cereal.driver import ScheduleChange, StoredSchedule
 from cereal.errors import (
     CerealError,
@@ -50,67 +51,6 @@ POLL_INTERVAL = 1.0
 """How often waiters look at the database while the listen connection is down."""
 RECHECK_INTERVAL = 10.0
 """How often waiters look anyway while it is up (a safety net; wakeups do the work)."""
-
-# Statements not (yet) in queries.sql: bulk enqueue, paged listing, and which of
-# the awaited pairs have no live instance (one statement for every waiter of a loop).
-_OWN: dict[str, LiteralString] = {
-    "enqueue_workflows": """
-WITH items AS (
-    SELECT * FROM unnest(%(workflow_names)s::text[], %(instance_names)s::text[],
-                         %(parameters)s::text[]) WITH ORDINALITY
-        AS t(workflow_name, instance_name, parameters, n)
-), inserted AS (
-    INSERT INTO workflow_instances (workflow_name, instance_name, parameters, trace_context)
-    SELECT workflow_name, instance_name, parameters::jsonb, %(trace_context)s::text
-    FROM items ORDER BY n
-    ON CONFLICT ON CONSTRAINT workflow_instances_name DO NOTHING
-    RETURNING id, workflow_name, instance_name
-), start_events AS (
-    INSERT INTO workflow_events (instance_id, event_type)
-    SELECT id, 'start' FROM inserted ORDER BY id
-), notified AS (
-    SELECT pg_notify(%(channel)s, 'e' || w.workflow_name)
-    FROM (SELECT DISTINCT workflow_name FROM inserted) w
-)
-SELECT workflow_name, instance_name, (SELECT count(*) FROM notified) FROM inserted""",
-    "list_instances_page": """
-SELECT * FROM (
-    SELECT workflow_name, instance_name, status, parameters, payload, NULL::jsonb AS result,
-           NULL::text AS error, started_at, NULL::timestamptz AS ended_at
-    FROM workflow_instances
-    WHERE (%(workflow_name)s::text IS NULL OR workflow_name = %(workflow_name)s)
-      AND (%(instance_name)s::text IS NULL OR instance_name = %(instance_name)s)
-      AND (%(status)s::text IS NULL OR status = %(status)s)
-      AND %(include_live)s
-    UNION ALL
-    SELECT * FROM (
-        SELECT DISTINCT ON (r.workflow_name, r.instance_name)
-               r.workflow_name, r.instance_name, r.status, r.parameters, NULL::jsonb,
-               r.result, r.error, r.started_at, r.ended_at
-        FROM workflow_results r
-        WHERE (%(workflow_name)s::text IS NULL OR r.workflow_name = %(workflow_name)s)
-          AND (%(instance_name)s::text IS NULL OR r.instance_name = %(instance_name)s)
-          AND %(include_finished)s
-          AND NOT EXISTS (
-              SELECT 1 FROM workflow_instances i
-              WHERE i.workflow_name = r.workflow_name AND i.instance_name = r.instance_name)
-        ORDER BY r.workflow_name, r.instance_name, r.id DESC
-    ) finished
-    WHERE %(status)s::text IS NULL OR finished.status = %(status)s
-) page
-WHERE %(after_at)s::timestamptz IS NULL
-   OR (started_at, workflow_name, instance_name)
-      < (%(after_at)s::timestamptz, %(after_workflow)s::text, %(after_instance)s::text)
-ORDER BY started_at DESC, workflow_name DESC, instance_name DESC
-LIMIT %(limit)s""",
-    "not_live": """
-SELECT p.workflow_name, p.instance_name
-FROM unnest(%(workflow_names)s::text[], %(instance_names)s::text[])
-    AS p(workflow_name, instance_name)
-WHERE NOT EXISTS (
-    SELECT 1 FROM workflow_instances i
-    WHERE i.workflow_name = p.workflow_name AND i.instance_name = p.instance_name)""",
-}
 
 
 class _Watch:
@@ -217,11 +157,6 @@ class AsyncPostgresDriver:
     @property
     def schema(self) -> str:
         return self._schema
-
-    def _query(self, name: str) -> LiteralString:
-        # This module's own statements first: a statement of the same name added to
-        # queries.sql may take other parameters or return other rows.
-        return _OWN.get(name) or self._q[name]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -353,9 +288,12 @@ class AsyncPostgresDriver:
         except psycopg.Error as exc:
             raise translate(exc) from exc
 
-    async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    async def _rows(
+        self, name: str, params: dict[str, Any], *, prepare: bool | None = None
+    ) -> list[Row]:
         async with self._connection() as conn:
-            cur = await conn.execute(self._query(name), params)
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(self._q[name], params, prepare=prepare)
             return await cur.fetchall()
 
     async def _notify(self, conn: AsyncConnection, payloads: Sequence[str]) -> None:
@@ -387,19 +325,10 @@ class AsyncPostgresDriver:
     async def enqueue_workflows(
         self, items: Sequence[tuple[str, str, str | None]], trace_context: str | None = None
     ) -> list[tuple[str, str]]:
-        if not items:
-            return []
-        rows = await self._rows(
-            "enqueue_workflows",
-            {
-                "workflow_names": [w for w, _, _ in items],
-                "instance_names": [i for _, i, _ in items],
-                "parameters": [p for _, _, p in items],
-                "trace_context": trace_context,
-                "channel": self._channel,
-            },
-        )
-        return not_enqueued(items, [(r[0], r[1]) for r in rows])
+        bulk = BulkEnqueue.of(items)
+        params = bulk.params(trace_context, self._channel)
+        rows = [] if params is None else await self._rows("enqueue_workflows", params)
+        return bulk.not_enqueued(rows)
 
     async def cancel_workflow(self, workflow_name: str, instance_name: str) -> bool:
         params = {"workflow_name": workflow_name, "instance_name": instance_name}
@@ -436,32 +365,12 @@ class AsyncPostgresDriver:
     ) -> WorkflowInstanceInfo | None:
         params = {"workflow_name": workflow_name, "instance_name": instance_name}
         async with self._connection() as conn:
-            cur = await conn.execute(self._q["get_live_instance"], params)
-            row = await cur.fetchone()
+            cur = conn.cursor(row_factory=dict_row)
+            row = await (await cur.execute(self._q["get_live_instance"], params)).fetchone()
             if row is not None:
-                return WorkflowInstanceInfo(
-                    workflow_name=row[0],
-                    instance_name=row[1],
-                    status=WorkflowStatus(row[2]),
-                    parameters=row[3],
-                    payload=row[4],
-                    started_at=row[5],
-                )
-            cur = await conn.execute(self._q["get_latest_result"], params)
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        status = WorkflowStatus(row[2])
-        return WorkflowInstanceInfo(
-            workflow_name=row[0],
-            instance_name=row[1],
-            status=status,
-            parameters=row[3],
-            result=row[4] if status is WorkflowStatus.COMPLETED else None,
-            error=row[5],
-            started_at=row[6],
-            ended_at=row[7],
-        )
+                return live_info(row)
+            row = await (await cur.execute(self._q["get_latest_result"], params)).fetchone()
+        return None if row is None else finished_info(row)
 
     async def list_workflow_instances(
         self,
@@ -472,49 +381,10 @@ class AsyncPostgresDriver:
         limit: int | None = None,
         after: str | None = None,
     ) -> list[WorkflowInstanceInfo]:
-        params: dict[str, Any] = {
-            "workflow_name": workflow_name,
-            "instance_name": instance_name,
-            "include_live": is_running is not False,
-            "include_finished": is_running is not True,
-        }
-        if limit is None:
-            rows = await self._rows("list_instances", params)
-            infos = [_info(r) for r in rows]
-            return infos if status is None else [i for i in infos if i.status is status]
-        filters = (workflow_name, instance_name, is_running, status)
-        after_at, after_workflow, after_instance = (
-            (None, None, None) if after is None else decode_cursor(after, filters)
-        )
-        rows = await self._rows(
-            "list_instances_page",
-            params
-            | {
-                "status": None if status is None else status.value,
-                "limit": limit,
-                "after_at": after_at,
-                "after_workflow": after_workflow,
-                "after_instance": after_instance,
-            },
-        )
-        page = []
-        for r in rows:
-            info = _info(r)
-            page.append(
-                WorkflowInstanceInfo(
-                    workflow_name=info.workflow_name,
-                    instance_name=info.instance_name,
-                    status=info.status,
-                    parameters=info.parameters,
-                    payload=info.payload,
-                    result=info.result,
-                    error=info.error,
-                    started_at=info.started_at,
-                    ended_at=info.ended_at,
-                    cursor=encode_cursor(filters, info),
-                )
-            )
-        return page
+        listing = Listing.of(workflow_name, instance_name, is_running, status, limit, after)
+        if listing.statement is None:
+            return []
+        return listing.read(await self._rows(listing.statement, listing.params, prepare=False))
 
     # -- waiting for runs to finish ------------------------------------------------------------
 
@@ -562,7 +432,7 @@ class AsyncPostgresDriver:
                 log.warning("cannot check awaited instances; trying again", error=str(exc))
                 continue
             for row in rows:
-                for watch in st.watches.get((row[0], row[1]), ()):
+                for watch in st.watches.get((row["workflow_name"], row["instance_name"]), ()):
                     watch.woken.set()
 
     async def _listen(self, st: _LoopState) -> None:
@@ -640,9 +510,9 @@ class AsyncPostgresDriver:
             row = await cur.fetchone()
             if row is None:
                 return False
-            sched_id, params, text, enabled, next_due = row
+            sched_id, params, text, enabled, next_due = row  # lock_schedule's columns, in order
             now = await _now(conn, self._q["db_now"])
-            new = change(StoredSchedule(_json(params), text, enabled, next_due), now)
+            new = change(StoredSchedule(dumps(params), text, enabled, next_due), now)
             await conn.execute(
                 self._q["update_schedule"],
                 {
@@ -673,7 +543,7 @@ class AsyncPostgresDriver:
         rows = await self._rows(
             "select_schedules", {"workflow_name": workflow_name, "instance_name": instance_name}
         )
-        return [Schedule(*r) for r in rows]
+        return [schedule(r) for r in rows]
 
 
 def _reraise_cancel(exc: BaseException) -> None:
@@ -712,21 +582,3 @@ async def _now(conn: AsyncConnection, query: LiteralString) -> datetime:
     assert row is not None
     value: datetime = row[0]
     return value
-
-
-def _info(r: tuple[Any, ...]) -> WorkflowInstanceInfo:
-    return WorkflowInstanceInfo(
-        workflow_name=r[0],
-        instance_name=r[1],
-        status=WorkflowStatus(r[2]),
-        parameters=r[3],
-        payload=r[4],
-        result=r[5],
-        error=r[6],
-        started_at=r[7],
-        ended_at=r[8],
-    )
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))

@@ -24,7 +24,7 @@ from cereal.backends.postgres.connections import Connection, Connections, Dedica
 from cereal.backends.postgres.events import PostgresEventBatch, claim_events
 from cereal.backends.postgres.jsonb import use_lenient_jsonb
 from cereal.backends.postgres.listener import PostgresListener
-from cereal.backends.postgres.listing import enqueue_many, list_instances
+from cereal.backends.postgres.listing import BulkEnqueue, Listing
 from cereal.backends.postgres.migrations import LOCK_NAMESPACE
 from cereal.backends.postgres.queries import load_queries
 from cereal.backends.postgres.rows import (
@@ -264,14 +264,22 @@ class PostgresDriver:
         """One row per pair: the live instance, else the latest finished run. Without
         ``limit`` every match by names; with it one page, newest first, after the row whose
         ``cursor`` is ``after`` (see :mod:`cereal.backends.postgres.listing`)."""
-        return list_instances(self, workflow_name, instance_name, is_running, status, limit, after)
+        listing = Listing.of(workflow_name, instance_name, is_running, status, limit, after)
+        if listing.statement is None:
+            return []
+        with self._db.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            rows = cur.execute(self._q[listing.statement], listing.params, prepare=False)
+            return listing.read(rows.fetchall())
 
     def enqueue_workflows(
         self, items: Sequence[tuple[str, str, str | None]], trace_context: str | None = None
     ) -> list[tuple[str, str]]:
         """Insert many instances with their start events in one statement; return the pairs
         not inserted (live already, or repeated in ``items``)."""
-        return enqueue_many(self, items, trace_context)
+        bulk = BulkEnqueue.of(items)
+        params = bulk.params(trace_context, self.channel)
+        return bulk.not_enqueued([] if params is None else self._rows("enqueue_workflows", params))
 
     # -- workflow events ---------------------------------------------------------------------
 

@@ -213,6 +213,16 @@ UNION ALL
 SELECT NULL, pg_notify(%(channel)s, 'e' || w.workflow_name)::text
 FROM (SELECT DISTINCT workflow_name FROM inserted) w;
 
+-- name: not_live
+-- Which of the given pairs have no live instance (the async client's waiters ask for all of
+-- theirs at once).
+SELECT p.workflow_name, p.instance_name
+FROM unnest(%(workflow_names)s::text[], %(instance_names)s::text[])
+    AS p(workflow_name, instance_name)
+WHERE NOT EXISTS (
+    SELECT 1 FROM workflow_instances i
+    WHERE i.workflow_name = p.workflow_name AND i.instance_name = p.instance_name);
+
 -- name: has_events
 SELECT EXISTS (
     SELECT 1 FROM workflow_events e JOIN workflow_instances i ON i.id = e.instance_id

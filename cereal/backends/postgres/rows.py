@@ -125,13 +125,15 @@ def finished_info(r: Row) -> WorkflowInstanceInfo:
 
 
 def listed_info(r: Row) -> WorkflowInstanceInfo:
+    """A row of a listing: a live instance (payload) or a finished run (result, error)."""
+    status = WorkflowStatus(r["status"])
     return WorkflowInstanceInfo(
         workflow_name=r["workflow_name"],
         instance_name=r["instance_name"],
-        status=WorkflowStatus(r["status"]),
+        status=status,
         parameters=r["parameters"],
         payload=r["payload"],
-        result=r["result"],
+        result=r["result"] if status is WorkflowStatus.COMPLETED else None,
         error=r["error"],
         started_at=r["started_at"],
         ended_at=r["ended_at"],
