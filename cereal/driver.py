@@ -234,6 +234,11 @@ class TaskInfo:
     claimed_by: str | None
     heartbeat_age: float | None
     """Seconds since the last heartbeat of a running task (None while queued)."""
+    attempt: int = 1
+    """Which attempt this is (above 1: an earlier one failed or was lost and is retried)."""
+    max_attempts: int = 1
+    """Attempts its retry policy allows, as stored when an attempt was last claimed (1 while
+    the first attempt is queued)."""
 
 
 # -- schedules ----------------------------------------------------------------------------------

@@ -10,6 +10,18 @@ from cereal.cli.output import emit_json, print_table
 
 __all__ = ["add_parser"]
 
+_HEADINGS = (
+    "ID",
+    "TASK",
+    "WORKFLOW",
+    "INSTANCE",
+    "STATE",
+    "TRY",
+    "ENQUEUED",
+    "HEARTBEAT",
+    "PARAMETERS",
+)
+
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("tasks", help="queued and running tasks")
@@ -37,13 +49,15 @@ def _list(ctx: Context, args: argparse.Namespace) -> int:
                     "start_after": t.start_after,
                     "claimed_by": t.claimed_by,
                     "heartbeat_age": t.heartbeat_age,
+                    "attempt": t.attempt,
+                    "max_attempts": t.max_attempts,
                 }
                 for t in tasks
             ]
         )
         return EXIT_OK
     print_table(
-        ("ID", "TASK", "WORKFLOW", "INSTANCE", "STATE", "ENQUEUED", "HEARTBEAT", "PARAMETERS"),
+        _HEADINGS,
         [
             (
                 t.id,
@@ -51,6 +65,7 @@ def _list(ctx: Context, args: argparse.Namespace) -> int:
                 t.workflow_name,
                 t.instance_name,
                 t.state,
+                _attempt(t.attempt, t.max_attempts),
                 t.enqueued_at,
                 None if t.heartbeat_age is None else f"{t.heartbeat_age:.1f}s ago",
                 t.parameters,
@@ -58,6 +73,11 @@ def _list(ctx: Context, args: argparse.Namespace) -> int:
             for t in tasks
         ],
         wide=args.wide,
-        cut_first=(7,),
+        cut_first=(8,),
     )
     return EXIT_OK
+
+
+def _attempt(attempt: int, max_attempts: int) -> str:
+    """``2/5`` for the second of five attempts; a task without retries shows ``1``."""
+    return f"{attempt}/{max_attempts}" if max_attempts > 1 else str(attempt)

@@ -1034,6 +1034,8 @@ class MemoryDriver:
                         task.start_after,
                         task.claimed_by,
                         None if task.heartbeat_at is None else _seconds(now - task.heartbeat_at),
+                        task.attempt,
+                        task.max_attempts,
                     )
                 )
         return found
@@ -1142,6 +1144,8 @@ class MemoryDriver:
                         t.start_after,
                         t.claimed_by,
                         None if t.heartbeat_at is None else _seconds(now - t.heartbeat_at),
+                        t.attempt,
+                        t.max_attempts,
                     )
                     for t in mine[:limit]
                 ]

@@ -12,7 +12,14 @@ import time
 
 from cereal import RetryPolicy
 from cereal.driver import ClaimedTask, Driver, TaskOutcome
-from tests.contract.test_driver_contract import OWNER, W, events_of, finish, with_tasks
+from tests.contract.test_driver_contract import (
+    OWNER,
+    W,
+    events_of,
+    finish,
+    require,
+    with_tasks,
+)
 from tests.helpers.waiting import wait_for
 
 THREE = RetryPolicy(max_attempts=3, initial_delay=0.3, backoff=2.0, max_delay=10.0)
@@ -175,3 +182,20 @@ def test_a_long_run_of_attempts_keeps_the_delay_at_max_delay(contract_driver: Dr
     last = claim_one(d, policy)
     d.complete_tasks([failed(last.id)], OWNER)
     assert [(e.task_status, e.task_attempts) for e in events_of(d, "a")] == [("failed", 42)]
+
+
+def test_operator_views_show_which_attempt_a_task_is_at(contract_driver: Driver) -> None:
+    d = contract_driver
+    require(d, "list_tasks")
+    require(d, "instance_timeline")
+    with_tasks(d, "a", "t")
+    [queued] = d.list_tasks()
+    assert (queued.state, queued.attempt, queued.max_attempts) == ("queued", 1, 1)
+    first = claim_one(d)
+    [running] = d.list_tasks()
+    assert (running.state, running.attempt, running.max_attempts) == ("running", 1, 3)
+    d.complete_tasks([failed(first.id)], OWNER)
+    [retry] = d.list_tasks()
+    assert (retry.state, retry.attempt, retry.max_attempts) == ("queued", 2, 3)
+    [shown] = d.instance_timeline(W, "a", 10).tasks
+    assert (shown.attempt, shown.max_attempts) == (2, 3)

@@ -180,6 +180,7 @@ def test_sigterm_during_a_running_task_loses_nothing_and_exits_0(
         ("slow", "a", "running")
     ]
     assert isinstance(running[0]["heartbeat_age"], float)
+    assert (running[0]["attempt"], running[0]["max_attempts"]) == (1, 1)
 
     worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=60)
@@ -463,6 +464,7 @@ def test_tasks_list_with_and_without_json_on_an_empty_queue(cereal: Run) -> None
         "WORKFLOW",
         "INSTANCE",
         "STATE",
+        "TRY",
         "ENQUEUED",
         "HEARTBEAT",
         "PARAMETERS",

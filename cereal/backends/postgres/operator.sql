@@ -5,7 +5,8 @@
 SELECT t.id, t.task_name, i.workflow_name, i.instance_name, t.state, t.parameters,
        t.enqueued_at, t.start_after, t.claimed_by,
        CASE WHEN t.state = 'running' AND t.heartbeat_at IS NOT NULL
-            THEN extract(epoch FROM now() - t.heartbeat_at)::float8 END AS heartbeat_age
+            THEN extract(epoch FROM now() - t.heartbeat_at)::float8 END AS heartbeat_age,
+       t.attempt, t.max_attempts
 FROM tasks t
 JOIN workflow_instances i ON i.id = t.instance_id
 WHERE (%(task_name)s::text IS NULL OR t.task_name = %(task_name)s)

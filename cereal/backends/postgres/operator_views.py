@@ -90,6 +90,8 @@ def list_tasks(
             start_after=r[7],
             claimed_by=r[8],
             heartbeat_age=r[9],
+            attempt=r[10],
+            max_attempts=r[11],
         )
         for r in rows
     ]

@@ -152,6 +152,8 @@ def instance_timeline(
                 start_after=t[5],
                 claimed_by=t[6],
                 heartbeat_age=t[7],
+                attempt=t[8],
+                max_attempts=t[9],
             )
             for t in tasks
         ],

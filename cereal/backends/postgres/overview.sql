@@ -56,7 +56,7 @@ LIMIT %(limit)s;
 -- name: timeline_tasks
 -- Queued and running tasks of the live instance, oldest first.
 SELECT t.id, t.task_name, t.state, t.parameters, t.enqueued_at, t.start_after, t.claimed_by,
-       extract(epoch FROM now() - t.heartbeat_at)::float8
+       extract(epoch FROM now() - t.heartbeat_at)::float8, t.attempt, t.max_attempts
 FROM tasks t
 WHERE t.instance_id = %(instance_id)s
 ORDER BY t.id

@@ -144,7 +144,7 @@ def test_tasks_page_lists_queued_and_running_tasks(
 ) -> None:
     c = client()
     text = text_of(c.get("/tasks").text)
-    assert "render running reports / q3" in text
+    assert "render running 1 reports / q3" in text
     assert "never-run queued" in text
     only = text_of(c.get("/tasks?task=render").text)
     assert "render" in only and "never-run" not in only
