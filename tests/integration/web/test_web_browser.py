@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from cereal import Manager, WorkflowStatus
+from cereal import Manager, RetryPolicy, WorkflowStatus
 from cereal.backends.postgres import PostgresDriver
 from tests.helpers.recorders import Flow
 from tests.helpers.waiting import wait_for
@@ -185,11 +185,17 @@ def showcase(make_manager: Callable[..., Manager]) -> Iterator[Manager]:
             raise RuntimeError("card declined by issuer")
         return {"charged": True}
 
-    for workflow in ("checkout", "nightly-export", "onboarding"):
+    def push(task: Any) -> Any:
+        raise ConnectionError("CRM answered 503 Service Unavailable")
+
+    for workflow in ("checkout", "nightly-export", "onboarding", "sync-crm"):
         manager.register_workflow_executor(workflow, Flow(start, on_task))
     manager.register_task_executor("charge-card", charge, workers=4)
     manager.register_task_executor("send-receipt", lambda task: "sent", workers=4)
     manager.register_task_executor("export-table", lambda task: release.wait(60) and 1)
+    # The first attempt fails; the second waits ten minutes in the queue.
+    retry = RetryPolicy(max_attempts=5, initial_delay=600)
+    manager.register_task_executor("push-contacts", push, retry=retry)
     manager.start()
     for i in range(12):
         manager.enqueue_workflow(
@@ -199,6 +205,7 @@ def showcase(make_manager: Callable[..., Manager]) -> Iterator[Manager]:
         manager.enqueue_workflow("nightly-export", table, {"steps": ["export-table"]})
     for user in ("ada", "grace", "linus"):
         manager.enqueue_workflow("onboarding", user, {"steps": ["send-welcome-mail"]})
+    manager.enqueue_workflow("sync-crm", "contacts", {"steps": ["push-contacts"]})
     manager.create_workflow_schedule(
         "nightly-export", "customers", {"steps": ["export-table"]}, recurrence=DAILY_PARIS
     )
@@ -215,6 +222,10 @@ def showcase(make_manager: Callable[..., Manager]) -> Iterator[Manager]:
             manager.get_workflow_instance("nightly-export", t).payload for t in ("customers",)
         ),
         what="the exports to start",
+    )
+    wait_for(
+        lambda: [t.attempt for t in manager.driver.list_tasks(task_name="push-contacts")] == [2],
+        what="the CRM push to wait for its second attempt",
     )
     yield manager
     release.set()
