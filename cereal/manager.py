@@ -64,6 +64,7 @@ _DRIVER_METHODS = (
     "close",
     "listener",
     "enqueue_workflow",
+    "enqueue_workflows",
     "cancel_workflow",
     "kill_workflow",
     "signal_workflow",

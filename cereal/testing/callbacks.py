@@ -222,6 +222,7 @@ def _event_row(event: Event) -> EventRow:
             task_status=TaskStatus(result.status).value,
             task_error=result.error,
             task_result=_roundtrip(result.value, "task value"),
+            task_attempts=result.attempts,
         )
     raise CerealError(
         f"run_callback takes a StartEvent, TaskCompleteEvent, CancelEvent or SignalEvent "

@@ -156,3 +156,21 @@ def test_builders_reject_bad_input_with_clear_errors() -> None:
         run_callback(Fanout(), start_event(), enqueued_tasks=-1)
     with pytest.raises(SerializationError, match="workflow parameters"):
         run_callback(Fanout(), start_event(), parameters=object())
+
+
+def test_a_task_complete_event_carries_the_attempts_made_to_the_callback() -> None:
+    seen: list[int] = []
+
+    class Reads:
+        def on_start(self, instance: Any, event: Any) -> Any:
+            return instance.continue_with()
+
+        def on_task_complete(self, instance: Any, event: Any) -> Any:
+            seen.append(event.result.attempts)
+            return instance.complete(None)
+
+        def on_cancel(self, instance: Any, event: Any) -> Any:
+            return instance.fail("cancelled")
+
+    run_callback(Reads(), task_complete_event("t", 1, attempts=3), enqueued_tasks=1)
+    assert seen == [3]

@@ -102,7 +102,13 @@ class PostgresDriver:
         pool_min_size: int = 1,
         connect_timeout: float = 10.0,
         application_name: str = "cereal",
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            raise CerealError(
+                f"unknown PostgresDriver option(s): {', '.join(sorted(unknown))} (known: "
+                "schema, pool_size, pool_min_size, connect_timeout, application_name)"
+            )
         self._schema = validate_schema(schema)
         if dsn is not None and not isinstance(dsn, str):
             raise CerealError(f"dsn must be a str or None, got {type(dsn).__name__}")

@@ -120,6 +120,11 @@ def test_wrong_driver_option_values_raise_cereal_error_naming_the_option(
         assert DRIVER_OPTIONS[option](value), (option, value)
 
 
+def test_an_unknown_driver_option_raises_cereal_error_naming_it() -> None:
+    with pytest.raises(CerealError, match=r"unknown PostgresDriver option\(s\): pool, tls"):
+        PostgresDriver("postgresql://nowhere.invalid/db", tls=True, pool=3)  # type: ignore[call-arg]
+
+
 def number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and value == value
 

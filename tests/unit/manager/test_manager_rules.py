@@ -31,7 +31,9 @@ class NotADriver:
 
 
 def test_an_object_lacking_driver_operations_is_refused_naming_what_it_lacks() -> None:
-    with pytest.raises(CerealError, match=r"NotADriver lacks listener, enqueue_workflow, .*"):
+    with pytest.raises(
+        CerealError, match=r"NotADriver lacks listener, enqueue_workflow, enqueue_workflows, .*"
+    ):
         Manager(NotADriver())  # type: ignore[arg-type]
 
 
