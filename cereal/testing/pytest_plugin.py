@@ -21,9 +21,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from cereal.errors import CerealError
 
 if TYPE_CHECKING:
     from cereal.backends.postgres import PostgresDriver
@@ -69,7 +72,8 @@ def cereal_driver(cereal_dsn: str) -> Iterator[PostgresDriver]:
         yield driver
     finally:
         driver.close()
-        _drop_schema(cereal_dsn, schema)
+        with suppress(CerealError):  # the server is gone; the schema name is never reused
+            driver.drop_schema()
 
 
 @pytest.fixture
@@ -113,14 +117,3 @@ def _manager_factory(new_driver: Callable[[], Driver]) -> Iterator[Callable[...,
             errors.append(exc)
     if errors:
         raise errors[0]
-
-
-def _drop_schema(dsn: str, schema: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-    except psycopg.Error:
-        pass  # the server is gone; the schema name is never reused

@@ -57,6 +57,17 @@ def test_migrating_again_applies_nothing(driver: PostgresDriver, pg_dsn: str, sc
     assert [v for v, _ in again] == VERSIONS
 
 
+def test_drop_schema_removes_everything_and_a_reopened_driver_starts_afresh(
+    driver: PostgresDriver, pg_dsn: str, schema: str
+) -> None:
+    driver.enqueue_workflow("w", "i", None)
+    driver.drop_schema()
+    assert fetch(pg_dsn, "SELECT 1 FROM pg_namespace WHERE nspname = %s", schema) == []
+    driver.open()
+    assert driver.get_workflow_instance("w", "i") is None
+    assert applied_versions(pg_dsn, schema) == [v for v, _, _ in load_migrations()]
+
+
 def test_first_use_creates_the_schema_without_an_explicit_open(
     driver: PostgresDriver, pg_dsn: str, schema: str
 ) -> None:

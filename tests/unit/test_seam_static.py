@@ -15,7 +15,8 @@ FORBIDDEN = ("psycopg", "psycopg_pool", "cereal.backends")
 DEFAULT_DRIVER = ("config.py", "default_driver")
 """The one place allowed to import a backend: the lazy import of the default driver."""
 TOOLING = {"testing/pytest_plugin.py"}
-"""Tooling that drives PostgreSQL directly: the pytest plugin's per-test schemas."""
+"""Tooling whose fixtures are PostgreSQL drivers (the pytest plugin): it may import the
+backend lazily, inside its fixtures, but never psycopg."""
 
 
 def _forbidden_imports(path: Path) -> list[tuple[int, str, str | None]]:
@@ -53,6 +54,15 @@ def test_no_module_outside_the_backends_imports_a_backend_or_psycopg() -> None:
                 continue
             offenders.append(f"cereal/{relative}:{line} imports {module}")
     assert offenders == []
+
+
+def test_the_pytest_plugin_imports_the_backend_lazily_and_never_psycopg() -> None:
+    for path in TOOLING:
+        for line, module, function in _forbidden_imports(PACKAGE / path):
+            assert module.startswith("cereal.backends."), f"cereal/{path}:{line} imports {module}"
+            if function is None:  # at module level: only for type checking
+                text = (PACKAGE / path).read_text("utf-8").splitlines()
+                assert text[line - 1].startswith("    "), f"cereal/{path}:{line} imports {module}"
 
 
 def test_the_default_driver_import_is_there_and_lazy() -> None:

@@ -16,11 +16,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, LiteralString
 
 from psycopg import errors as pgerrors
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from cereal.backends.postgres import notify, operator_views
 from cereal.backends.postgres import overview as dashboard_views
 from cereal.backends.postgres.connections import Connection, Connections, DedicatedConnection
+from cereal.backends.postgres.errors import translated
 from cereal.backends.postgres.events import PostgresEventBatch, claim_events
 from cereal.backends.postgres.jsonb import use_lenient_jsonb
 from cereal.backends.postgres.listener import PostgresListener
@@ -160,6 +162,16 @@ class PostgresDriver:
         """Close the pool and the heartbeat connection. The driver can be opened again."""
         self._liveness.close()
         self._db.close()
+
+    def drop_schema(self) -> None:
+        """Close the driver and drop its schema with everything in it (cereal's tables and the
+        history they keep). Meant for tests and teardown; opened again, the driver migrates
+        a fresh schema."""
+        self.close()
+        with self._db.connect() as conn, translated():
+            conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self._schema))
+            )
 
     def __enter__(self) -> PostgresDriver:
         self.open()
