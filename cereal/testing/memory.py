@@ -24,8 +24,6 @@ scheduler then skips that schedule, and other updates and deletes of it wait.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import itertools
 import json
 import queue
@@ -36,6 +34,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from cereal.checks import decode_cursor, encode_cursor
 from cereal.codec import encode
 from cereal.driver import (
     PRUNE_BATCH,
@@ -66,7 +65,8 @@ from cereal.types import Schedule, WorkflowInstanceInfo, WorkflowStatus
 from cereal.workflow import PendingTask
 
 if TYPE_CHECKING:
-    from cereal.driver import Driver
+    from cereal.driver import AsyncDriver, Driver
+    from cereal.testing.memory_aio import AsyncMemoryDriver
 
 __all__ = ["MEMORY_MIGRATION", "MemoryDriver", "MemoryEventBatch", "MemoryListener", "MemoryStore"]
 
@@ -77,7 +77,6 @@ MEMORY_MIGRATION = (1, "memory")
 
 _REAP_BATCH = 1000
 _STATUSES = frozenset(s.value for s in WorkflowStatus)
-_CURSOR_PREFIX = "m1."
 Pair = tuple[str, str]
 
 
@@ -366,25 +365,6 @@ def _seconds(delta: timedelta) -> float:
     return delta.total_seconds()
 
 
-def _encode_cursor(started_at: datetime, workflow_name: str, instance_name: str) -> str:
-    raw = json.dumps([started_at.isoformat(), workflow_name, instance_name]).encode()
-    return _CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode("ascii")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str, str]:
-    try:
-        if not cursor.startswith(_CURSOR_PREFIX):
-            raise ValueError("unknown prefix")
-        raw = base64.urlsafe_b64decode(cursor[len(_CURSOR_PREFIX) :].encode("ascii"))
-        started, workflow_name, instance_name = json.loads(raw)
-        key = (datetime.fromisoformat(started), str(workflow_name), str(instance_name))
-    except (ValueError, TypeError, binascii.Error, UnicodeError) as exc:
-        raise CerealError(
-            f"after must be the cursor of a row from a previous page, got {cursor!r}"
-        ) from exc
-    return key
-
-
 def _status(status: object) -> WorkflowStatus:
     if isinstance(status, str) and status in _STATUSES:
         return WorkflowStatus(status)
@@ -451,6 +431,12 @@ class MemoryDriver:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def async_driver(self) -> AsyncMemoryDriver:
+        """This driver's async twin (same store), for ``Manager.aio``."""
+        from cereal.testing.memory_aio import AsyncMemoryDriver
+
+        return AsyncMemoryDriver(self)
 
     def listener(
         self, on_wakeup: Callable[[Wakeup], None], on_reconnect: Callable[[], None]
@@ -583,8 +569,11 @@ class MemoryDriver:
             _check_limit(limit)
         if after is not None and not isinstance(after, str):
             raise CerealError(f"after must be a cursor str or None, got {after!r}")
-        start = None if after is None else _decode_cursor(after)
+        if after is not None and limit is None:
+            raise CerealError("after needs a limit: pass the limit of the listing it came from")
         wanted = None if status is None else _status(status)
+        filters = (workflow_name, instance_name, is_running, wanted)
+        start = None if after is None else decode_cursor(after, filters)
         s = self._store
         with s.lock:
             rows: list[WorkflowInstanceInfo] = []
@@ -608,7 +597,7 @@ class MemoryDriver:
         rows.sort(key=_page_key, reverse=True)
         if start is not None:
             rows = [r for r in rows if _page_key(r) < start]
-        return [replace(r, cursor=_encode_cursor(*_page_key(r))) for r in rows[:limit]]
+        return [replace(r, cursor=encode_cursor(filters, r)) for r in rows[:limit]]
 
     # -- workflow events -------------------------------------------------------------------
 
@@ -1377,3 +1366,4 @@ def _claimed_task(task: _Task, inst: _Instance) -> ClaimedTask:
 
 if TYPE_CHECKING:
     _static_check: Driver = MemoryDriver()
+    _static_async_check: AsyncDriver = MemoryDriver().async_driver()

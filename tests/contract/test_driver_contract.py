@@ -31,7 +31,7 @@ from cereal.driver import (
     TasksQueued,
     Wakeup,
 )
-from cereal.errors import DatabaseError
+from cereal.errors import CerealError, DatabaseError
 from cereal.testing import MemoryDriver
 from cereal.types import TaskStatus, WorkflowStatus
 from cereal.workflow import PendingTask
@@ -352,6 +352,23 @@ def test_paging_walks_every_row_once_newest_first(contract_driver: Driver) -> No
     live = _page_through(d, 3, is_running=True, workflow_name=W)
     assert len(live) == 8
     assert d.list_workflow_instances(limit=1)[0].instance_name == "i00"
+
+
+def test_a_cursor_is_accepted_only_by_the_listing_it_came_from(contract_driver: Driver) -> None:
+    d = contract_driver
+    require(d, "list_workflow_instances", "limit", "after", "status")
+    for n in range(3):
+        start(d, f"i{n}")
+    cursor = d.list_workflow_instances(limit=1)[0].cursor
+    assert cursor is not None
+    assert len(d.list_workflow_instances(limit=5, after=cursor)) == 2
+    for filters in ({"workflow_name": W}, {"is_running": True}, {"status": WorkflowStatus.RUNNING}):
+        with pytest.raises(CerealError, match="other filters"):
+            d.list_workflow_instances(limit=1, after=cursor, **filters)  # type: ignore[arg-type]
+    with pytest.raises(CerealError, match="after needs a limit"):
+        d.list_workflow_instances(after=cursor)
+    with pytest.raises(CerealError, match="not a listing cursor"):
+        d.list_workflow_instances(limit=1, after="c1.bm90IGpzb24=")
 
 
 def test_enqueue_workflows_inserts_many_and_returns_the_pairs_not_enqueued(

@@ -75,8 +75,10 @@ def has_signal_columns(pg_dsn: str, schema: str) -> bool:
 # -- workflow instances -------------------------------------------------------------------------
 
 
-def test_enqueue_then_get_returns_the_live_instance(make_manager: Callable[..., Manager]) -> None:
-    aio = make_manager().aio
+def test_enqueue_then_get_returns_the_live_instance(
+    make_any_manager: Callable[..., Manager],
+) -> None:
+    aio = make_any_manager().aio
 
     async def scenario() -> Any:
         await aio.enqueue_workflow("order", "o-1", {"sku": "tea", "qty": 2})
@@ -89,8 +91,10 @@ def test_enqueue_then_get_returns_the_live_instance(make_manager: Callable[..., 
     assert info.is_running
 
 
-def test_enqueue_of_a_live_pair_raises_the_sync_error(make_manager: Callable[..., Manager]) -> None:
-    m = make_manager()
+def test_enqueue_of_a_live_pair_raises_the_sync_error(
+    make_any_manager: Callable[..., Manager],
+) -> None:
+    m = make_any_manager()
     m.enqueue_workflow("order", "o-1")
     assert_same_error(
         lambda: m.enqueue_workflow("order", "o-1"),
@@ -98,8 +102,8 @@ def test_enqueue_of_a_live_pair_raises_the_sync_error(make_manager: Callable[...
     )
 
 
-def test_kill_finishes_the_instance_as_killed(make_manager: Callable[..., Manager]) -> None:
-    m = make_manager()
+def test_kill_finishes_the_instance_as_killed(make_any_manager: Callable[..., Manager]) -> None:
+    m = make_any_manager()
     m.enqueue_workflow("order", "o-1")
 
     async def scenario() -> Any:
@@ -113,13 +117,13 @@ def test_kill_finishes_the_instance_as_killed(make_manager: Callable[..., Manage
 
 
 def test_cancel_reaches_on_cancel_of_a_running_manager(
-    make_manager: Callable[..., Manager],
+    make_any_manager: Callable[..., Manager],
 ) -> None:
-    worker = make_manager()
+    worker = make_any_manager()
     flow = Flow(on_cancel=lambda inst, ev: inst.fail("stopped by the customer"))
     worker.register_workflow_executor("order", flow)
     worker.start()
-    client = make_manager()
+    client = make_any_manager()
 
     async def scenario() -> Any:
         await client.aio.enqueue_workflow("order", "o-1")
@@ -135,9 +139,9 @@ def test_cancel_reaches_on_cancel_of_a_running_manager(
 
 @pytest.mark.parametrize("operation", ["cancel_workflow", "kill_workflow", "get_workflow_instance"])
 def test_operations_on_an_unknown_instance_raise_the_sync_not_found_error(
-    make_manager: Callable[..., Manager], operation: str
+    make_any_manager: Callable[..., Manager], operation: str
 ) -> None:
-    m = make_manager()
+    m = make_any_manager()
     assert_same_error(
         lambda: getattr(m, operation)("order", "nobody"),
         lambda: getattr(m.aio, operation)("order", "nobody"),
@@ -166,12 +170,12 @@ BAD_INSTANCE_CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("operation", "args", "kwargs"), BAD_INSTANCE_CALLS)
 def test_bad_instance_arguments_raise_the_sync_errors(
-    make_manager: Callable[..., Manager],
+    make_any_manager: Callable[..., Manager],
     operation: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> None:
-    m = make_manager()
+    m = make_any_manager()
     assert_same_error(
         lambda: getattr(m, operation)(*args, **kwargs),
         lambda: getattr(m.aio, operation)(*args, **kwargs),
@@ -179,9 +183,9 @@ def test_bad_instance_arguments_raise_the_sync_errors(
 
 
 def test_enqueue_workflows_returns_the_pairs_that_were_live_or_repeated(
-    make_manager: Callable[..., Manager],
+    make_any_manager: Callable[..., Manager],
 ) -> None:
-    m = make_manager()
+    m = make_any_manager()
     m.enqueue_workflow("order", "o-1", {"old": True})
 
     async def scenario() -> Any:
@@ -205,9 +209,9 @@ def test_enqueue_workflows_returns_the_pairs_that_were_live_or_repeated(
 
 
 def test_enqueue_workflows_with_a_bad_item_writes_nothing(
-    make_manager: Callable[..., Manager],
+    make_any_manager: Callable[..., Manager],
 ) -> None:
-    m = make_manager()
+    m = make_any_manager()
     with pytest.raises(SerializationError, match="parameters of workflow instance 'order'/'o-2'"):
         run(m.aio.enqueue_workflows([("order", "o-1", None), ("order", "o-2", {1, 2})]))
     with pytest.raises(InvalidNameError, match="instance_name must not be empty"):
@@ -220,8 +224,8 @@ def test_enqueue_workflows_with_a_bad_item_writes_nothing(
     assert run(m.aio.enqueue_workflows([])) == []
 
 
-def test_list_filters_by_name_liveness_and_status(make_manager: Callable[..., Manager]) -> None:
-    m = make_manager()
+def test_list_filters_by_name_liveness_and_status(make_any_manager: Callable[..., Manager]) -> None:
+    m = make_any_manager()
     for name in ("a", "b", "c"):
         m.enqueue_workflow("order", name)
     m.enqueue_workflow("invoice", "a")
@@ -248,9 +252,9 @@ def test_list_filters_by_name_liveness_and_status(make_manager: Callable[..., Ma
 
 
 def test_paged_listing_visits_every_pair_once_newest_first(
-    make_manager: Callable[..., Manager],
+    make_any_manager: Callable[..., Manager],
 ) -> None:
-    m = make_manager()
+    m = make_any_manager()
     for i in range(7):
         m.enqueue_workflow("order", f"o-{i}")
     m.kill_workflow("order", "o-3")
@@ -294,9 +298,9 @@ BAD_LIST_CALLS: list[tuple[dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("filters", "message"), BAD_LIST_CALLS)
 def test_bad_paging_arguments_raise_cereal_errors_naming_them(
-    make_manager: Callable[..., Manager], filters: dict[str, Any], message: str
+    make_any_manager: Callable[..., Manager], filters: dict[str, Any], message: str
 ) -> None:
-    m = make_manager()
+    m = make_any_manager()
     with pytest.raises(CerealError) as err:
         run(m.aio.list_workflow_instances(**filters))
     assert str(err.value).startswith(message)
@@ -357,9 +361,9 @@ def test_await_wakes_on_the_finish_notification_of_another_manager(
 
 
 def test_await_raises_timeout_error_while_the_instance_runs(
-    make_manager: Callable[..., Manager],
+    make_any_manager: Callable[..., Manager],
 ) -> None:
-    m = make_manager()
+    m = make_any_manager()
     m.enqueue_workflow("order", "o-1")
     assert_same_error(
         lambda: m.await_workflow("order", "o-1", timeout=0.3),
@@ -370,9 +374,9 @@ def test_await_raises_timeout_error_while_the_instance_runs(
 
 
 def test_await_of_an_unknown_instance_raises_not_found(
-    make_manager: Callable[..., Manager],
+    make_any_manager: Callable[..., Manager],
 ) -> None:
-    m = make_manager()
+    m = make_any_manager()
     assert_same_error(
         lambda: m.await_workflow("order", "nobody", timeout=1),
         lambda: m.aio.await_workflow("order", "nobody", timeout=1),
@@ -494,8 +498,8 @@ def test_waiting_calls_take_no_thread_each(make_manager: Callable[..., Manager])
 # -- signals ------------------------------------------------------------------------------------
 
 
-def test_bad_signal_arguments_raise_typed_errors(make_manager: Callable[..., Manager]) -> None:
-    aio = make_manager().aio
+def test_bad_signal_arguments_raise_typed_errors(make_any_manager: Callable[..., Manager]) -> None:
+    aio = make_any_manager().aio
     with pytest.raises(InvalidNameError, match="signal_name must not be empty"):
         run(aio.signal_workflow("order", "o-1", ""))
     with pytest.raises(InvalidNameError, match="signal_name must be a str"):
@@ -527,8 +531,8 @@ def test_signal_is_stored_for_a_live_instance_only(
 # -- schedules ----------------------------------------------------------------------------------
 
 
-def test_schedule_operations_round_trip(make_manager: Callable[..., Manager]) -> None:
-    m = make_manager()
+def test_schedule_operations_round_trip(make_any_manager: Callable[..., Manager]) -> None:
+    m = make_any_manager()
 
     async def scenario() -> tuple[Any, Any, Any, Any]:
         await m.aio.create_workflow_schedule("report", "daily", {"fmt": "pdf"}, recurrence=DAILY)
@@ -549,8 +553,8 @@ def test_schedule_operations_round_trip(make_manager: Callable[..., Manager]) ->
     assert after_delete == []
 
 
-def test_next_due_times_match_the_sync_manager(make_manager: Callable[..., Manager]) -> None:
-    m = make_manager()
+def test_next_due_times_match_the_sync_manager(make_any_manager: Callable[..., Manager]) -> None:
+    m = make_any_manager()
     rule = "DTSTART;TZID=Europe/Paris:20250301T083000\nRRULE:FREQ=HOURLY;INTERVAL=7"
     m.create_workflow_schedule("report", "sync", recurrence=rule)
     run(m.aio.create_workflow_schedule("report", "async", recurrence=rule))
@@ -572,9 +576,9 @@ def test_next_due_times_match_the_sync_manager(make_manager: Callable[..., Manag
 
 
 def test_the_scheduler_runs_a_schedule_created_by_the_async_client(
-    make_manager: Callable[..., Manager],
+    make_any_manager: Callable[..., Manager],
 ) -> None:
-    worker = make_manager()
+    worker = make_any_manager()
     worker.register_workflow_executor("report", Flow(on_start=lambda inst, ev: inst.complete(1)))
     worker.start()
     run(
