@@ -9,6 +9,7 @@ cereal, so that a bad value always gets the same clear error naming it.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -174,7 +175,10 @@ class ManagerConfig:
 
 def default_driver(dsn: str | None = None, **options: Any) -> Driver:
     """The driver used when none is given: PostgreSQL, at ``dsn`` or ``CEREAL_DATABASE_URL``
-    (or an embedded server). Imported here, lazily, so ``import cereal`` loads no backend."""
+    (or an embedded server), in the schema ``options["schema"]``, else ``CEREAL_SCHEMA``, else
+    ``cereal``. Imported here, lazily, so ``import cereal`` loads no backend."""
     from cereal.backends.postgres import PostgresDriver
 
+    if "schema" not in options and os.environ.get("CEREAL_SCHEMA"):
+        options["schema"] = os.environ["CEREAL_SCHEMA"]
     return PostgresDriver(dsn, **options)

@@ -11,6 +11,7 @@ from cereal.config import (
     MAX_SECONDS,
     ManagerConfig,
     count,
+    default_driver,
     flag,
     optional_count,
     optional_seconds,
@@ -104,3 +105,17 @@ def test_flag_takes_bools_only() -> None:
     assert flag("enabled", False) is False
     with pytest.raises(CerealError, match="enabled must be a bool, got 1"):
         flag("enabled", 1)
+
+
+def test_the_default_driver_uses_cereal_schema_unless_a_schema_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dsn = "postgresql://nowhere.invalid/db"  # nothing connects until the driver is used
+    monkeypatch.delenv("CEREAL_SCHEMA", raising=False)
+    assert default_driver(dsn).schema == "cereal"
+    monkeypatch.setenv("CEREAL_SCHEMA", "billing")
+    assert default_driver(dsn).schema == "billing"
+    assert default_driver(dsn, schema="other").schema == "other"
+    monkeypatch.setenv("CEREAL_SCHEMA", "no spaces allowed")
+    with pytest.raises(CerealError, match="schema"):
+        default_driver(dsn)
