@@ -41,16 +41,17 @@ def seconds(
     *,
     maximum: float = MAX_SECONDS,
     error: type[Exception] = CerealError,
+    zero: bool = False,
 ) -> float:
-    """``value`` as a float if it is a positive number of seconds up to ``maximum``."""
+    """``value`` as a float if it is a positive number of seconds up to ``maximum`` (or 0,
+    with ``zero``)."""
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not 0 < value <= maximum  # also rejects NaN and infinities
+        or not ((value >= 0 if zero else value > 0) and value <= maximum)  # NaN, inf too
     ):
-        raise error(
-            f"{name} must be a positive number of seconds (at most {maximum:g}), got {value!r}"
-        )
+        kind = "a number of seconds from 0" if zero else "a positive number of seconds"
+        raise error(f"{name} must be {kind} (at most {maximum:g}), got {value!r}")
     return float(value)
 
 

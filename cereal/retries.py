@@ -25,7 +25,7 @@ class RetryPolicy:
     max_attempts: int = 3
     """Attempts in all, the first included (1: never retry)."""
     initial_delay: float = 1.0
-    """Seconds before the second attempt."""
+    """Seconds before the second attempt (0: retry at once)."""
     backoff: float = 2.0
     """Each further delay is this many times the previous one (1: constant delays)."""
     max_delay: float = 300.0
@@ -33,8 +33,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_attempts", count("max_attempts", self.max_attempts))
-        object.__setattr__(self, "initial_delay", seconds("initial_delay", self.initial_delay))
-        object.__setattr__(self, "max_delay", seconds("max_delay", self.max_delay))
+        initial_delay = seconds("initial_delay", self.initial_delay, zero=True)
+        object.__setattr__(self, "initial_delay", initial_delay)
+        object.__setattr__(self, "max_delay", seconds("max_delay", self.max_delay, zero=True))
         backoff = self.backoff
         if (
             isinstance(backoff, bool)
@@ -50,6 +51,8 @@ class RetryPolicy:
         """Seconds between attempt number ``attempt`` (1 for the first) failing and the next
         attempt: ``min(initial_delay * backoff ** (attempt - 1), max_delay)``."""
         attempt = count("attempt", attempt)
+        if self.initial_delay == 0 or self.max_delay == 0:
+            return 0.0
         # Compared in logarithms first, so that a long run of attempts cannot overflow.
         if math.log(self.initial_delay) + (attempt - 1) * math.log(self.backoff) >= math.log(
             self.max_delay

@@ -199,3 +199,15 @@ def test_operator_views_show_which_attempt_a_task_is_at(contract_driver: Driver)
     assert (retry.state, retry.attempt, retry.max_attempts) == ("queued", 2, 3)
     [shown] = d.instance_timeline(W, "a", 10).tasks
     assert (shown.attempt, shown.max_attempts) == (2, 3)
+
+
+def test_a_policy_without_delay_makes_the_next_attempt_due_at_once(
+    contract_driver: Driver,
+) -> None:
+    d = contract_driver
+    at_once = RetryPolicy(max_attempts=2, initial_delay=0)
+    with_tasks(d, "a", "t")
+    first = claim_one(d, at_once)
+    d.complete_tasks([failed(first.id)], OWNER)
+    tasks, _ = d.claim_tasks({"t": 1}, OWNER, {"t": at_once})
+    assert [(t.id, t.attempt) for t in tasks] == [(first.id, 2)]

@@ -35,7 +35,6 @@ def test_the_policy_is_frozen() -> None:
         ("max_attempts", 2.0),
         ("max_attempts", True),
         ("max_attempts", "3"),
-        ("initial_delay", 0),
         ("initial_delay", -1.0),
         ("initial_delay", math.nan),
         ("initial_delay", math.inf),
@@ -45,7 +44,6 @@ def test_the_policy_is_frozen() -> None:
         ("backoff", math.nan),
         ("backoff", math.inf),
         ("backoff", None),
-        ("max_delay", 0),
         ("max_delay", -5),
         ("max_delay", 1e12),
         ("max_delay", False),
@@ -89,3 +87,8 @@ def test_a_test_task_result_can_carry_the_attempts_made() -> None:
     assert task_complete_event("fetch").result.attempts == 1
     with pytest.raises(CerealError, match="attempts"):
         task_complete_event("fetch", attempts=0)
+
+
+def test_zero_delays_retry_at_once() -> None:
+    assert [RetryPolicy(initial_delay=0).delay(n) for n in (1, 2, 10)] == [0.0, 0.0, 0.0]
+    assert RetryPolicy(initial_delay=5, max_delay=0).delay(3) == 0.0

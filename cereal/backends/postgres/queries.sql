@@ -335,6 +335,7 @@ WITH wanted AS (
         max_attempts = wanted.max_attempts,
         retry_delay = CASE
             WHEN t.attempt >= wanted.max_attempts THEN NULL
+            WHEN wanted.initial = 0 OR wanted.max_delay = 0 THEN 0
             WHEN ln(wanted.initial) + (t.attempt - 1) * ln(wanted.backoff)
                  >= ln(wanted.max_delay) THEN wanted.max_delay
             ELSE least(wanted.initial * power(wanted.backoff, t.attempt - 1), wanted.max_delay)
