@@ -10,6 +10,7 @@ commit), :mod:`.rows` (rows read by column name), :mod:`.schedules` (schedule ro
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -24,6 +25,7 @@ from cereal.backends.postgres import overview as dashboard_views
 from cereal.backends.postgres.connections import Connection, Connections, DedicatedConnection
 from cereal.backends.postgres.errors import translated
 from cereal.backends.postgres.events import PostgresEventBatch, claim_events
+from cereal.backends.postgres.floors import EventFloor, TaskFloors
 from cereal.backends.postgres.jsonb import use_lenient_jsonb
 from cereal.backends.postgres.listener import PostgresListener
 from cereal.backends.postgres.listing import BulkEnqueue, Listing
@@ -137,6 +139,10 @@ class PostgresDriver:
         self._q = load_queries()
         self.channel = notify.channel_name(self._schema)
         self._schedules = ScheduleStatements(self._db, self._q, self.channel)
+        # Where this process's claims start reading the queues (floors.py).
+        self._floors_lock = threading.Lock()
+        self._event_floors: dict[frozenset[str], EventFloor] = {}
+        self._task_floors = TaskFloors()
 
     # -- connections -----------------------------------------------------------------------
 
@@ -303,7 +309,8 @@ class PostgresDriver:
 
     def has_events(self, workflow_names: Sequence[str]) -> bool:
         """Cheap check: is any event pending for these workflows?"""
-        rows = self._rows("has_events", {"names": list(workflow_names)})
+        floor = self._event_floor(workflow_names).scan_from()
+        rows = self._rows("has_events", {"names": list(workflow_names), "floor": floor})
         return bool(rows and rows[0]["pending"])
 
     def claim_events(
@@ -314,7 +321,23 @@ class PostgresDriver:
         The instances stay locked until the batch commits or the context exits (which rolls
         back, so every event is delivered again later). A batch costs three round trips.
         """
-        return claim_events(self._db, self._q, self.channel, workflow_names, limit, per_instance)
+        return claim_events(
+            self._db,
+            self._q,
+            self.channel,
+            workflow_names,
+            limit,
+            per_instance,
+            self._event_floor(workflow_names),
+        )
+
+    def _event_floor(self, workflow_names: Sequence[str]) -> EventFloor:
+        key = frozenset(workflow_names)
+        with self._floors_lock:
+            floor = self._event_floors.get(key)
+            if floor is None:
+                floor = self._event_floors[key] = EventFloor()
+            return floor
 
     def fail_instance(self, instance_id: int, error: str) -> WorkflowInstanceInfo | None:
         """Finish a live instance as failed, waiting for whoever holds it; None if it is no
@@ -348,12 +371,16 @@ class PostgresDriver:
             "initials": [p.initial_delay for p in policies],
             "backoffs": [p.backoff for p in policies],
             "max_delays": [p.max_delay for p in policies],
+            "floors": self._task_floors.for_claim(names),
             "owner": owner,
         }
         with self._db.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             use_lenient_jsonb(cur.adapters)  # a task we cannot decode is reported failed
             rows = cur.execute(self._q["claim_tasks"], params).fetchall()
+        self._task_floors.claimed(
+            (r["task_name"], r["start_after"]) for r in rows if r["id"] is not None
+        )
         tasks = [claimed_task(r) for r in rows if r["id"] is not None]
         next_due = next((r["next_due_in"] for r in rows if r["id"] is None), None)
         return tasks, next_due

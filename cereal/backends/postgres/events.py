@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 from cereal.backends.postgres import notify
 from cereal.backends.postgres.connections import Connection, Connections
 from cereal.backends.postgres.errors import translate
+from cereal.backends.postgres.floors import EventFloor
 from cereal.backends.postgres.jsonb import use_lenient_jsonb
 from cereal.backends.postgres.rows import event_row, instance_row, loads
 from cereal.driver import EventRow, InstanceFinished, InstanceRow, StepOutcome, TasksQueued
@@ -36,11 +37,13 @@ def claim_events(
     workflow_names: Sequence[str],
     limit: int,
     per_instance: int,
+    floor: EventFloor,
 ) -> Iterator[PostgresEventBatch]:
     """Lock up to ``limit`` instances with pending events and fetch their next events.
 
     The instances stay locked until the batch commits or the context exits (which rolls
-    back, so every event is delivered again later).
+    back, so every event is delivered again later). The scan starts at ``floor``, which the
+    statement moves up (see :mod:`cereal.backends.postgres.floors`).
     """
     with connections.connection() as conn:
         batch: PostgresEventBatch | None = None
@@ -48,11 +51,13 @@ def claim_events(
             conn.execute("BEGIN")
             cur = conn.cursor(row_factory=dict_row)
             use_lenient_jsonb(cur.adapters)  # a value we cannot decode fails its instance
+            used = floor.params()
             rows = cur.execute(
                 queries["lock_instances_with_events"],
-                {"names": list(workflow_names), "limit": limit},
+                {"names": list(workflow_names), "limit": limit, **used},
             ).fetchall()
-            instances = [instance_row(r) for r in rows]
+            floor.update(used, rows[-1])  # the last row reports the floor
+            instances = [instance_row(r) for r in rows if r["id"] is not None]
             events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
             if instances:
                 # A statement of its own: its snapshot is taken after the locks, so it sees

@@ -224,21 +224,51 @@ WHERE NOT EXISTS (
     WHERE i.workflow_name = p.workflow_name AND i.instance_name = p.instance_name);
 
 -- name: has_events
-SELECT EXISTS (
-    SELECT 1 FROM workflow_events e JOIN workflow_instances i ON i.id = e.instance_id
-    WHERE i.workflow_name = ANY(%(names)s)) AS pending;
+-- Reads the primary key of workflow_instances up from the process's floor (floors.py), in
+-- order (an EXISTS would let the planner scan the table, dead rows first).
+SELECT (
+    SELECT i.id FROM workflow_instances i
+    WHERE i.id >= %(floor)s AND i.workflow_name = ANY(%(names)s)
+      AND EXISTS (SELECT 1 FROM workflow_events e WHERE e.instance_id = i.id)
+    ORDER BY i.id
+    LIMIT 1) IS NOT NULL AS pending;
 
 -- name: lock_instances_with_events
--- Claim instances of the given workflows that have pending events. The row lock serialises
--- the events of one instance across every process; SKIP LOCKED lets others take the rest.
-SELECT i.id, i.workflow_name, i.instance_name, i.parameters, i.payload, i.status,
-       i.enqueued_tasks, i.completed_tasks, i.started_at, i.trace_context
-FROM workflow_instances i
-WHERE i.id IN (SELECT e.instance_id FROM workflow_events e)
-  AND i.workflow_name = ANY(%(names)s)
-ORDER BY i.id
-LIMIT %(limit)s
-FOR NO KEY UPDATE OF i SKIP LOCKED;
+-- Claim instances of the given workflows that have pending events, oldest instance first.
+-- The row lock serialises the events of one instance across every process; SKIP LOCKED lets
+-- others take the rest. The scan reads the primary key of workflow_instances up from the
+-- process's floor (floors.py): below it are only entries of finished instances, which stay
+-- until VACUUM. The last row (id NULL) carries the new floor, when the mark passed in is
+-- ripe (every transaction that wrote an instance up to mark_id has ended): the lowest live
+-- instance of these workflows, capped at mark_id + 1; and a new mark: the highest instance
+-- id locked here, with an xid taken after this snapshot.
+WITH locked AS (
+    SELECT i.id, i.workflow_name, i.instance_name, i.parameters, i.payload, i.status,
+           i.enqueued_tasks, i.completed_tasks, i.started_at, i.trace_context
+    FROM workflow_instances i
+    WHERE i.id >= %(floor)s
+      AND i.id IN (SELECT e.instance_id FROM workflow_events e)
+      AND i.workflow_name = ANY(%(names)s)
+    ORDER BY i.id
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE OF i SKIP LOCKED
+), mark AS (
+    SELECT max(id) AS mark_id FROM locked
+)
+SELECT locked.*, NULL::bigint AS new_floor, NULL::bigint AS mark_id, NULL::bigint AS mark_xid
+FROM locked
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       CASE WHEN %(mark_xid)s::bigint::text::xid8 <= pg_snapshot_xmin(pg_current_snapshot())
+            THEN least(%(mark_id)s::bigint + 1, (
+                SELECT i.id FROM workflow_instances i
+                WHERE i.id >= %(floor)s AND i.workflow_name = ANY(%(names)s)
+                ORDER BY i.id
+                LIMIT 1))
+       END,
+       mark.mark_id,
+       CASE WHEN mark.mark_id IS NOT NULL THEN pg_current_xact_id()::text::bigint END
+FROM mark;
 
 -- name: relock_instance
 -- Hold on to an instance whose callback is still running after its batch-mates were
@@ -316,15 +346,18 @@ SELECT pg_notify(%(channel)s, payload) FROM unnest(%(payloads)s::text[]) AS p(pa
 -- (id NULL) carries the seconds until the next queued task of these names becomes due.
 -- Each row keeps its name's retry policy for this attempt: max_attempts, and the delay
 -- min(initial * backoff ^ (attempt - 1), max_delay), compared in logarithms first so that
--- no power overflows.
+-- no power overflows. Each name's scan starts at its floor (NULL: from the lowest key), as
+-- floors.py explains; claimed rows report their start_after so the process can move it.
 WITH wanted AS (
     SELECT t.id, w.max_attempts, w.initial, w.backoff, w.max_delay
     FROM unnest(%(names)s::text[], %(limits)s::int[], %(max_attempts)s::int[],
-                %(initials)s::float8[], %(backoffs)s::float8[], %(max_delays)s::float8[])
-         AS w(name, lim, max_attempts, initial, backoff, max_delay)
+                %(initials)s::float8[], %(backoffs)s::float8[], %(max_delays)s::float8[],
+                %(floors)s::timestamptz[])
+         AS w(name, lim, max_attempts, initial, backoff, max_delay, floor)
     CROSS JOIN LATERAL (
         SELECT id FROM tasks
         WHERE task_name = w.name AND state = 'queued' AND start_after <= now()
+          AND start_after >= coalesce(w.floor, '-infinity')
         ORDER BY start_after, id
         LIMIT w.lim
         FOR UPDATE SKIP LOCKED
@@ -343,13 +376,14 @@ WITH wanted AS (
     FROM wanted, workflow_instances i
     WHERE t.id = wanted.id AND i.id = t.instance_id
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at,
-              i.workflow_name, i.instance_name, t.attempt, t.max_attempts, t.trace_context
+              i.workflow_name, i.instance_name, t.attempt, t.max_attempts, t.trace_context,
+              t.start_after
 )
 SELECT id, instance_id, task_name, parameters, enqueued_at, workflow_name, instance_name,
-       attempt, max_attempts, trace_context, NULL::float8 AS next_due_in
+       attempt, max_attempts, trace_context, start_after, NULL::float8 AS next_due_in
 FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT extract(epoch FROM min(start_after) - now())::float8 FROM tasks
         WHERE task_name = ANY(%(names)s) AND state = 'queued' AND start_after > now());
 

@@ -1,0 +1,158 @@
+"""Claims start at a floor instead of the lowest key (cereal.backends.postgres.floors); no
+event or task may be left behind by it: instances written by a transaction that was open
+while the floor moved, new events of old instances, tasks released or due in the past."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from cereal.backends.postgres import PostgresDriver
+from cereal.backends.postgres.floors import TaskFloors
+from cereal.driver import StepOutcome
+from cereal.types import WorkflowStatus
+from cereal.workflow import PendingTask
+from tests.contract.test_driver_contract import OWNER, W, claim, js, start, step
+
+
+@pytest.fixture
+def raw(pg_dsn: str, schema: str, driver: PostgresDriver) -> Iterator[psycopg.Connection]:
+    driver.open()  # migrate
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("SELECT set_config('search_path', %s, false)", (schema,))
+        conn.commit()
+        yield conn
+
+
+def run_through(d: PostgresDriver, *names: str) -> None:
+    """Start each instance and complete it on its start event, one claim each."""
+    for name in names:
+        start(d, name)
+        complete(d, name)
+
+
+def complete(d: PostgresDriver, name: str) -> None:
+    with claim(d) as batch:
+        inst = next(i for i in batch.instances if i.instance_name == name)
+        batch.commit([StepOutcome(instance=inst, status=WorkflowStatus.COMPLETED, handled=1)])
+
+
+def floor_of(
+    d: PostgresDriver, until: Callable[[int], bool] = lambda f: False, timeout: float = 1.0
+) -> int:
+    """The floor after claims (rolled back) made until ``until`` holds or ``timeout``: a
+    write transaction anywhere on the server holds the floor back while it runs."""
+    floor = d._event_floor([W])
+    deadline = time.monotonic() + timeout
+    while not until(floor.floor) and time.monotonic() < deadline:
+        with claim(d, limit=1):
+            pass
+        time.sleep(0.02)
+    return floor.floor
+
+
+def test_the_event_floor_moves_up_as_events_are_consumed(driver: PostgresDriver) -> None:
+    run_through(driver, *(f"i{n}" for n in range(6)))
+    assert floor_of(driver, lambda f: f > 1, timeout=30) > 1
+    with claim(driver) as batch:
+        assert batch.instances == []
+    assert not driver.has_events([W])
+
+
+def test_an_event_committed_late_below_the_floor_is_still_claimed(
+    driver: PostgresDriver, raw: psycopg.Connection
+) -> None:
+    run_through(driver, "a", "b")
+    # A transaction takes an event id, then stays open while later events are consumed.
+    raw.execute(
+        "WITH i AS (INSERT INTO workflow_instances (workflow_name, instance_name)"
+        " VALUES (%s, 'late') RETURNING id)"
+        " INSERT INTO workflow_events (instance_id, event_type) SELECT id, 'start' FROM i",
+        (W,),
+    )
+    (late_id,) = raw.execute("SELECT max(id) FROM workflow_instances").fetchone() or (0,)
+    run_through(driver, *(f"x{n}" for n in range(6)))
+    assert floor_of(driver) <= late_id  # held back while the writer is open
+    raw.commit()
+    assert driver.has_events([W])
+    with claim(driver) as batch:
+        assert [i.instance_name for i in batch.instances] == ["late"]
+    complete(driver, "late")
+    run_through(driver, "z1", "z2", "z3")
+    assert floor_of(driver, lambda f: f > late_id, timeout=30) > late_id
+
+
+def test_a_new_event_of_an_old_instance_is_claimed(driver: PostgresDriver) -> None:
+    start(driver, "old")
+    step(driver, "old")  # live, with no event pending
+    run_through(driver, *(f"x{n}" for n in range(6)))
+    driver.signal_workflow(W, "old", "ping", js(1))
+    assert driver.has_events([W])
+    with claim(driver) as batch:
+        assert [i.instance_name for i in batch.instances] == ["old"]
+        assert [e.kind for e in batch.events[batch.instances[0].id]] == ["signal"]
+
+
+def test_a_live_instance_holds_the_floor_down(driver: PostgresDriver) -> None:
+    start(driver, "waiting")
+    step(driver, "waiting")
+    run_through(driver, *(f"x{n}" for n in range(6)))
+    assert floor_of(driver) == 1  # the first instance of the schema
+    driver.cancel_workflow(W, "waiting")
+    assert driver.has_events([W])
+
+
+def test_floors_are_kept_per_set_of_workflow_names(driver: PostgresDriver) -> None:
+    start(driver, "other", workflow="elsewhere")
+    run_through(driver, *(f"x{n}" for n in range(6)))
+    assert floor_of(driver, lambda f: f > 1, timeout=30) > 1
+    with claim(driver, workflow="elsewhere") as batch:
+        assert [i.instance_name for i in batch.instances] == ["other"]
+
+
+def test_a_released_task_below_the_floor_is_claimed_by_the_next_full_scan(
+    driver: PostgresDriver,
+) -> None:
+    driver._task_floors = TaskFloors(full_scan_every=0.5)
+    start(driver, "a")
+    step(driver, "a", tasks=[PendingTask("t", js(n)) for n in range(3)])
+    (first,), _ = driver.claim_tasks({"t": 1}, OWNER)  # a full scan
+    driver.release_tasks([first.id], OWNER)
+    # Move the floor past the released task, as a claim of later tasks would.
+    driver._task_floors.claimed([("t", datetime.now(UTC) + timedelta(hours=1))])
+    claimed: list[object] = []
+    deadline = time.monotonic() + 5
+    while len(claimed) < 3 and time.monotonic() < deadline:
+        claimed += [t.parameters for t in driver.claim_tasks({"t": 5}, OWNER)[0]]
+        time.sleep(0.05)
+    assert sorted(claimed) == [0, 1, 2]  # type: ignore[type-var]
+
+
+def test_a_task_due_long_ago_is_claimed(driver: PostgresDriver) -> None:
+    driver._task_floors = TaskFloors(full_scan_every=0.5)
+    start(driver, "a")
+    step(driver, "a", tasks=[PendingTask("t", js("now"))])
+    assert [t.parameters for t in driver.claim_tasks({"t": 5}, OWNER)[0]] == ["now"]
+    past = datetime.now(UTC) - timedelta(days=1)
+    start(driver, "b")
+    step(driver, "b", tasks=[PendingTask("t", js("past"), start_at=past)])
+    claimed: list[object] = []
+    deadline = time.monotonic() + 5
+    while not claimed and time.monotonic() < deadline:
+        claimed = [t.parameters for t in driver.claim_tasks({"t": 5}, OWNER)[0]]
+        time.sleep(0.05)
+    assert claimed == ["past"]
+
+
+def test_task_floors_trail_the_oldest_claim_and_a_full_scan_comes_round() -> None:
+    floors = TaskFloors(margin=timedelta(seconds=10), full_scan_every=3600)
+    assert floors.for_claim(["a", "b"]) == [None, None]  # the first claim is a full scan
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    floors.claimed([("a", at + timedelta(seconds=5)), ("a", at)])
+    assert floors.for_claim(["a", "b"]) == [at - timedelta(seconds=10), None]
+    floors.claimed([("a", at - timedelta(days=1))])  # never moves down
+    assert floors.for_claim(["a"]) == [at - timedelta(seconds=10)]
