@@ -247,7 +247,10 @@ WITH locked AS (
            i.enqueued_tasks, i.completed_tasks, i.started_at, i.trace_context
     FROM workflow_instances i
     WHERE i.id >= %(floor)s
-      AND i.id IN (SELECT e.instance_id FROM workflow_events e)
+      -- The floor on both sides: a merge join would read workflow_events_instance from its
+      -- lowest key, where the events of finished instances lie until VACUUM.
+      AND i.id IN (SELECT e.instance_id FROM workflow_events e
+                   WHERE e.instance_id >= %(floor)s)
       AND i.workflow_name = ANY(%(names)s)
     ORDER BY i.id
     LIMIT %(limit)s
