@@ -420,8 +420,10 @@ def run(dsn: str | None, quick: bool, out: Callable[[str], None] = print) -> Non
         )
     with psycopg.connect(scale.server_dsn) as conn:
         row = conn.execute("SHOW server_version").fetchone()
+        vacuum = conn.execute("SHOW autovacuum").fetchone()
     out(
-        f"\nPostgreSQL {row[0] if row else '?'}; Python {sys.version.split()[0]}; "
+        f"\nPostgreSQL {row[0] if row else '?'} (autovacuum {vacuum[0] if vacuum else '?'}); "
+        f"Python {sys.version.split()[0]}; "
         f"{os.cpu_count()} CPUs; {'--quick; ' if quick else ''}"
         f"{time.perf_counter() - began:.0f} s; {time.strftime('%Y-%m-%d %H:%M')}"
     )
