@@ -579,6 +579,14 @@ class Driver(Protocol):
         beyond the newest ``max_runs``; return how many (0 while another process prunes)."""
         ...
 
+    def vacuum_queues(self, min_dead_rows: int) -> list[str]:
+        """Reclaim the space of finished work in the storage's queues when at least
+        ``min_dead_rows`` rows of one queue are dead (PostgreSQL: ``VACUUM`` of the tables of
+        live instances, events and tasks, whose deleted rows stay until vacuumed, even where
+        autovacuum is off); return what was cleaned. One process at a time does it (the
+        others return []); a backend with nothing to reclaim returns []."""
+        ...
+
     # operator views
 
     def list_tasks(

@@ -49,6 +49,7 @@ from cereal.services.base import PeriodicService
 from cereal.services.heartbeat import Heartbeat, LostTaskReaper
 from cereal.services.pruner import HistoryPruner
 from cereal.services.scheduler import Scheduler
+from cereal.services.vacuum import QueueVacuum
 from cereal.task_pools import TaskPools, TaskRegistration
 from cereal.types import WorkflowInstanceInfo, WorkflowStatus
 
@@ -86,6 +87,7 @@ _DRIVER_METHODS = (
     "run_due_schedule",
     "seconds_until_next_schedule",
     "prune_history",
+    "vacuum_queues",
 )
 """The :class:`~cereal.driver.Driver` methods the manager calls."""
 
@@ -217,6 +219,7 @@ class Manager(ScheduleOperations):
                 max_runs=config.history_max_runs,
                 interval=config.history_prune_interval,
             ),
+            QueueVacuum(self.driver),
         ]
         if config.scheduler:
             self._scheduler = Scheduler(self.driver, on_enqueued=self._on_schedule_enqueued)

@@ -960,6 +960,10 @@ class MemoryDriver:
 
     # -- retention ---------------------------------------------------------------------------
 
+    def vacuum_queues(self, min_dead_rows: int) -> list[str]:
+        """Nothing to reclaim: deleted entries leave no trace in memory."""
+        return []
+
     def prune_history(self, max_age: float | None, max_runs: int | None) -> int:
         """Delete up to :data:`~cereal.driver.PRUNE_BATCH` finished runs (oldest first) that
         ended more than ``max_age`` seconds ago or are beyond the newest ``max_runs``."""

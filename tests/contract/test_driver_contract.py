@@ -1215,3 +1215,11 @@ def test_a_bulk_enqueue_stores_its_trace_context_with_every_instance(
             ("a", "bulk"),
             ("b", "bulk"),
         ]
+
+
+def test_vacuum_queues_with_too_few_dead_rows_does_nothing(contract_driver: Driver) -> None:
+    d = contract_driver
+    require(d, "vacuum_queues")
+    start(d, "a")
+    finish(d, "a", result=1)
+    assert d.vacuum_queues(10**9) == []

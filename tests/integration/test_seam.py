@@ -206,6 +206,9 @@ class Delegating:
     def prune_history(self, max_age: float | None, max_runs: int | None) -> int:
         return int(self._call("prune_history", max_age, max_runs))
 
+    def vacuum_queues(self, min_dead_rows: int) -> list[str]:
+        return list(self._call("vacuum_queues", min_dead_rows))
+
     def list_tasks(
         self,
         *,

@@ -504,6 +504,26 @@ class PostgresDriver:
 
     # -- retention ---------------------------------------------------------------------------
 
+    def vacuum_queues(self, min_dead_rows: int) -> list[str]:
+        """``VACUUM`` each queue table (``workflow_instances``, ``workflow_events``,
+        ``tasks``) with at least ``min_dead_rows`` dead rows; return their names. Skipped
+        (``[]``) while another session of this schema does it. A role that does not own the
+        tables gets a server warning per table and nothing is vacuumed."""
+        lock = {"lock_ns": LOCK_NAMESPACE, "lock_key": self._schema + ".vacuum"}
+        with self._db.connection() as conn, translated():
+            row = conn.execute(self._q["lock_queue_vacuum"], lock).fetchone()
+            if row is None or not row[0]:
+                return []
+            try:
+                params = {"schema": self._schema, "min_dead": min_dead_rows}
+                tables = [r[0] for r in conn.execute(self._q["queue_tables_to_vacuum"], params)]
+                for table in tables:
+                    statement = sql.SQL("VACUUM {}").format(sql.Identifier(self._schema, table))
+                    conn.execute(statement, prepare=False)
+                return tables
+            finally:
+                conn.execute(self._q["unlock_queue_vacuum"], lock)
+
     def prune_history(self, max_age: float | None, max_runs: int | None) -> int:
         """Delete up to PRUNE_BATCH finished runs past the retention policy; return how many."""
         if max_age is None and max_runs is None:

@@ -568,6 +568,24 @@ UPDATE workflow_schedules SET enabled = false, updated_at = now() WHERE id = %(i
 SELECT extract(epoch FROM min(next_due_at) - now())::float8 AS seconds
 FROM workflow_schedules WHERE enabled;
 
+-- name: lock_queue_vacuum
+-- One process per schema vacuums the queue tables at a time (a session lock: VACUUM runs
+-- outside transactions).
+SELECT pg_try_advisory_lock(%(lock_ns)s, hashtext(%(lock_key)s)) AS locked;
+
+-- name: unlock_queue_vacuum
+SELECT pg_advisory_unlock(%(lock_ns)s, hashtext(%(lock_key)s)) AS unlocked;
+
+-- name: queue_tables_to_vacuum
+-- The queue tables of this schema with at least min_dead dead rows, most first (from the
+-- cumulative statistics, which trail the last second or so of writes).
+SELECT relname
+FROM pg_stat_user_tables
+WHERE schemaname = %(schema)s
+  AND relname IN ('workflow_instances', 'workflow_events', 'tasks')
+  AND n_dead_tup >= %(min_dead)s
+ORDER BY n_dead_tup DESC;
+
 -- name: prune_history
 -- Delete finished runs older than max_age seconds or beyond the newest max_runs, at most
 -- 10000 (PRUNE_BATCH) a call, by one process at a time (the others skip this round). Each rule reads its

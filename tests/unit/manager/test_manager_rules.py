@@ -12,6 +12,7 @@ import pytest
 
 from cereal import Manager, Task, TaskStatus, WorkflowInstance, WorkflowStatus
 from cereal.errors import CerealError, ManagerStateError
+from cereal.services.vacuum import QUEUE_VACUUM_DEAD_ROWS
 from cereal.testing import MemoryDriver
 from tests.helpers.recorders import Flow
 from tests.helpers.waiting import wait_for
@@ -147,3 +148,18 @@ def test_on_workflow_complete_sees_each_run_once_across_managers(
         managers[1].await_workflow("w", name, timeout=10)
     wait_for(lambda: len(seen) >= len(names), what="every callback")
     assert sorted(seen) == sorted((n, "completed") for n in names)
+
+
+def test_a_started_manager_looks_after_its_queue_tables() -> None:
+    class Counting(MemoryDriver):
+        asked: list[int]
+
+        def vacuum_queues(self, min_dead_rows: int) -> list[str]:
+            self.asked.append(min_dead_rows)
+            return []
+
+    driver = Counting()
+    driver.asked = []
+    with Manager(driver, scheduler=False):
+        wait_for(lambda: driver.asked, timeout=10, what="a look at the queues")
+    assert driver.asked[0] == QUEUE_VACUUM_DEAD_ROWS

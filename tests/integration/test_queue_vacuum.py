@@ -1,0 +1,62 @@
+"""Queue upkeep on PostgreSQL: finished work leaves dead rows in the queue tables, and a
+manager vacuums them itself once there are enough (whether or not autovacuum runs)."""
+
+from __future__ import annotations
+
+import threading
+
+from cereal.backends.postgres import PostgresDriver
+from cereal.backends.postgres.migrations import LOCK_NAMESPACE
+from tests.helpers.waiting import wait_for
+
+
+def dead_rows(driver: PostgresDriver, schema: str, table: str) -> int:
+    with driver.connection() as conn:
+        row = conn.execute(
+            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
+            (schema, table),
+        ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def finish_instances(driver: PostgresDriver, count: int) -> None:
+    """Enqueue and kill ``count`` instances: each leaves a dead instance and event row."""
+    for n in range(count):
+        driver.enqueue_workflow("w", f"i{n}", None)
+        driver.kill_workflow("w", f"i{n}", "killed")
+
+
+def test_queue_tables_with_enough_dead_rows_are_vacuumed(
+    driver: PostgresDriver, schema: str
+) -> None:
+    finish_instances(driver, 40)
+    assert driver.vacuum_queues(10**9) == []  # not enough dead rows
+    vacuumed = wait_for(
+        lambda: driver.vacuum_queues(20), timeout=15, what="the statistics to count the rows"
+    )
+    assert "workflow_instances" in vacuumed
+    assert set(vacuumed) <= {"workflow_instances", "workflow_events", "tasks"}
+    assert dead_rows(driver, schema, "workflow_instances") < 20
+
+
+def test_one_session_per_schema_vacuums_at_a_time(driver: PostgresDriver, schema: str) -> None:
+    finish_instances(driver, 40)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with driver.connection() as conn:
+            key = (LOCK_NAMESPACE, schema + ".vacuum")
+            conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", key)
+            held.set()
+            release.wait(30)
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    try:
+        assert held.wait(10)
+        assert driver.vacuum_queues(1) == []
+    finally:
+        release.set()
+        holder.join(10)
+    assert wait_for(lambda: driver.vacuum_queues(1), timeout=15, what="a vacuum")
