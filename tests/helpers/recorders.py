@@ -22,7 +22,7 @@ class Start:
     instance_name: str
     parameters: Any
     enqueued_at: datetime  # the database time of the transaction that enqueued the run
-    seen_at: datetime  # local time of the call
+    seen_at: datetime  # time of the call, on the flow's clock (default this machine's)
 
 
 class Flow:
@@ -31,6 +31,7 @@ class Flow:
     Without handlers it continues on start, continues with its payload on every task result
     and fails on cancel. ``calls`` holds ``(callback, instance name, detail)`` for every
     callback; ``starts()`` the start deliveries, a re-delivered start event counted once.
+    ``clock`` gives the time a start is seen at (a test on a controlled clock passes its own).
     """
 
     def __init__(
@@ -38,10 +39,13 @@ class Flow:
         on_start: Handler | None = None,
         on_task: Handler | None = None,
         on_cancel: Handler | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._start = on_start or (lambda inst, ev: inst.continue_with())
         self._task = on_task or (lambda inst, ev: inst.continue_with(inst.payload))
         self._cancel = on_cancel or (lambda inst, ev: inst.fail("cancelled"))
+        self._clock = clock
         self._lock = threading.Lock()
         self.calls: list[tuple[str, str, Any]] = []
         self._starts: dict[tuple[str, datetime], Start] = {}
@@ -73,7 +77,7 @@ class Flow:
         return wait_for(enough, timeout, f"{count} run(s) of {instance_name or 'any instance'}")
 
     def on_start(self, inst: WorkflowInstance, event: Any) -> Decision:
-        start = Start(inst.instance_name, inst.parameters, event.enqueued_at, datetime.now(UTC))
+        start = Start(inst.instance_name, inst.parameters, event.enqueued_at, self._clock())
         with self._lock:
             self._starts.setdefault((start.instance_name, start.enqueued_at), start)
         self._record("on_start", inst)

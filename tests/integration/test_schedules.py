@@ -3,7 +3,9 @@ exactly-once with several managers, and wakeups by NOTIFY.
 
 Times are short (whole seconds) and every wait polls against a deadline. Timing checks allow one
 second either way and assume that the database's clock and this machine's agree to well under
-that, as they do with the embedded server or any server on the same host.
+that, as they do with the embedded server or any server on the same host. The in-memory runs of
+the tests that take ``make_any_manager`` run on a clock that the test moves (``clock``), so they
+check the same timings without waiting for them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from itertools import islice, pairwise
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -22,7 +24,7 @@ from dateutil.rrule import DAILY, MINUTELY, SECONDLY, rrule, rruleset
 
 from cereal import Manager, Schedule, WorkflowInstance
 from cereal.backends.postgres import PostgresDriver
-from cereal.driver import Driver
+from cereal.driver import Driver, SchedulesChanged
 from cereal.errors import (
     CerealError,
     InvalidScheduleError,
@@ -30,8 +32,10 @@ from cereal.errors import (
     WorkflowScheduleExistsError,
     WorkflowScheduleNotFoundError,
 )
+from cereal.testing import MemoryStore
 from tests.helpers.logs import capture_logs
-from tests.helpers.recorders import Flow, complete
+from tests.helpers.memory import Clock
+from tests.helpers.recorders import Flow, Start, complete
 from tests.helpers.rows import run_starts
 from tests.helpers.waiting import wait_for
 
@@ -39,22 +43,153 @@ pytestmark = pytest.mark.timeout(60)
 
 WF = "scheduled"
 MakeManager = Callable[..., Manager]
+T = TypeVar("T")
 TOLERANCE = timedelta(seconds=1)
 
 
+# -- clocks ----------------------------------------------------------------------------------
+
+
+class TimeSource:
+    """The time a test runs on: :class:`WallClock` on PostgreSQL, whose schedules follow the
+    database's clock, or :class:`SteppedClock` on the in-memory driver."""
+
+    def now(self) -> datetime:
+        raise NotImplementedError
+
+    def sleep(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float, what: str) -> T:
+        raise NotImplementedError
+
+    def scheduling(self, manager: Manager) -> Manager:
+        """Note that ``manager`` runs a scheduler; return it."""
+        return manager
+
+    def jump_to(self, moment: datetime) -> None:
+        """Be at ``moment`` without waking any scheduler (a sleeping one must wake by itself
+        or by another manager's notification)."""
+        raise NotImplementedError
+
+    def second_after(self, seconds: float) -> datetime:
+        """The first whole second at least ``seconds`` from now (UTC)."""
+        moment = self.now() + timedelta(seconds=seconds)
+        if moment.microsecond:
+            moment = moment.replace(microsecond=0) + timedelta(seconds=1)
+        return moment
+
+    def sleep_until(self, moment: datetime) -> None:
+        self.sleep((moment - self.now()).total_seconds())
+
+    def wait_for_starts(
+        self, recorder: Flow, count: int, timeout: float, instance_name: str
+    ) -> list[Start]:
+        """Wait until at least ``count`` runs of ``instance_name`` have started; return them."""
+
+        def enough() -> list[Start]:
+            starts = recorder.starts(instance_name)
+            return starts if len(starts) >= count else []
+
+        return self.wait_for(enough, timeout, f"{count} run(s) of {instance_name}")
+
+
+class WallClock(TimeSource):
+    """This machine's clock, which the database's is assumed to agree with."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float, what: str) -> T:
+        return wait_for(predicate, timeout, what)
+
+    def jump_to(self, moment: datetime) -> None:
+        self.sleep_until(moment)
+
+
+STEP = timedelta(seconds=0.25)
+
+
+class SteppedClock(TimeSource):
+    """The controlled clock of a memory store, moved only by the test's sleeps and waits, in
+    steps of ``STEP``. After each step every scheduler is woken (as when another process
+    changes a schedule, since a scheduler sleeps in real time) and the test waits until the
+    managers have caught up: no enabled schedule due (once a manager runs a scheduler), no
+    event pending, nothing held. The workflows of these tests queue no tasks, so that is all
+    there is to wait for."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        assert isinstance(store.clock, Clock)
+        self._store = store
+        self._clock = store.clock
+        self._schedulers = False
+
+    def scheduling(self, manager: Manager) -> Manager:
+        self._schedulers = True
+        return manager
+
+    def now(self) -> datetime:
+        return self._clock.now
+
+    def sleep(self, seconds: float) -> None:
+        target = self.now() + timedelta(seconds=seconds)
+        while self.now() < target:
+            self._step(min(STEP, target - self.now()))
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float, what: str) -> T:
+        deadline = self.now() + timedelta(seconds=timeout)
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if self.now() >= deadline:
+                raise AssertionError(f"timed out after {timeout:g}s (stepped) waiting for {what}")
+            self._step(STEP)
+
+    def jump_to(self, moment: datetime) -> None:
+        self._clock.now = max(self.now(), moment)
+
+    def _step(self, delta: timedelta) -> None:
+        self._clock.advance(delta)
+        with self._store.lock:
+            self._store.emit([SchedulesChanged()])
+        wait_for(self._caught_up, 10, f"the managers to catch up with the clock at {self.now()}")
+
+    def _caught_up(self) -> bool:
+        s, now = self._store, self.now()
+        with s.lock:
+            due = self._schedulers and any(
+                sc.enabled and sc.next_due_at is not None and sc.next_due_at <= now
+                for sc in s.schedules.values()
+            )
+            busy = any(s.events.values()) or s.held_instances or s.held_schedules
+            return not (due or busy)
+
+
+@pytest.fixture
+def memory_store() -> MemoryStore:
+    """The in-memory runs keep time on a clock of their own (see :class:`SteppedClock`),
+    starting a tenth of a second past this machine's current whole second. The occurrences of
+    these tests fall on whole seconds, which the quarter-second steps then never land on: each
+    runs a little after it falls due, as with a real clock."""
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=0.1)
+    return MemoryStore(clock=Clock(start))
+
+
+@pytest.fixture
+def clock(request: pytest.FixtureRequest) -> TimeSource:
+    """The clock of this test's managers: stepped on the in-memory driver, else the wall
+    clock."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("make_any_manager") == "memory":
+        return SteppedClock(request.getfixturevalue("memory_store"))
+    return WallClock()
+
+
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def second_after(seconds: float) -> datetime:
-    """The first whole second at least ``seconds`` from now (UTC)."""
-    moment = utcnow() + timedelta(seconds=seconds)
-    if moment.microsecond:
-        moment = moment.replace(microsecond=0) + timedelta(seconds=1)
-    return moment
 
 
 def stamp(moment: datetime) -> str:
@@ -65,25 +200,24 @@ def rule(dtstart: datetime, rrule_text: str) -> str:
     return f"DTSTART:{stamp(dtstart)}\nRRULE:{rrule_text}"
 
 
-def sleep_until(moment: datetime) -> None:
-    time.sleep(max(0.0, (moment - utcnow()).total_seconds()))
-
-
-def recording_flow(*, hold: bool = False) -> Flow:
-    """A workflow executor that records each start. It completes at once, or with
-    ``hold=True`` keeps the instance running until it is cancelled or killed."""
+def recording_flow(clock: TimeSource, *, hold: bool = False) -> Flow:
+    """A workflow executor that records each start (seen at ``clock``'s time). It completes at
+    once, or with ``hold=True`` keeps the instance running until it is cancelled or killed."""
 
     def on_start(instance: WorkflowInstance, event: Any) -> Any:
         return instance.continue_with() if hold else instance.complete({"ok": True})
 
-    return Flow(on_start=on_start, on_task=complete, on_cancel=complete)
+    return Flow(on_start=on_start, on_task=complete, on_cancel=complete, clock=clock.now)
 
 
-def started(make_manager: MakeManager, recorder: Flow, **options: Any) -> Manager:
+def started(
+    make_manager: MakeManager, recorder: Flow, clock: TimeSource, **options: Any
+) -> Manager:
+    """A started manager that runs ``recorder``, and a scheduler unless ``options`` say not."""
     manager = make_manager(**options)
     manager.register_workflow_executor(WF, recorder)
     manager.start()
-    return manager
+    return clock.scheduling(manager) if options.get("scheduler", True) else manager
 
 
 def history(driver: Driver, instance_name: str) -> list[datetime]:
@@ -110,10 +244,11 @@ def fields(schedule: Schedule) -> tuple[Any, ...]:
 
 def test_schedule_runs_every_occurrence_on_time_with_its_parameters(
     make_any_manager: MakeManager,
+    clock: TimeSource,
 ) -> None:
-    recorder = recording_flow()
-    manager = started(make_any_manager, recorder)
-    first = second_after(2)
+    recorder = recording_flow(clock)
+    manager = started(make_any_manager, recorder, clock)
+    first = clock.second_after(2)
     params = {"n": 1, "tags": ["a", None], "text": "grüße ☃", "big": 2**62, "f": 0.1}
     manager.create_workflow_schedule(
         WF, "every4", params, recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=4")
@@ -131,7 +266,7 @@ def test_schedule_runs_every_occurrence_on_time_with_its_parameters(
 
     due = [first + timedelta(seconds=4 * k) for k in range(3)]
     for name, expected_params in (("every4", params), ("zoned4", [1, 2])):
-        runs = recorder.wait_for_starts(3, (due[-1] - utcnow()).total_seconds() + 3, name)
+        runs = clock.wait_for_starts(recorder, 3, (due[-1] - clock.now()).total_seconds() + 3, name)
         assert len(runs) == 3
         for run, occurrence in zip(runs, due, strict=True):
             assert run.instance_name == name
@@ -145,10 +280,11 @@ def test_schedule_runs_every_occurrence_on_time_with_its_parameters(
 
 def test_rule_that_runs_out_runs_its_last_occurrences_then_schedule_is_disabled(
     make_any_manager: MakeManager,
+    clock: TimeSource,
 ) -> None:
-    recorder = recording_flow()
-    manager = started(make_any_manager, recorder)
-    at = second_after(1)
+    recorder = recording_flow(clock)
+    manager = started(make_any_manager, recorder, clock)
+    at = clock.second_after(1)
     two = timedelta(seconds=2)
     expected = {  # name: (recurrence, occurrences still to come)
         "count1": (rule(at, "FREQ=DAILY;COUNT=1"), [at]),
@@ -161,19 +297,19 @@ def test_rule_that_runs_out_runs_its_last_occurrences_then_schedule_is_disabled(
         manager.create_workflow_schedule(WF, name, {"k": name}, recurrence=recurrence)
         assert manager.get_workflow_schedule(WF, name).next_due_at == at
     for name, (_, occurrences) in expected.items():
-        runs = recorder.wait_for_starts(len(occurrences), 6, name)
+        runs = clock.wait_for_starts(recorder, len(occurrences), 6, name)
         for run, occurrence in zip(runs, occurrences, strict=True):
             assert abs(run.seen_at - occurrence) <= TOLERANCE
             assert run.parameters == {"k": name}
-        schedule = wait_for(
+        schedule = clock.wait_for(
             lambda name=name: (s := manager.get_workflow_schedule(WF, name)).enabled is False and s,
             3,
             f"{name} to be disabled",
         )
         assert schedule.next_due_at is None
         assert schedule.last_enqueued_at == runs[-1].enqueued_at
-        assert schedule.next_occurrences(3) == []
-    time.sleep(1.5)
+        assert schedule.next_occurrences(3, clock.now()) == []
+    clock.sleep(1.5)
     for name, (_, occurrences) in expected.items():
         assert len(recorder.starts(name)) == len(occurrences), name
         assert len(history(manager.driver, name)) == len(occurrences), name
@@ -190,7 +326,7 @@ def test_rule_that_runs_out_runs_its_last_occurrences_then_schedule_is_disabled(
     manager.update_workflow_schedule(WF, "count1", parameters={"k": "kept"})
     assert manager.get_workflow_schedule(WF, "count1").parameters == {"k": "kept"}
     # A new rule brings it back.
-    later = second_after(3600)
+    later = clock.second_after(3600)
     manager.update_workflow_schedule(
         WF, "count1", enabled=True, recurrence=rule(later, "FREQ=DAILY;COUNT=1")
     )
@@ -204,16 +340,17 @@ def test_rule_that_runs_out_runs_its_last_occurrences_then_schedule_is_disabled(
 
 def test_updated_parameters_reach_the_next_run_without_restart(
     make_any_manager: MakeManager,
+    clock: TimeSource,
 ) -> None:
-    recorder = recording_flow()
-    manager = started(make_any_manager, recorder)
-    first = second_after(1)
+    recorder = recording_flow(clock)
+    manager = started(make_any_manager, recorder, clock)
+    first = clock.second_after(1)
     manager.create_workflow_schedule(
         WF, "params", {"v": 1}, recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=2")
     )
-    recorder.wait_for_starts(1, 4, "params")
+    clock.wait_for_starts(recorder, 1, 4, "params")
     manager.update_workflow_schedule(WF, "params", parameters={"v": 2})
-    runs = recorder.wait_for_starts(2, 4, "params")
+    runs = clock.wait_for_starts(recorder, 2, 4, "params")
     assert [r.parameters for r in runs[:2]] == [{"v": 1}, {"v": 2}]
     assert abs(runs[1].seen_at - (first + timedelta(seconds=2))) <= TOLERANCE
     manager.update_workflow_schedule(WF, "params", parameters=None)
@@ -222,13 +359,14 @@ def test_updated_parameters_reach_the_next_run_without_restart(
 
 def test_updated_recurrence_recomputes_next_due_and_runs_follow_the_new_rule(
     make_any_manager: MakeManager,
+    clock: TimeSource,
 ) -> None:
-    recorder = recording_flow()
-    manager = started(make_any_manager, recorder)
+    recorder = recording_flow(clock)
+    manager = started(make_any_manager, recorder, clock)
     manager.create_workflow_schedule(
-        WF, "rule", {"r": 1}, recurrence=rule(second_after(3600), "FREQ=HOURLY")
+        WF, "rule", {"r": 1}, recurrence=rule(clock.second_after(3600), "FREQ=HOURLY")
     )
-    first = second_after(1)
+    first = clock.second_after(1)
     new_rule = rule(first, "FREQ=SECONDLY;INTERVAL=2")
     manager.update_workflow_schedule(WF, "rule", recurrence=new_rule)
     schedule = manager.get_workflow_schedule(WF, "rule")
@@ -237,51 +375,53 @@ def test_updated_recurrence_recomputes_next_due_and_runs_follow_the_new_rule(
     assert schedule.enabled
     assert schedule.parameters == {"r": 1}
 
-    runs = recorder.wait_for_starts(2, (first - utcnow()).total_seconds() + 4, "rule")
+    runs = clock.wait_for_starts(recorder, 2, (first - clock.now()).total_seconds() + 4, "rule")
     for run, occurrence in zip(runs, (first, first + timedelta(seconds=2)), strict=False):
         assert abs(run.seen_at - occurrence) <= TOLERANCE
 
 
-def test_disabled_schedule_stops_running(make_any_manager: MakeManager) -> None:
-    recorder = recording_flow()
-    manager = started(make_any_manager, recorder)
-    first = second_after(1)
+def test_disabled_schedule_stops_running(make_any_manager: MakeManager, clock: TimeSource) -> None:
+    recorder = recording_flow(clock)
+    manager = started(make_any_manager, recorder, clock)
+    first = clock.second_after(1)
     manager.create_workflow_schedule(WF, "off", recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=2"))
-    recorder.wait_for_starts(1, 4, "off")
+    clock.wait_for_starts(recorder, 1, 4, "off")
     manager.update_workflow_schedule(WF, "off", enabled=False)
     count = len(recorder.starts("off"))
     assert manager.get_workflow_schedule(WF, "off").enabled is False
-    sleep_until(first + timedelta(seconds=2.8))  # the next occurrence has passed
+    clock.sleep_until(first + timedelta(seconds=2.8))  # the next occurrence has passed
     assert len(recorder.starts("off")) == count
     assert len(history(manager.driver, "off")) == count
 
 
 def test_reenabling_recomputes_next_due_and_does_not_fire_the_stale_occurrence(
     make_any_manager: MakeManager,
+    clock: TimeSource,
 ) -> None:
-    recorder = recording_flow()
-    manager = started(make_any_manager, recorder)
-    first = second_after(1)
+    recorder = recording_flow(clock)
+    manager = started(make_any_manager, recorder, clock)
+    first = clock.second_after(1)
     manager.create_workflow_schedule(
         WF, "stale", recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=10")
     )
     manager.update_workflow_schedule(WF, "stale", enabled=False)
-    sleep_until(first + timedelta(seconds=1))  # its old next_due_at has passed
+    clock.sleep_until(first + timedelta(seconds=1))  # its old next_due_at has passed
     manager.update_workflow_schedule(WF, "stale", enabled=True)
     schedule = manager.get_workflow_schedule(WF, "stale")
     assert schedule.enabled
     assert schedule.next_due_at == first + timedelta(seconds=10)
-    time.sleep(1.5)
+    clock.sleep(1.5)
     assert recorder.starts("stale") == []
     assert history(manager.driver, "stale") == []
 
 
 def test_update_with_an_exhausted_rule_is_rejected_and_changes_nothing(
     make_any_manager: MakeManager,
+    clock: TimeSource,
 ) -> None:
     manager = make_any_manager(scheduler=False)
     manager.create_workflow_schedule(
-        WF, "atomic", {"a": 1}, recurrence=rule(second_after(3600), "FREQ=DAILY")
+        WF, "atomic", {"a": 1}, recurrence=rule(clock.second_after(3600), "FREQ=DAILY")
     )
     before = manager.get_workflow_schedule(WF, "atomic")
     exhausted = [
@@ -310,15 +450,16 @@ def test_update_with_an_exhausted_rule_is_rejected_and_changes_nothing(
 
 def test_reenabling_a_rule_that_ran_out_while_disabled_is_rejected(
     make_any_manager: MakeManager,
+    clock: TimeSource,
 ) -> None:
     manager = make_any_manager(scheduler=False)
-    at = second_after(1)
+    at = clock.second_after(1)
     manager.create_workflow_schedule(
         WF, "gone", recurrence=rule(at, "FREQ=SECONDLY;COUNT=1"), enabled=False
     )
     before = manager.get_workflow_schedule(WF, "gone")
     assert not before.enabled
-    sleep_until(at + timedelta(seconds=0.5))
+    clock.sleep_until(at + timedelta(seconds=0.5))
     with pytest.raises(InvalidScheduleError):
         manager.update_workflow_schedule(WF, "gone", enabled=True)
     assert fields(manager.get_workflow_schedule(WF, "gone")) == fields(before)
@@ -329,9 +470,10 @@ def test_reenabling_a_rule_that_ran_out_while_disabled_is_rejected(
 
 def test_create_rejects_duplicates_bad_rules_and_bad_input_storing_nothing(
     make_any_manager: MakeManager,
+    clock: TimeSource,
 ) -> None:
     manager = make_any_manager(scheduler=False)
-    good = rule(second_after(3600), "FREQ=DAILY")
+    good = rule(clock.second_after(3600), "FREQ=DAILY")
     manager.create_workflow_schedule(WF, "dup", {"x": 1}, recurrence=good)
     original = manager.get_workflow_schedule(WF, "dup")
     with pytest.raises(WorkflowScheduleExistsError, match="dup"):
@@ -351,7 +493,7 @@ def test_create_rejects_duplicates_bad_rules_and_bad_input_storing_nothing(
         "DTSTART:20200101T000000Z\nRRULE:FREQ=DAILY;COUNT=5",
         "DTSTART:20200101T000000Z\nRRULE:FREQ=HOURLY;UNTIL=20200102T000000Z",
         "DTSTART:20200101T000000Z\nRDATE:20200101T000000Z,20210101T000000Z",
-        rule(utcnow() - timedelta(seconds=5), "FREQ=SECONDLY;COUNT=1"),
+        rule(clock.now() - timedelta(seconds=5), "FREQ=SECONDLY;COUNT=1"),
         rrule(DAILY, count=1, dtstart=datetime(2021, 6, 1, tzinfo=UTC)),
     ]
     for recurrence in [*unparsable, *no_more_occurrences]:
@@ -377,9 +519,11 @@ def test_create_rejects_duplicates_bad_rules_and_bad_input_storing_nothing(
     assert [s.instance_name for s in manager.list_workflow_schedules()] == ["dup"]
 
 
-def test_create_accepts_dateutil_rrule_and_rruleset(make_any_manager: MakeManager) -> None:
+def test_create_accepts_dateutil_rrule_and_rruleset(
+    make_any_manager: MakeManager, clock: TimeSource
+) -> None:
     manager = make_any_manager(scheduler=False)
-    now = utcnow()
+    now = clock.now()
     utc_rule = rrule(MINUTELY, interval=15, dtstart=datetime(2030, 1, 1, 9, tzinfo=UTC))
     london = ZoneInfo("Europe/London")
     zoned_rule = rrule(DAILY, dtstart=datetime(2030, 3, 29, 9, 0, tzinfo=london))
@@ -450,11 +594,12 @@ def test_stored_recurrence_text_round_trips_exactly(make_any_manager: MakeManage
 
 def test_rule_without_dtstart_is_anchored_once_and_does_not_drift(
     make_any_manager: MakeManager,
+    clock: TimeSource,
 ) -> None:
     manager = make_any_manager(scheduler=False)
-    before = utcnow().replace(microsecond=0) - timedelta(seconds=1)
+    before = clock.now().replace(microsecond=0) - timedelta(seconds=1)
     manager.create_workflow_schedule(WF, "floating", recurrence="FREQ=HOURLY;INTERVAL=2")
-    after = utcnow() + timedelta(seconds=1)
+    after = clock.now() + timedelta(seconds=1)
     first = manager.get_workflow_schedule(WF, "floating")
     head, _, rest = first.recurrence.partition("\n")
     assert head.startswith("DTSTART:") and head.endswith("Z"), first.recurrence
@@ -462,8 +607,8 @@ def test_rule_without_dtstart_is_anchored_once_and_does_not_drift(
     anchor = datetime.strptime(head[len("DTSTART:") :], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     assert before <= anchor <= after
     assert first.next_due_at in (anchor, anchor + timedelta(hours=2))
-    probe = utcnow()
-    time.sleep(1.1)
+    probe = clock.now()
+    clock.sleep(1.1)
     again = manager.get_workflow_schedule(WF, "floating")
     assert again.recurrence == first.recurrence
     assert again.next_due_at == first.next_due_at
@@ -475,7 +620,9 @@ def test_rule_without_dtstart_is_anchored_once_and_does_not_drift(
 # -- get, list, delete -----------------------------------------------------------------------
 
 
-def test_get_list_delete_and_not_found_errors(make_any_manager: MakeManager) -> None:
+def test_get_list_delete_and_not_found_errors(
+    make_any_manager: MakeManager, clock: TimeSource
+) -> None:
     manager = make_any_manager(scheduler=False)
     with pytest.raises(WorkflowScheduleNotFoundError, match="missing"):
         manager.get_workflow_schedule(WF, "missing")
@@ -483,7 +630,7 @@ def test_get_list_delete_and_not_found_errors(make_any_manager: MakeManager) -> 
         manager.delete_workflow_schedule(WF, "missing")
     assert manager.list_workflow_schedules() == []
 
-    soon = rule(second_after(3600), "FREQ=DAILY")
+    soon = rule(clock.second_after(3600), "FREQ=DAILY")
     manager.create_workflow_schedule("wf_b", "one", [1, 2], recurrence=soon)
     manager.create_workflow_schedule("wf_a", "two", recurrence=soon, enabled=False)
     manager.create_workflow_schedule("wf_a", "one", {"p": None}, recurrence=soon)
@@ -528,19 +675,21 @@ def test_get_list_delete_and_not_found_errors(make_any_manager: MakeManager) -> 
             call("x", None)  # type: ignore[arg-type]
 
 
-def test_last_run_fields_reflect_the_latest_finished_run(make_any_manager: MakeManager) -> None:
-    recorder = recording_flow()
-    manager = started(make_any_manager, recorder)
-    first = second_after(1)
+def test_last_run_fields_reflect_the_latest_finished_run(
+    make_any_manager: MakeManager, clock: TimeSource
+) -> None:
+    recorder = recording_flow(clock)
+    manager = started(make_any_manager, recorder, clock)
+    first = clock.second_after(1)
     manager.create_workflow_schedule(WF, "last", recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=2"))
     fresh = manager.get_workflow_schedule(WF, "last")
     assert fresh.last_enqueued_at is fresh.last_start is fresh.last_end is None
 
-    runs = recorder.wait_for_starts(2, 6, "last")
+    runs = clock.wait_for_starts(recorder, 2, 6, "last")
     manager.update_workflow_schedule(WF, "last", enabled=False)
     runs = recorder.starts("last")
     info = manager.await_workflow(WF, "last", timeout=5)
-    schedule = wait_for(
+    schedule = clock.wait_for(
         lambda: (
             (s := manager.get_workflow_schedule(WF, "last")).last_end is not None
             and s.last_start == info.started_at
@@ -592,23 +741,24 @@ def test_next_occurrences_returns_n_increasing_utc_datetimes_from_the_rule(
 
 def test_occurrence_is_skipped_while_the_previous_run_is_live(
     make_any_manager: MakeManager,
+    clock: TimeSource,
 ) -> None:
-    recorder = recording_flow(hold=True)
-    manager = started(make_any_manager, recorder)
-    first = second_after(1)
+    recorder = recording_flow(clock, hold=True)
+    manager = started(make_any_manager, recorder, clock)
+    first = clock.second_after(1)
     manager.create_workflow_schedule(
         WF, "busy", {"b": 1}, recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=2")
     )
-    (run,) = recorder.wait_for_starts(1, 4, "busy")
+    (run,) = clock.wait_for_starts(recorder, 1, 4, "busy")
     # The run stays live across the next occurrence, which is skipped (and logged).
     skipped = first + timedelta(seconds=2)
     with capture_logs() as logs:
-        wait_for(
+        clock.wait_for(
             lambda: (
                 (s := manager.get_workflow_schedule(WF, "busy")).next_due_at is not None
                 and s.next_due_at > skipped
             ),
-            (skipped - utcnow()).total_seconds() + 2,
+            (skipped - clock.now()).total_seconds() + 2,
             "the skipped occurrence to pass",
         )
     assert any(
@@ -627,19 +777,19 @@ def test_occurrence_is_skipped_while_the_previous_run_is_live(
 
     # The scheduler carries on: once the run ends, the next occurrence runs again.
     manager.kill_workflow(WF, "busy")
-    runs = recorder.wait_for_starts(2, 4, "busy")
+    runs = clock.wait_for_starts(recorder, 2, 4, "busy")
     assert abs(runs[1].seen_at - (skipped + timedelta(seconds=2))) <= TOLERANCE
 
 
 def test_missed_occurrences_are_coalesced_into_one_run(
-    make_manager: MakeManager, driver: PostgresDriver
+    make_manager: MakeManager, driver: PostgresDriver, clock: TimeSource
 ) -> None:
-    recorder = recording_flow()
+    recorder = recording_flow(clock)
     # Managers without a scheduler run workflows but never fire schedules.
-    started(make_manager, recorder, scheduler=False)
+    started(make_manager, recorder, clock, scheduler=False)
     offline = make_manager(scheduler=False)
     # Every 30 s, with the next occurrence about 15 s away so that it stays out of the test.
-    upcoming = second_after(15)
+    upcoming = clock.second_after(15)
     dtstart = upcoming - timedelta(seconds=300)
     offline.create_workflow_schedule(
         WF, "missed", {"m": 1}, recurrence=rule(dtstart, "FREQ=SECONDLY;INTERVAL=30")
@@ -650,36 +800,38 @@ def test_missed_occurrences_are_coalesced_into_one_run(
         conn.execute(
             "UPDATE workflow_schedules SET next_due_at = next_due_at - interval '120 seconds'"
         )
-    assert offline.get_workflow_schedule(WF, "missed").next_due_at < utcnow() - timedelta(
+    assert offline.get_workflow_schedule(WF, "missed").next_due_at < clock.now() - timedelta(
         seconds=90
     )
-    time.sleep(0.5)
+    clock.sleep(0.5)
     assert recorder.starts() == []
 
-    started(make_manager, recorder)
-    (run,) = recorder.wait_for_starts(1, 5, "missed")
+    started(make_manager, recorder, clock)
+    (run,) = clock.wait_for_starts(recorder, 1, 5, "missed")
     assert run.parameters == {"m": 1}
-    schedule = wait_for(
+    schedule = clock.wait_for(
         lambda: (s := offline.get_workflow_schedule(WF, "missed")).last_end is not None and s,
         3,
         "the coalesced run to finish",
     )
-    time.sleep(1.5)
+    clock.sleep(1.5)
     assert recorder.starts() == [run]
     assert len(history(driver, "missed")) == 1
     assert schedule.enabled
     assert schedule.last_enqueued_at == run.enqueued_at
     # The first occurrence after the run, not one of the missed ones.
     assert schedule.next_due_at == upcoming
-    assert schedule.next_due_at > utcnow()
+    assert schedule.next_due_at > clock.now()
 
 
 def test_unreadable_stored_rule_disables_its_schedule_and_others_still_run(
-    make_manager: MakeManager, driver: PostgresDriver
+    make_manager: MakeManager, driver: PostgresDriver, clock: TimeSource
 ) -> None:
     setup = make_manager(scheduler=False)
-    setup.create_workflow_schedule(WF, "broken", recurrence=rule(second_after(60), "FREQ=HOURLY"))
-    at = second_after(1.5)
+    setup.create_workflow_schedule(
+        WF, "broken", recurrence=rule(clock.second_after(60), "FREQ=HOURLY")
+    )
+    at = clock.second_after(1.5)
     setup.create_workflow_schedule(WF, "fine", recurrence=rule(at, "FREQ=HOURLY"))
     # A row damaged outside cereal, overdue, so that the scheduler meets it first.
     with driver.connection() as conn:
@@ -687,9 +839,9 @@ def test_unreadable_stored_rule_disables_its_schedule_and_others_still_run(
             "UPDATE workflow_schedules SET recurrence = 'FREQ=BOGUS',"
             " next_due_at = now() - interval '1 minute' WHERE instance_name = 'broken'"
         )
-    recorder = recording_flow()
-    started(make_manager, recorder)
-    (run,) = recorder.wait_for_starts(1, 5, "fine")
+    recorder = recording_flow(clock)
+    started(make_manager, recorder, clock)
+    (run,) = clock.wait_for_starts(recorder, 1, 5, "fine")
     assert abs(run.seen_at - at) <= TOLERANCE
     broken = setup.get_workflow_schedule(WF, "broken")
     assert broken.enabled is False
@@ -698,7 +850,7 @@ def test_unreadable_stored_rule_disables_its_schedule_and_others_still_run(
         setup.update_workflow_schedule(WF, "broken", enabled=True)
     # A valid rule repairs it.
     setup.update_workflow_schedule(
-        WF, "broken", enabled=True, recurrence=rule(second_after(60), "FREQ=HOURLY")
+        WF, "broken", enabled=True, recurrence=rule(clock.second_after(60), "FREQ=HOURLY")
     )
     assert setup.get_workflow_schedule(WF, "broken").enabled
 
@@ -708,18 +860,19 @@ def test_unreadable_stored_rule_disables_its_schedule_and_others_still_run(
 
 def test_each_occurrence_is_enqueued_once_with_three_managers(
     make_any_manager: MakeManager,
+    clock: TimeSource,
 ) -> None:
-    recorder = recording_flow()
-    managers = [started(make_any_manager, recorder) for _ in range(3)]
-    first = second_after(1)
+    recorder = recording_flow(clock)
+    managers = [started(make_any_manager, recorder, clock) for _ in range(3)]
+    first = clock.second_after(1)
     with capture_logs() as logs:
         managers[0].create_workflow_schedule(
             WF, "once", recurrence=rule(first, "FREQ=SECONDLY;INTERVAL=1")
         )
-        sleep_until(first + timedelta(seconds=6.5))
+        clock.sleep_until(first + timedelta(seconds=6.5))
         managers[1].delete_workflow_schedule(WF, "once")
-        stopped_at = utcnow()
-        time.sleep(0.5)  # the last run finishes
+        stopped_at = clock.now()
+        clock.sleep(0.5)  # the last run finishes
 
     occurrences = math.floor((stopped_at - first).total_seconds()) + 1  # 7
     starts = history(managers[0].driver, "once")
@@ -741,23 +894,27 @@ def test_each_occurrence_is_enqueued_once_with_three_managers(
 
 
 def test_sleeping_scheduler_wakes_on_notify_from_another_manager(
-    make_any_manager: MakeManager,
+    make_any_manager: MakeManager, clock: TimeSource
 ) -> None:
-    recorder = recording_flow()
-    started(make_any_manager, recorder)
+    recorder = recording_flow(clock)
+    started(make_any_manager, recorder, clock)
     time.sleep(1)  # its first pass found nothing and it now sleeps for up to a minute
     other = make_any_manager(scheduler=False)  # its own driver; never started
 
-    at = second_after(1)
+    # The waits below are in real time on either clock: only the notification of the change can
+    # cut the scheduler's sleep short (a stepped clock jumps without waking anyone).
+    at = clock.second_after(1)
     other.create_workflow_schedule(WF, "created", recurrence=rule(at, "FREQ=HOURLY"))
-    (run,) = recorder.wait_for_starts(1, 4, "created")
+    clock.jump_to(at)
+    (run,) = recorder.wait_for_starts(1, 3, "created")
     assert abs(run.seen_at - at) <= TOLERANCE
 
     other.create_workflow_schedule(
-        WF, "updated", recurrence=rule(second_after(3600), "FREQ=HOURLY")
+        WF, "updated", recurrence=rule(clock.second_after(3600), "FREQ=HOURLY")
     )
     time.sleep(0.5)
-    at = second_after(1)
+    at = clock.second_after(1)
     other.update_workflow_schedule(WF, "updated", recurrence=rule(at, "FREQ=HOURLY"))
-    (run,) = recorder.wait_for_starts(1, 4, "updated")
+    clock.jump_to(at)
+    (run,) = recorder.wait_for_starts(1, 3, "updated")
     assert abs(run.seen_at - at) <= TOLERANCE
