@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +19,9 @@ __all__ = ["PostgresListener"]
 
 log = get_logger("cereal.listener")
 
+IDLE_WAIT = 5.0
+"""Seconds the listener sleeps at most with nothing arriving before it looks again anyway."""
+
 
 class PostgresListener:
     """Listens on one channel in a background thread and reconnects when the link drops.
@@ -25,6 +30,9 @@ class PostgresListener:
     this version does not know are ignored). ``on_reconnect`` is called after every
     (re)connection, since notifications sent while disconnected are lost: the manager then
     polls everything.
+
+    The thread waits on the connection's socket and on a socket pair of its own, which
+    :meth:`stop` writes to, so that stopping never waits for a wait to time out.
     """
 
     def __init__(
@@ -43,16 +51,26 @@ class PostgresListener:
         self._retry = retry_interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
         self.connected = threading.Event()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cereal-listener", daemon=True)
+        self._wake = socket.socketpair()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._wake[0],), name="cereal-listener", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake[1].send(b"\0")
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if wake is not None:
+            for sock in wake:
+                sock.close()
 
     def _deliver(self, payload: str) -> None:
         """Hand one payload's wakeup over; nothing a payload holds may end the loop."""
@@ -63,7 +81,7 @@ class PostgresListener:
         except Exception as exc:
             log.error("handling a notification failed", payload=payload[:100], error=repr(exc))
 
-    def _run(self) -> None:
+    def _run(self, woken: socket.socket) -> None:
         delay = self._retry
         while not self._stop.is_set():
             try:
@@ -73,8 +91,11 @@ class PostgresListener:
                     delay = self._retry
                     self._on_reconnect()
                     while not self._stop.is_set():
-                        for note in conn.notifies(timeout=0.25):
+                        # Take what has arrived, then sleep until the server sends more or
+                        # stop() writes to the socket pair.
+                        for note in conn.notifies(timeout=0.01):
                             self._deliver(note.payload)
+                        select.select([conn.fileno(), woken.fileno()], [], [], IDLE_WAIT)
             except Exception as exc:
                 self.connected.clear()
                 if self._stop.is_set():
