@@ -1,7 +1,7 @@
 """Workflow-event batches: lock instances with pending events, commit their outcomes.
 
-A batch costs three round trips: BEGIN travels with the locking statement, the events are
-read by a statement of their own, and COMMIT travels in one pipeline with every write.
+A batch costs two round trips: BEGIN, the locking statement and the statement reading the
+events travel in one pipeline, and COMMIT travels in another with every write.
 """
 
 from __future__ import annotations
@@ -48,23 +48,24 @@ def claim_events(
     with connections.connection() as conn:
         batch: PostgresEventBatch | None = None
         try:
-            conn.execute("BEGIN")
-            cur = conn.cursor(row_factory=dict_row)
-            use_lenient_jsonb(cur.adapters)  # a value we cannot decode fails its instance
+            # One round trip: BEGIN, the locks and the events travel in one pipeline.
             used = floor.params()
-            rows = cur.execute(
-                queries["lock_instances_with_events"],
-                {"names": list(workflow_names), "limit": limit, **used},
-            ).fetchall()
-            floor.update(used, rows[-1])  # the last row reports the floor
-            instances = [instance_row(r) for r in rows if r["id"] is not None]
-            events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
-            if instances:
-                # A statement of its own: its snapshot is taken after the locks, so it sees
-                # every event committed by the previous holder of each instance.
-                for e in cur.execute(
-                    queries["fetch_events"], {"ids": list(events), "per_instance": per_instance}
-                ).fetchall():
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                locking = conn.cursor(row_factory=dict_row)
+                use_lenient_jsonb(locking.adapters)  # a value we cannot decode fails its instance
+                locking.execute(
+                    queries["lock_instances_with_events"],
+                    {"names": list(workflow_names), "limit": limit, **used},
+                )
+                fetching = conn.cursor(row_factory=dict_row)
+                use_lenient_jsonb(fetching.adapters)
+                fetching.execute(queries["fetch_events"], {"per_instance": per_instance})
+                rows = locking.fetchall()
+                floor.update(used, rows[-1])  # the last row reports the floor
+                instances = [instance_row(r) for r in rows if r["id"] is not None]
+                events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
+                for e in fetching.fetchall():
                     events[e["instance_id"]].append(event_row(e))
             batch = PostgresEventBatch(conn, queries, channel, instances, events)
             yield batch

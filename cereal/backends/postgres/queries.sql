@@ -242,6 +242,8 @@ SELECT (
 -- ripe (every transaction that wrote an instance up to mark_id has ended): the lowest live
 -- instance of these workflows, capped at mark_id + 1; and a new mark: the highest instance
 -- id locked here, with an xid taken after this snapshot.
+-- The ids locked are also kept in a transaction-local setting, for fetch_events, which runs
+-- next in the same pipeline.
 WITH locked AS (
     SELECT i.id, i.workflow_name, i.instance_name, i.parameters, i.payload, i.status,
            i.enqueued_tasks, i.completed_tasks, i.started_at, i.trace_context
@@ -256,7 +258,10 @@ WITH locked AS (
     LIMIT %(limit)s
     FOR NO KEY UPDATE OF i SKIP LOCKED
 ), mark AS (
-    SELECT max(id) AS mark_id FROM locked
+    SELECT max(id) AS mark_id,
+           set_config('cereal.locked_instances', coalesce(string_agg(id::text, ','), ''), true)
+               AS kept
+    FROM locked
 )
 SELECT locked.*, NULL::bigint AS new_floor, NULL::bigint AS mark_id, NULL::bigint AS mark_xid
 FROM locked
@@ -271,7 +276,8 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        END,
        mark.mark_id,
        CASE WHEN mark.mark_id IS NOT NULL THEN pg_current_xact_id()::text::bigint END
-FROM mark;
+FROM mark
+WHERE mark.kept IS NOT NULL;  -- always true: makes sure the setting is written
 
 -- name: relock_instance
 -- Hold on to an instance whose callback is still running after its batch-mates were
@@ -290,11 +296,15 @@ FOR NO KEY UPDATE OF i SKIP LOCKED;
 SELECT EXISTS (SELECT 1 FROM workflow_events e WHERE e.id = %(event_id)s) AS pending;
 
 -- name: fetch_events
--- The oldest pending events of each locked instance, in order.
+-- The oldest pending events of each instance lock_instances_with_events locked, in order.
+-- A statement of its own: its snapshot is taken after the locks, so it sees every event
+-- committed by the previous holder of each instance (the locking statement's snapshot may
+-- predate that commit).
 SELECT e.id, e.instance_id, e.event_type, e.enqueued_at, e.task_name, e.task_parameters,
        e.task_status, e.task_error, e.task_result, e.task_attempts, e.signal_name,
        e.signal_payload
-FROM unnest(%(ids)s::bigint[]) AS locked(id)
+FROM unnest(string_to_array(nullif(current_setting('cereal.locked_instances', true), ''),
+                            ',')::bigint[]) AS locked(id)
 CROSS JOIN LATERAL (
     SELECT * FROM workflow_events ev
     WHERE ev.instance_id = locked.id
