@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cereal import instrumentation
-from cereal.driver import Driver, EventBatch
+from cereal.driver import ClaimedTask, Driver, EventBatch, TaskClaim
 from cereal.errors import DatabaseError, SerializationError
 from cereal.executors import WorkflowExecutor
 from cereal.logging import get_logger
@@ -65,6 +66,8 @@ class WorkflowEventDispatcher:
         on_tasks_enqueued: Callable[[set[str]], None],
         batch_size: int = 32,
         events_per_instance: int = 64,
+        reserve_tasks: Callable[[Mapping[str, int]], TaskClaim | None] | None = None,
+        adopt_tasks: Callable[[TaskClaim, list[ClaimedTask]], None] | None = None,
     ) -> None:
         self._driver = driver
         self._executors = executors
@@ -73,6 +76,8 @@ class WorkflowEventDispatcher:
         self._poll_interval = poll_interval
         self._on_finished = on_finished
         self._on_tasks_enqueued = on_tasks_enqueued
+        self._reserve_tasks = reserve_tasks
+        self._adopt_tasks = adopt_tasks
         self._batch_size = batch_size
         self._per_instance = events_per_instance
         self._cond = threading.Condition()
@@ -175,6 +180,7 @@ class WorkflowEventDispatcher:
             failed_alone: StepOutcome | None = None
             finished: list[WorkflowInstanceInfo] = []
             outcomes: list[StepOutcome] = []
+            claimed: list[ClaimedTask] = []
             try:
                 with self._driver.claim_events(self._names, limit, self._per_instance) as batch:
                     if not batch.instances:
@@ -193,8 +199,15 @@ class WorkflowEventDispatcher:
                         outcomes = self._run_callbacks(run)
                         if not outcomes or self._aborted:
                             continue  # nothing left to commit here (split off, or aborted)
+                        claim = self._reserve(batch, outcomes)
                         try:
-                            finished = batch.commit(outcomes)
+                            if claim is None:
+                                finished = batch.commit(outcomes)
+                            else:
+                                finished, claimed = batch.commit_claiming(outcomes, claim)
+                                taken, claim = claim, None
+                                assert self._adopt_tasks is not None
+                                self._adopt_tasks(taken, claimed)  # they start right away
                         except (DatabaseError, SerializationError) as exc:
                             if self._aborted:
                                 return
@@ -211,6 +224,9 @@ class WorkflowEventDispatcher:
                             failed_alone = outcomes[0]
                             failed_alone.error = f"cannot store the decision: {exc}"
                             raise
+                        finally:
+                            if claim is not None and self._adopt_tasks is not None:
+                                self._adopt_tasks(claim, [])  # nothing claimed: free the slots
                     finally:
                         with self._watch:
                             self._runs.remove(run)
@@ -218,7 +234,21 @@ class WorkflowEventDispatcher:
                 if failed_alone is None:
                     raise
                 finished = self._fail_unstorable(failed_alone)
-            self._after_commit(outcomes, finished)
+            self._after_commit(outcomes, finished, claimed)
+
+    def _reserve(self, batch: EventBatch, outcomes: list[StepOutcome]) -> TaskClaim | None:
+        """Free workers of this manager for the tasks the commit inserts due now, so that the
+        commit claims them at once (no wakeup and claim round trip before they start)."""
+        if self._reserve_tasks is None or not callable(getattr(batch, "commit_claiming", None)):
+            return None
+        wanted = Counter(
+            t.name
+            for o in outcomes
+            if not o.finished
+            for t in o.tasks
+            if t.start_at is None and t.delay <= 0
+        )
+        return self._reserve_tasks(wanted) if wanted else None
 
     def _run_callbacks(self, run: _Run) -> list[StepOutcome]:
         """Run the batch's callbacks in order; return the outcomes left to commit."""
@@ -314,12 +344,17 @@ class WorkflowEventDispatcher:
         return [] if info is None else [info]
 
     def _after_commit(
-        self, outcomes: list[StepOutcome], finished: list[WorkflowInstanceInfo]
+        self,
+        outcomes: list[StepOutcome],
+        finished: list[WorkflowInstanceInfo],
+        claimed: list[ClaimedTask] | None = None,
     ) -> None:
         for o in outcomes:
             for kind in o.handled_kinds:
                 instrumentation.event_handled(o.instance.workflow_name, kind)
-        names = {t.name for o in outcomes if not o.finished for t in o.tasks}
+        queued = Counter(t.name for o in outcomes if not o.finished for t in o.tasks)
+        queued.subtract(row.task_name for row in claimed or ())
+        names = {name for name, n in queued.items() if n > 0}
         if names:
             self._on_tasks_enqueued(names)
         if finished:

@@ -51,6 +51,7 @@ __all__ = [
     "SchemaStatus",
     "StepOutcome",
     "StoredSchedule",
+    "TaskClaim",
     "TaskCount",
     "TaskInfo",
     "TaskOutcome",
@@ -157,6 +158,22 @@ class EventBatch(Protocol):
         nothing."""
         ...
 
+    def commit_claiming(
+        self, outcomes: Sequence[StepOutcome], claim: TaskClaim
+    ) -> tuple[list[WorkflowInstanceInfo], list[ClaimedTask]]:
+        """:meth:`commit`, claiming for ``claim.owner`` in the same transaction the tasks it
+        inserts that the committing process can start at once; return the finished runs and
+        the tasks claimed.
+
+        A task is claimed when its name is in ``claim.limits`` (at most ``limits[name]`` of
+        each name, in the order of ``outcomes`` and their tasks), it is due now, and no older
+        task of its name is queued and due (those go first). Its row is stored exactly as
+        :meth:`Driver.claim_tasks` stores a first attempt (running, its heartbeat now, the
+        retry policy of ``claim.retries``), so a process that dies before running it loses
+        it as it would lose a claimed one; the other tasks are queued as by :meth:`commit`.
+        Optional: the core calls :meth:`commit` on a batch without this method."""
+        ...
+
     def split(
         self, done: Sequence[StepOutcome], keep: int
     ) -> tuple[list[WorkflowInstanceInfo], bool]:
@@ -201,6 +218,25 @@ class ClaimedTask:
     """Attempts allowed by the retry policy the claim stored in the row (1: no retries)."""
     trace_context: str | None = None
     """The trace context of the callback that enqueued the task, or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskClaim:
+    """Free workers of the committing process, for :meth:`EventBatch.commit_claiming`."""
+
+    owner: str
+    limits: Mapping[str, int]
+    """How many tasks of each name the process can start now."""
+    retries: Mapping[str, RetryPolicy] = field(default_factory=dict)
+    """The retry policies of those names (a name without one is not retried)."""
+
+    def first_attempt(self, task_name: str) -> tuple[int, float | None]:
+        """``(max_attempts, retry_delay)`` stored with a claimed first attempt of
+        ``task_name``, as :meth:`Driver.claim_tasks` stores them."""
+        policy = self.retries.get(task_name)
+        if policy is None or policy.max_attempts <= 1:
+            return (1 if policy is None else policy.max_attempts), None
+        return policy.max_attempts, policy.delay(1)
 
 
 @dataclass(frozen=True, slots=True)

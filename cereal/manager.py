@@ -208,6 +208,8 @@ class Manager(ScheduleOperations):
             on_finished=self._on_finished,
             on_tasks_enqueued=self._on_tasks_enqueued,
             batch_size=config.event_batch_size,
+            reserve_tasks=self._pools.reserve,
+            adopt_tasks=self._pools.adopt,
         )
         self._listener = self.driver.listener(self._on_wakeup, self._wake_all)
         self._services = [

@@ -6,13 +6,13 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cereal import instrumentation, tracing
 from cereal.codec import describe_error, try_encode
-from cereal.driver import ClaimedTask, Driver, TaskOutcome
+from cereal.driver import ClaimedTask, Driver, TaskClaim, TaskOutcome
 from cereal.errors import DatabaseError
 from cereal.logging import get_logger
 from cereal.task_pools.claimer import Claimer
@@ -57,18 +57,21 @@ class TaskPools:
         self._cond = threading.Condition()
         self._stopping = False
         self._busy = dict.fromkeys(registrations, 0)
+        # Slots promised to a commit that claims the tasks it inserts (see reserve()).
+        self._reserved = dict.fromkeys(registrations, 0)
         # Recent run time per sync task name (None until one finished): decides prefetching.
         self._run_time: dict[str, float | None] = dict.fromkeys(registrations)
         self._claims: dict[int, Claim] = {}
         self._sync = SyncRunners(registrations)
         self._async = AsyncRunner() if any(reg.is_async for reg in registrations.values()) else None
+        self._retries = {n: r.retry for n, r in registrations.items() if r.retry is not None}
         self._claimer = Claimer(
             driver,
             owner,
             poll_interval=poll_interval,
             capacity=self._capacities,
             dispatch=self._dispatch,
-            retries={n: r.retry for n, r in registrations.items() if r.retry is not None},
+            retries=self._retries,
         )
         self._writer = ResultWriter(driver, owner, self._written, max_batch=write_batch)
         self._watchdog = TimeoutWatchdog(self._expired)
@@ -197,6 +200,58 @@ class TaskPools:
         except Exception as exc:  # they are reported lost after the lost-task timeout
             log.warning("could not hand back unstarted tasks", error=repr(exc), count=len(task_ids))
 
+    # -- tasks claimed by workflow commits -----------------------------------------------------
+
+    def reserve(self, wanted: Mapping[str, int]) -> TaskClaim | None:
+        """Promise free workers to tasks a workflow commit is about to insert (``wanted``:
+        how many of each name are due now), so that the commit can claim them for this
+        process; None when no worker is free (or the pools are stopping).
+
+        The slots count as taken until :meth:`adopt` gets the tasks the commit claimed,
+        which must follow, even when the commit fails (with no tasks)."""
+        with self._cond:
+            if self._stopping:
+                return None
+            limits: dict[str, int] = {}
+            for name, n in wanted.items():
+                if name in self._regs:
+                    k = min(n, self._capacity(name))
+                    if k > 0:
+                        self._reserved[name] += k
+                        limits[name] = k
+        if not limits:
+            return None
+        return TaskClaim(self._owner, limits, self._retries)
+
+    def adopt(self, claim: TaskClaim, claimed: Sequence[ClaimedTask]) -> None:
+        """Run the tasks a commit claimed with the slots of :meth:`reserve`, and free the
+        slots it did not use. Tasks that can no longer run here go back to the queue."""
+        unused = dict(claim.limits)
+        for row in claimed:
+            unused[row.task_name] -= 1
+        runnable = [row for row in claimed if not self._unrunnable(row)]
+        prepared = [self._prepare(row) for row in runnable]
+        back: list[int] = []
+        with self._cond:
+            for name, k in claim.limits.items():
+                self._reserved[name] -= k
+            if self._stopping:
+                back = [row.id for row in runnable]
+            else:
+                # Registered with the stopping check: stop() finds them (and hands back
+                # those that have not started) whenever it comes.
+                for _, c, _ in prepared:
+                    self._busy[c.task.name] += 1
+                    self._claims[c.claimed.id] = c
+            self._cond.notify_all()
+        if back:
+            self._release(back)
+        else:
+            for reg, c, run_async in prepared:
+                self._start(reg, c, run_async)
+        if any(unused.values()):
+            self._claimer.wake()
+
     # -- claiming ------------------------------------------------------------------------------
 
     def _capacities(self) -> dict[str, int]:
@@ -210,23 +265,36 @@ class TaskPools:
         recent = self._run_time[name]
         if recent is not None and recent < PREFETCH_BELOW and name in self._sync:
             limit += PREFETCH_FACTOR * reg.workers
-        return limit - self._busy[name]
+        return limit - self._busy[name] - self._reserved[name]
 
     def _dispatch(self, row: ClaimedTask) -> None:
-        if row.problem is not None:
-            log.error(
-                "task cannot be run; reporting it failed",
-                task=row.task_name,
-                task_id=row.id,
-                workflow=row.workflow_name,
-                instance=row.instance_name,
-                error=row.problem,
-            )
-            instrumentation.task_finished(row.task_name, TaskStatus.FAILED.value, 0.0)
-            self._writer.put(
-                TaskOutcome(row.id, row.workflow_name, TaskStatus.FAILED.value, error=row.problem)
-            )
+        if self._unrunnable(row):
             return
+        reg, claim, run_async = self._prepare(row)
+        with self._cond:
+            self._busy[row.task_name] += 1
+            self._claims[row.id] = claim
+        self._start(reg, claim, run_async)
+
+    def _unrunnable(self, row: ClaimedTask) -> bool:
+        """Report a task whose parameters cannot be decoded as failed, at once."""
+        if row.problem is None:
+            return False
+        log.error(
+            "task cannot be run; reporting it failed",
+            task=row.task_name,
+            task_id=row.id,
+            workflow=row.workflow_name,
+            instance=row.instance_name,
+            error=row.problem,
+        )
+        instrumentation.task_finished(row.task_name, TaskStatus.FAILED.value, 0.0)
+        self._writer.put(
+            TaskOutcome(row.id, row.workflow_name, TaskStatus.FAILED.value, error=row.problem)
+        )
+        return True
+
+    def _prepare(self, row: ClaimedTask) -> tuple[TaskRegistration, Claim, bool]:
         reg = self._regs[row.task_name]
         run_async = reg.is_async and self._async is not None
         deadline = None
@@ -242,14 +310,16 @@ class TaskPools:
             id=row.id,
             attempt=row.attempt,
         )
-        claim = Claim(task, row, TaskState.RUNNING if run_async else TaskState.CLAIMED)
-        with self._cond:
-            self._busy[row.task_name] += 1
-            self._claims[row.id] = claim
+        state = TaskState.RUNNING if run_async else TaskState.CLAIMED
+        return reg, Claim(task, row, state), run_async
+
+    def _start(self, reg: TaskRegistration, claim: Claim, run_async: bool) -> None:
+        """Hand a registered claim to its executor."""
+        row = claim.claimed
         if reg.timeout is not None and run_async:
             self._watchdog.watch(row.id, reg.timeout)
         if self._stopping:
-            task.cancelled.set()
+            claim.task.cancelled.set()
         try:
             if run_async and self._async is not None:
                 claim.future = self._async.submit(self._run_async(reg, claim))
@@ -257,9 +327,10 @@ class TaskPools:
                 self._sync.submit(row.task_name, lambda: self._run_sync(reg, claim))
         except RuntimeError:  # shut down: stop() gave up waiting for this claim
             with self._cond:
-                self._busy[row.task_name] -= 1
-                self._claims.pop(row.id, None)
-                self._cond.notify_all()
+                if self._claims.get(row.id) is claim:  # not handed back by stop() meanwhile
+                    del self._claims[row.id]
+                    self._busy[row.task_name] -= 1
+                    self._cond.notify_all()
             log.warning("task claimed while stopping; it will be reported lost", task_id=row.id)
 
     # -- running ---------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from cereal.driver import (
     SchemaStatus,
     StepOutcome,
     StoredSchedule,
+    TaskClaim,
     TaskCount,
     TaskInfo,
     TaskOutcome,
@@ -1175,7 +1176,14 @@ class MemoryEventBatch:
 
         A value that cannot be stored raises :class:`SerializationError` before anything is
         written (the instances stay held until the context exits)."""
-        return self._apply(outcomes, keep=None)
+        return self._apply(outcomes, keep=None)[0]
+
+    def commit_claiming(
+        self, outcomes: Sequence[StepOutcome], claim: TaskClaim
+    ) -> tuple[list[WorkflowInstanceInfo], list[ClaimedTask]]:
+        """:meth:`commit`, inserting the tasks ``claim`` can take as claimed by its owner
+        (see :class:`~cereal.driver.EventBatch`); return the finished runs and those tasks."""
+        return self._apply(outcomes, keep=None, claim=claim)
 
     def split(
         self, done: Sequence[StepOutcome], keep: int
@@ -1184,7 +1192,7 @@ class MemoryEventBatch:
         True here: nothing can take a held instance)."""
         if keep not in self._held:
             raise CerealError(f"instance {keep} is not held by this batch")
-        finished = self._apply(done, keep=keep)
+        finished, _ = self._apply(done, keep=keep)
         self.instances = [i for i in self.instances if i.id == keep]
         self.events = {keep: self.events[keep]}
         return finished, True
@@ -1196,8 +1204,8 @@ class MemoryEventBatch:
             self._release_locked()
 
     def _apply(
-        self, outcomes: Sequence[StepOutcome], keep: int | None
-    ) -> list[WorkflowInstanceInfo]:
+        self, outcomes: Sequence[StepOutcome], keep: int | None, claim: TaskClaim | None = None
+    ) -> tuple[list[WorkflowInstanceInfo], list[ClaimedTask]]:
         if self._aborted:
             raise TransientDatabaseError("this event batch was aborted; nothing was written")
         if not self._held and self.instances:
@@ -1215,11 +1223,21 @@ class MemoryEventBatch:
         ]
         s = self._store
         finished: list[WorkflowInstanceInfo] = []
+        claimed: list[ClaimedTask] = []
         with s.lock:
             if self._aborted:  # abort() won the race for the lock
                 raise TransientDatabaseError("this event batch was aborted; nothing was written")
             now = s.clock()
             starts = [[_start_time(t, now) for t in o.tasks] for o in outcomes]
+            # Free workers left per name; none where an older task of the name is due.
+            free: dict[str, int] = {}
+            if claim is not None:
+                names = {t.name for o in outcomes if not o.finished for t in o.tasks}
+                free = {n: k for n, k in claim.limits.items() if k > 0 and n in names}
+            if free:
+                for t in s.tasks.values():
+                    if t.state == "queued" and t.start_after <= now:
+                        free.pop(t.task_name, None)
             wakeups: list[Wakeup] = []
             for (o, value, task_params), task_starts in zip(checked, starts, strict=True):
                 inst = s.instances[o.instance.id]
@@ -1238,13 +1256,23 @@ class MemoryEventBatch:
                     o.traced_tasks(), task_params, task_starts, strict=True
                 ):
                     row_id = s.next_id()
-                    s.tasks[row_id] = _Task(
+                    added = s.tasks[row_id] = _Task(
                         row_id, inst.id, task.name, params, now, start, trace_context=trace
                     )
-                    wakeups.append(TasksQueued(task.name))
+                    if claim is not None and start <= now and free.get(task.name, 0) > 0:
+                        free[task.name] -= 1
+                        added.state, added.claimed_by, added.heartbeat_at = (
+                            "running",
+                            claim.owner,
+                            now,
+                        )
+                        added.max_attempts, added.retry_delay = claim.first_attempt(task.name)
+                        claimed.append(_claimed_task(added, inst))
+                    else:
+                        wakeups.append(TasksQueued(task.name))
             self._release_locked(keep)
             s.emit(wakeups)
-        return finished
+        return finished, claimed
 
     def release(self) -> None:
         """Let the instances go (discarding uncommitted work); harmless after commit."""

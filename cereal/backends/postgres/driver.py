@@ -321,7 +321,7 @@ class PostgresDriver:
         """Lock up to ``limit`` instances with pending events and fetch their next events.
 
         The instances stay locked until the batch commits or the context exits (which rolls
-        back, so every event is delivered again later). A batch costs three round trips.
+        back, so every event is delivered again later). A batch costs two round trips.
         """
         return claim_events(
             self._db,
@@ -331,6 +331,7 @@ class PostgresDriver:
             limit,
             per_instance,
             self._event_floor(workflow_names),
+            self._task_floors,
         )
 
     def _event_floor(self, workflow_names: Sequence[str]) -> EventFloor:

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
-from typing import LiteralString
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -19,10 +19,18 @@ from psycopg.rows import dict_row
 from cereal.backends.postgres import notify
 from cereal.backends.postgres.connections import Connection, Connections
 from cereal.backends.postgres.errors import translate
-from cereal.backends.postgres.floors import EventFloor
+from cereal.backends.postgres.floors import EventFloor, TaskFloors
 from cereal.backends.postgres.jsonb import use_lenient_jsonb
-from cereal.backends.postgres.rows import event_row, instance_row, loads
-from cereal.driver import EventRow, InstanceFinished, InstanceRow, StepOutcome, TasksQueued
+from cereal.backends.postgres.rows import claimed_task, event_row, instance_row, loads
+from cereal.driver import (
+    ClaimedTask,
+    EventRow,
+    InstanceFinished,
+    InstanceRow,
+    StepOutcome,
+    TaskClaim,
+    TasksQueued,
+)
 from cereal.errors import TransientDatabaseError
 from cereal.types import WorkflowInstanceInfo
 
@@ -38,6 +46,7 @@ def claim_events(
     limit: int,
     per_instance: int,
     floor: EventFloor,
+    task_floors: TaskFloors | None = None,
 ) -> Iterator[PostgresEventBatch]:
     """Lock up to ``limit`` instances with pending events and fetch their next events.
 
@@ -67,7 +76,7 @@ def claim_events(
                 events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
                 for e in fetching.fetchall():
                     events[e["instance_id"]].append(event_row(e))
-            batch = PostgresEventBatch(conn, queries, channel, instances, events)
+            batch = PostgresEventBatch(conn, queries, channel, instances, events, task_floors)
             yield batch
         except psycopg.Error:
             conn.close()  # see PostgresEventBatch.broken
@@ -97,8 +106,10 @@ class PostgresEventBatch:
         channel: str,
         instances: list[InstanceRow],
         events: dict[int, list[EventRow]],
+        task_floors: TaskFloors | None = None,
     ) -> None:
         self._conn = conn
+        self._task_floors = task_floors or TaskFloors()
         self._q = queries
         self._channel = channel
         self.instances = instances
@@ -114,8 +125,16 @@ class PostgresEventBatch:
 
     def commit(self, outcomes: Sequence[StepOutcome]) -> list[WorkflowInstanceInfo]:
         """Write every outcome and commit; return the runs that finished."""
-        ended, _ = self._guarded(outcomes, None)
+        ended, _, _ = self._guarded(outcomes, None, None)
         return self._finished(outcomes, ended)
+
+    def commit_claiming(
+        self, outcomes: Sequence[StepOutcome], claim: TaskClaim
+    ) -> tuple[list[WorkflowInstanceInfo], list[ClaimedTask]]:
+        """:meth:`commit`, inserting the tasks ``claim`` can take as claimed by its owner
+        (see :class:`~cereal.driver.EventBatch`); return the finished runs and those tasks."""
+        ended, _, claimed = self._guarded(outcomes, None, claim)
+        return self._finished(outcomes, ended), claimed
 
     def split(
         self, done: Sequence[StepOutcome], keep: int
@@ -124,7 +143,7 @@ class PostgresEventBatch:
         again in a new transaction if nobody took it in between and its first event is still
         there; the batch then holds ``keep`` alone."""
         first = self.events[keep][0].id if self.events.get(keep) else None
-        ended, kept = self._guarded(done, (keep, first))
+        ended, kept, _ = self._guarded(done, (keep, first), None)
         self.instances = [i for i in self.instances if i.id == keep]
         self.events = {keep: self.events.get(keep, [])}
         return self._finished(done, ended), kept
@@ -151,14 +170,17 @@ class PostgresEventBatch:
             self._owned = False
 
     def _guarded(
-        self, outcomes: Sequence[StepOutcome], relock: tuple[int, int | None] | None
-    ) -> tuple[dict[int, datetime], bool]:
+        self,
+        outcomes: Sequence[StepOutcome],
+        relock: tuple[int, int | None] | None,
+        claim: TaskClaim | None,
+    ) -> tuple[dict[int, datetime], bool, list[ClaimedTask]]:
         with self._lock:
             if self._aborted:
                 raise TransientDatabaseError("this event batch was aborted; nothing was written")
             self._busy = True
         try:
-            return self._write(outcomes, relock)
+            return self._write(outcomes, relock, claim)
         except psycopg.Error as exc:
             self.broken = True
             if self._aborted:
@@ -193,15 +215,20 @@ class PostgresEventBatch:
         return finished
 
     def _write(
-        self, outcomes: Sequence[StepOutcome], relock: tuple[int, int | None] | None
-    ) -> tuple[dict[int, datetime], bool]:
+        self,
+        outcomes: Sequence[StepOutcome],
+        relock: tuple[int, int | None] | None,
+        claim: TaskClaim | None,
+    ) -> tuple[dict[int, datetime], bool, list[ClaimedTask]]:
         q, conn = self._q, self._conn
         going = [o for o in outcomes if not o.finished]
         done = [o for o in outcomes if o.finished]
         consumed = [eid for o in going for eid in o.consumed]
         tasks = [(o.instance.id, t, c) for o in going for t, c in o.traced_tasks()]
+        claiming = [n for n, k in claim.limits.items() if k > 0] if claim and tasks else []
         notes = sorted(
-            {notify.encode(TasksQueued(t.name)) for _, t, _ in tasks}
+            # insert_tasks_claiming wakes the claimers of the tasks it leaves queued
+            {notify.encode(TasksQueued(t.name)) for _, t, _ in tasks if not claiming}
             | {notify.encode(InstanceFinished(o.instance.id)) for o in done}
         )
         with conn.pipeline():
@@ -217,18 +244,35 @@ class PostgresEventBatch:
                         "completed": [o.completed_tasks for o in going],
                     },
                 )
+            taking = None
             if tasks:
-                conn.execute(
-                    q["insert_tasks"],
-                    {
-                        "instance_ids": [i for i, _, _ in tasks],
-                        "names": [t.name for _, t, _ in tasks],
-                        "parameters": [t.parameters_json for _, t, _ in tasks],
-                        "start_ats": [t.start_at for _, t, _ in tasks],
-                        "delays": [t.delay for _, t, _ in tasks],
-                        "trace_contexts": [c for _, _, c in tasks],
-                    },
-                )
+                rows = {
+                    "instance_ids": [i for i, _, _ in tasks],
+                    "names": [t.name for _, t, _ in tasks],
+                    "parameters": [t.parameters_json for _, t, _ in tasks],
+                    "start_ats": [t.start_at for _, t, _ in tasks],
+                    "delays": [t.delay for _, t, _ in tasks],
+                    "trace_contexts": [c for _, _, c in tasks],
+                }
+                if claiming and claim is not None:
+                    policies = [claim.first_attempt(n) for n in claiming]
+                    taking = conn.cursor(row_factory=dict_row)
+                    use_lenient_jsonb(taking.adapters)  # as claim_tasks reads parameters
+                    taking.execute(
+                        q["insert_tasks_claiming"],
+                        rows
+                        | {
+                            "claim_names": claiming,
+                            "claim_limits": [claim.limits[n] for n in claiming],
+                            "max_attempts": [m for m, _ in policies],
+                            "retry_delays": [d for _, d in policies],
+                            "floors": self._task_floors.current(claiming),
+                            "owner": claim.owner,
+                            "channel": self._channel,
+                        },
+                    )
+                else:
+                    conn.execute(q["insert_tasks"], rows)
             cur = None
             if done:
                 cur = conn.cursor(row_factory=dict_row)
@@ -254,4 +298,21 @@ class PostgresEventBatch:
             if held is not None and pending is not None:
                 locked, still = held.fetchone(), pending.fetchone()
                 kept = locked is not None and still is not None and bool(still[0])
-            return ended, kept
+            taken = [] if taking is None else [r for r in taking.fetchall() if r["id"] is not None]
+            self._task_floors.claimed((r["task_name"], r["start_after"]) for r in taken)
+            return ended, kept, _claimed(taken, going)
+
+
+def _claimed(rows: list[dict[str, Any]], going: Sequence[StepOutcome]) -> list[ClaimedTask]:
+    """The claimed rows of insert_tasks_claiming, named after their instances."""
+    names = {o.instance.id: o.instance for o in going}
+    return [
+        claimed_task(
+            r
+            | {
+                "workflow_name": names[r["instance_id"]].workflow_name,
+                "instance_name": names[r["instance_id"]].instance_name,
+            }
+        )
+        for r in rows
+    ]

@@ -103,6 +103,13 @@ class TaskFloors:
                 return [None] * len(names)
             return [self._floors.get(n) for n in names]
 
+    def current(self, names: Sequence[str]) -> list[datetime | None]:
+        """The floor of each name as it stands (None: none yet), without a full scan: for a
+        look at the queue that may miss what lies below (a workflow commit asking whether
+        older tasks of a name wait before it claims new ones)."""
+        with self._lock:
+            return [self._floors.get(n) for n in names]
+
     def claimed(self, rows: Iterable[tuple[str, datetime]]) -> None:
         """Raise each name's floor to the oldest start_after claimed, less the margin."""
         oldest: dict[str, datetime] = {}

@@ -334,6 +334,59 @@ FROM unnest(%(instance_ids)s::bigint[], %(names)s::text[], %(parameters)s::text[
             %(start_ats)s::timestamptz[], %(delays)s::float8[], %(trace_contexts)s::text[])
      AS t(instance_id, task_name, parameters, start_at, delay, trace_context);
 
+-- name: insert_tasks_claiming
+-- insert_tasks, claiming for the committing process (owner) the tasks it can start at once:
+-- a task due now whose name is in claim_names is inserted as claim_tasks leaves a claimed
+-- first attempt (running, heartbeat now, its policy's max_attempts and retry delay), at most
+-- claim_limits of each name, in order, and only while no older task of that name is queued
+-- and due (those go first; the look starts at the name's floor, as in claim_tasks, without
+-- the full scans). The other tasks are queued and the claimers of their names
+-- woken. Returns the claimed rows (the rows with a NULL id carry the wakeups).
+WITH t AS (
+    SELECT t.*, coalesce(t.start_at, now() + make_interval(secs => t.delay)) AS start_after
+    FROM unnest(%(instance_ids)s::bigint[], %(names)s::text[], %(parameters)s::text[],
+                %(start_ats)s::timestamptz[], %(delays)s::float8[], %(trace_contexts)s::text[])
+         WITH ORDINALITY
+         AS t(instance_id, task_name, parameters, start_at, delay, trace_context, ord)
+), c AS (
+    SELECT * FROM unnest(%(claim_names)s::text[], %(claim_limits)s::int[],
+                         %(max_attempts)s::int[], %(retry_delays)s::float8[],
+                         %(floors)s::timestamptz[])
+         AS c(task_name, lim, max_attempts, retry_delay, floor)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM tasks q
+        WHERE q.task_name = c.task_name AND q.state = 'queued' AND q.start_after <= now()
+          AND q.start_after >= coalesce(c.floor, '-infinity'))
+), taken AS (
+    SELECT ord, max_attempts, retry_delay
+    FROM (
+        SELECT t.ord, c.lim, c.max_attempts, c.retry_delay,
+               row_number() OVER (PARTITION BY t.task_name ORDER BY t.ord) AS n
+        FROM t JOIN c ON c.task_name = t.task_name
+        WHERE t.start_after <= now()
+    ) d
+    WHERE n <= lim
+), ins AS (
+    INSERT INTO tasks (instance_id, task_name, parameters, start_after, trace_context, state,
+                       claimed_by, heartbeat_at, max_attempts, retry_delay)
+    SELECT t.instance_id, t.task_name, t.parameters::jsonb, t.start_after, t.trace_context,
+           CASE WHEN taken.ord IS NULL THEN 'queued' ELSE 'running' END,
+           CASE WHEN taken.ord IS NULL THEN NULL ELSE %(owner)s::text END,
+           CASE WHEN taken.ord IS NULL THEN NULL ELSE now() END,
+           coalesce(taken.max_attempts, 1), taken.retry_delay
+    FROM t LEFT JOIN taken ON taken.ord = t.ord
+    ORDER BY t.ord
+    RETURNING id, instance_id, task_name, parameters, enqueued_at, attempt, max_attempts,
+              trace_context, state, start_after
+)
+SELECT id, instance_id, task_name, parameters, enqueued_at, attempt, max_attempts,
+       trace_context, start_after, NULL::text AS notified
+FROM ins WHERE state = 'running'
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       pg_notify(%(channel)s, 't' || q.task_name)::text
+FROM (SELECT DISTINCT task_name FROM ins WHERE state = 'queued') q;
+
 -- name: finish_instances
 -- Move finished instances to history; their tasks and events go with them (cascade).
 WITH done AS (

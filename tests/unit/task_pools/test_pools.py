@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from cereal.driver import StepOutcome
 from cereal.executors import task_callable
 from cereal.task_pools import TaskPools, TaskRegistration
 from cereal.testing import MemoryDriver
-from cereal.types import Task
+from cereal.types import Task, WorkflowStatus
+from cereal.workflow import PendingTask
 from tests.helpers.memory import Reported, queue_tasks, queued_and_claimed, reported
 from tests.helpers.waiting import wait_for
 
@@ -224,3 +227,73 @@ def test_heartbeats_keep_running_tasks_and_forget_drops_tasks_whose_rows_are_gon
     wait_for(lambda: gate.inside == 0, what="the task to return")
     time.sleep(0.2)
     assert driver.writes == []
+
+
+def claim_in_commit(
+    driver: MemoryDriver, pools: TaskPools, task_name: str, parameters: list[Any], name: str
+) -> list[Any]:
+    """Queue tasks as a workflow commit does, claiming what the pools reserve; return the
+    ids of the tasks the commit claimed (already handed to the pools)."""
+    assert driver.enqueue_workflow("w", name, None)
+    claim = pools.reserve({task_name: len(parameters)})
+    claimed: list[Any] = []
+    with driver.claim_events(["w"], 1, 10) as batch:
+        (inst,) = batch.instances
+        outcome = StepOutcome(
+            instance=inst,
+            consumed=[e.id for e in batch.events[inst.id]],
+            status=WorkflowStatus.RUNNING,
+            tasks=[PendingTask(task_name, json.dumps(p)) for p in parameters],
+        )
+        if claim is None:
+            batch.commit([outcome])
+        else:
+            _, claimed = batch.commit_claiming([outcome], claim)
+    if claim is not None:
+        pools.adopt(claim, claimed)
+    return [c.id for c in claimed]
+
+
+def test_a_commit_claims_only_free_workers_and_the_claimer_leaves_them_alone(
+    driver: CountingDriver, start_pools: Callable[..., TaskPools]
+) -> None:
+    gate = Gate()
+    pools = start_pools(t=(gate, 2, None))
+    claimed = claim_in_commit(driver, pools, "t", [1, 2, 3], "a")
+    assert len(claimed) == 2  # two workers, no run time known yet: no claiming ahead
+    wait_for(lambda: gate.inside == 2, what="the two claimed tasks running")
+    time.sleep(0.2)  # claim polls: the third stays queued
+    assert queued_and_claimed(driver, "t") == (1, 2)
+    assert pools.reserve({"t": 1}) is None  # no worker free
+    gate.open.set()
+    wait_for(lambda: queued_and_claimed(driver, "t") == (0, 0), what="every task")
+    assert sorted(gate.ran) == [1, 2, 3] and gate.most_inside == 2
+
+
+def test_tasks_a_commit_claimed_after_stop_began_go_back_to_the_queue(
+    driver: CountingDriver, start_pools: Callable[..., TaskPools]
+) -> None:
+    gate = Gate()
+    pools = start_pools(t=(gate, 1, None))
+    assert driver.enqueue_workflow("w", "a", None)
+    claim = pools.reserve({"t": 1})
+    assert claim is not None
+    with driver.claim_events(["w"], 1, 10) as batch:
+        (inst,) = batch.instances
+        _, claimed = batch.commit_claiming(
+            [
+                StepOutcome(
+                    instance=inst,
+                    consumed=[e.id for e in batch.events[inst.id]],
+                    status=WorkflowStatus.RUNNING,
+                    tasks=[PendingTask("t", "1")],
+                )
+            ],
+            claim,
+        )
+    assert len(claimed) == 1
+    pools.stop(5)  # does not wait for the reserved slot
+    pools.adopt(claim, claimed)
+    assert gate.ran == []
+    assert queued_and_claimed(driver, "t") == (1, 0)
+    assert pools.reserve({"t": 1}) is None
