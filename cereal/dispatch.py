@@ -67,7 +67,7 @@ class WorkflowEventDispatcher:
         batch_size: int = 32,
         events_per_instance: int = 64,
         reserve_tasks: Callable[[Mapping[str, int]], TaskClaim | None] | None = None,
-        adopt_tasks: Callable[[TaskClaim, list[ClaimedTask]], None] | None = None,
+        adopt_tasks: Callable[[TaskClaim, list[ClaimedTask], bool], None] | None = None,
     ) -> None:
         self._driver = driver
         self._executors = executors
@@ -207,7 +207,7 @@ class WorkflowEventDispatcher:
                                 finished, claimed = batch.commit_claiming(outcomes, claim)
                                 taken, claim = claim, None
                                 assert self._adopt_tasks is not None
-                                self._adopt_tasks(taken, claimed)  # they start right away
+                                self._adopt_tasks(taken, claimed, True)  # they start at once
                         except (DatabaseError, SerializationError) as exc:
                             if self._aborted:
                                 return
@@ -226,7 +226,7 @@ class WorkflowEventDispatcher:
                             raise
                         finally:
                             if claim is not None and self._adopt_tasks is not None:
-                                self._adopt_tasks(claim, [])  # nothing claimed: free the slots
+                                self._adopt_tasks(claim, [], False)  # free the slots
                     finally:
                         with self._watch:
                             self._runs.remove(run)

@@ -20,7 +20,8 @@ class Claimer:
     freed), when the next delayed task becomes due, and every ``poll_interval`` seconds.
 
     ``capacity()`` says how many tasks of each name to claim now; ``dispatch`` gets each
-    claimed task; ``retries`` are the task names' retry policies, stored with each claim.
+    claimed task; ``retries`` are the task names' retry policies, stored with each claim;
+    ``claimed(limits, tasks)`` hears of each claim before its tasks are dispatched.
     Failures are retried with backoff.
     """
 
@@ -33,6 +34,7 @@ class Claimer:
         capacity: Callable[[], dict[str, int]],
         dispatch: Callable[[ClaimedTask], None],
         retries: Mapping[str, RetryPolicy] | None = None,
+        claimed: Callable[[dict[str, int], list[ClaimedTask]], None] | None = None,
     ) -> None:
         self._driver = driver
         self._retries = retries or None
@@ -40,6 +42,7 @@ class Claimer:
         self._poll_interval = poll_interval
         self._capacity = capacity
         self._dispatch = dispatch
+        self._claimed = claimed
         self._cond = threading.Condition()
         self._wanted = True
         self._stopping = False
@@ -98,6 +101,8 @@ class Claimer:
                 self.wake()
                 continue
             next_due = None if due_in is None else time.monotonic() + max(due_in, 0.0)
+            if self._claimed is not None:
+                self._claimed(limits, claimed)
             for row in claimed:
                 self._dispatch(row)
             if claimed:

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -59,6 +60,9 @@ class TaskPools:
         self._busy = dict.fromkeys(registrations, 0)
         # Slots promised to a commit that claims the tasks it inserts (see reserve()).
         self._reserved = dict.fromkeys(registrations, 0)
+        # Names whose last claim took all it asked for, or whose commit found older tasks
+        # waiting: more are probably queued, which a commit would not claim.
+        self._backlog = dict.fromkeys(registrations, False)
         # Recent run time per sync task name (None until one finished): decides prefetching.
         self._run_time: dict[str, float | None] = dict.fromkeys(registrations)
         self._claims: dict[int, Claim] = {}
@@ -72,6 +76,7 @@ class TaskPools:
             capacity=self._capacities,
             dispatch=self._dispatch,
             retries=self._retries,
+            claimed=self._claimed,
         )
         self._writer = ResultWriter(driver, owner, self._written, max_batch=write_batch)
         self._watchdog = TimeoutWatchdog(self._expired)
@@ -205,7 +210,9 @@ class TaskPools:
     def reserve(self, wanted: Mapping[str, int]) -> TaskClaim | None:
         """Promise free workers to tasks a workflow commit is about to insert (``wanted``:
         how many of each name are due now), so that the commit can claim them for this
-        process; None when no worker is free (or the pools are stopping).
+        process; None when no worker is free (or the pools are stopping). Names with a
+        backlog are left to the claimer: the commit could not claim their new tasks ahead of
+        older ones, and a reservation would only keep the claimer from those meanwhile.
 
         The slots count as taken until :meth:`adopt` gets the tasks the commit claimed,
         which must follow, even when the commit fails (with no tasks)."""
@@ -214,7 +221,7 @@ class TaskPools:
                 return None
             limits: dict[str, int] = {}
             for name, n in wanted.items():
-                if name in self._regs:
+                if name in self._regs and not self._backlog[name]:
                     k = min(n, self._capacity(name))
                     if k > 0:
                         self._reserved[name] += k
@@ -223,9 +230,12 @@ class TaskPools:
             return None
         return TaskClaim(self._owner, limits, self._retries)
 
-    def adopt(self, claim: TaskClaim, claimed: Sequence[ClaimedTask]) -> None:
+    def adopt(
+        self, claim: TaskClaim, claimed: Sequence[ClaimedTask], committed: bool = True
+    ) -> None:
         """Run the tasks a commit claimed with the slots of :meth:`reserve`, and free the
-        slots it did not use. Tasks that can no longer run here go back to the queue."""
+        slots it did not use (all of them when the commit failed: ``committed`` False).
+        Tasks that can no longer run here go back to the queue."""
         unused = dict(claim.limits)
         for row in claimed:
             unused[row.task_name] -= 1
@@ -235,6 +245,8 @@ class TaskPools:
         with self._cond:
             for name, k in claim.limits.items():
                 self._reserved[name] -= k
+                if unused[name] and committed:
+                    self._backlog[name] = True  # older tasks of the name were due
             if self._stopping:
                 back = [row.id for row in runnable]
             else:
@@ -266,6 +278,15 @@ class TaskPools:
         if recent is not None and recent < PREFETCH_BELOW and name in self._sync:
             limit += PREFETCH_FACTOR * reg.workers
         return limit - self._busy[name] - self._reserved[name]
+
+    def _claimed(self, limits: dict[str, int], rows: list[ClaimedTask]) -> None:
+        """The claimer took ``rows`` for ``limits``: a name that got all it asked for
+        probably has more queued."""
+        got = Counter(row.task_name for row in rows)
+        with self._cond:
+            for name, limit in limits.items():
+                if limit > 0:
+                    self._backlog[name] = got[name] >= limit
 
     def _dispatch(self, row: ClaimedTask) -> None:
         if self._unrunnable(row):
