@@ -12,7 +12,9 @@ and follows each claimed task through its :class:`TaskState`.
 Short sync tasks are claimed a little ahead: while their recent runs take under
 ``PREFETCH_BELOW`` seconds, up to ``PREFETCH_FACTOR * workers`` more than the free workers
 are claimed, so the workers need not wait for a claim round trip between tasks and each
-claim, result write and event batch carries more tasks. A claimed task that has not
+claim, result write and event batch carries more tasks. The next claim comes once half of
+those claimed ahead have started (or a worker is idle), so that it, too, takes several. A
+claimed task that has not
 started yet is heartbeated like a running one, its timeout starts when it starts, and at stop
 it is handed back to the queue instead of being run.
 """
