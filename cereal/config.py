@@ -127,7 +127,7 @@ class ManagerConfig:
     on_workflow_complete: Callable[[WorkflowInstanceInfo], Any] | None = None
     """Called with the :class:`~cereal.types.WorkflowInstanceInfo` of each run this manager
     finishes; its exceptions are logged."""
-    event_batch_size: int = 32
+    event_batch_size: int = 128
     """Most instances claimed in one event-handling transaction."""
     history_max_age: float | None = 30 * 86400.0
     """Finished runs older than this are pruned (None keeps them forever)."""

@@ -64,7 +64,7 @@ class WorkflowEventDispatcher:
         poll_interval: float,
         on_finished: Callable[[list[WorkflowInstanceInfo]], None],
         on_tasks_enqueued: Callable[[set[str]], None],
-        batch_size: int = 32,
+        batch_size: int = 128,
         events_per_instance: int = 64,
         reserve_tasks: Callable[[Mapping[str, int]], TaskClaim | None] | None = None,
         adopt_tasks: Callable[[TaskClaim, list[ClaimedTask], bool], None] | None = None,

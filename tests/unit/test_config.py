@@ -23,7 +23,7 @@ from cereal.errors import CerealError
 def test_defaults_are_the_documented_ones() -> None:
     config = ManagerConfig()
     assert (config.workflow_poll_interval, config.task_poll_interval) == (5.0, 5.0)
-    assert (config.workflow_workers, config.event_batch_size) == (4, 32)
+    assert (config.workflow_workers, config.event_batch_size) == (4, 128)
     assert (config.heartbeat_interval, config.lost_task_timeout) == (5.0, 30.0)
     assert config.scheduler is True
     assert config.history_max_age == 30 * 86400.0
