@@ -125,7 +125,7 @@ class Connections:
         pool = self._pool
         if pool is None:
             raise TransientDatabaseError("the driver was closed")
-        timeout = 3 * self._connect_timeout  # a free connection, or a new one, in time
+        timeout = max(self._connect_timeout, 30.0)
         with translated():
             # After a server restart or pg_terminate_backend, every idle pooled connection is
             # dead and the pool would hand each one out once, failing that caller's statement.

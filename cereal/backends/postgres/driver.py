@@ -91,9 +91,7 @@ class PostgresDriver:
 
     The schema (default ``cereal``) is created and migrated on first use. Options:
     ``pool_size`` (most connections, default 10), ``pool_min_size`` (default 1),
-    ``connect_timeout`` (seconds, default 10; a call waits at most three times as long for
-    a pooled connection, e.g. while the server is down, before raising
-    :class:`~cereal.errors.TransientDatabaseError`) and ``application_name``.
+    ``connect_timeout`` (seconds, default 10) and ``application_name``.
 
     Every method raises :mod:`cereal.errors` types only (see
     :mod:`cereal.backends.postgres.errors`).
