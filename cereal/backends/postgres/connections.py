@@ -125,6 +125,8 @@ class Connections:
         pool = self._pool
         if pool is None:
             raise TransientDatabaseError("the driver was closed")
+        # Not less than 30 s: after an outage the pool reconnects with a growing backoff, and
+        # a shorter wait fails the first calls made once the server is back.
         timeout = max(self._connect_timeout, 30.0)
         with translated():
             # After a server restart or pg_terminate_backend, every idle pooled connection is
