@@ -156,3 +156,13 @@ def test_task_floors_trail_the_oldest_claim_and_a_full_scan_comes_round() -> Non
     assert floors.for_claim(["a", "b"]) == [at - timedelta(seconds=10), None]
     floors.claimed([("a", at - timedelta(days=1))])  # never moves down
     assert floors.for_claim(["a"]) == [at - timedelta(seconds=10)]
+
+
+def test_a_task_due_at_the_earliest_date_is_claimed_and_leaves_the_floor_alone(
+    driver: PostgresDriver,
+) -> None:
+    start(driver, "a")
+    earliest = datetime.min.replace(tzinfo=UTC)
+    step(driver, "a", tasks=[PendingTask("t", js("first"), start_at=earliest)])
+    assert [t.parameters for t in driver.claim_tasks({"t": 5}, OWNER)[0]] == ["first"]
+    assert driver._task_floors.current(["t"]) == [None]

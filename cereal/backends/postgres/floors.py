@@ -120,6 +120,9 @@ class TaskFloors:
             return
         with self._lock:
             for name, at in oldest.items():
-                floor = at - self._margin
+                try:
+                    floor = at - self._margin
+                except OverflowError:  # a start_after near year 1: nothing can lie below
+                    continue
                 if name not in self._floors or floor > self._floors[name]:
                     self._floors[name] = floor
