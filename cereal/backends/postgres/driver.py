@@ -405,13 +405,19 @@ class PostgresDriver:
         if any(o.retry for o in outcomes):
             query = "complete_tasks_retrying"
             params["retries"] = [o.retry for o in outcomes]
-        # One statement: atomic on its own, and the notifications go out with its commit
-        # (PostgreSQL sends each distinct payload once per transaction).
+        # One transaction in one round trip: the instances' locks first (see
+        # lock_instances_of_tasks), then one statement whose notifications go out with the
+        # commit (PostgreSQL sends each distinct payload once per transaction).
         try:
             with self._db.connection() as conn:
                 cur = conn.cursor(row_factory=dict_row)
                 try:
-                    rows = cur.execute(self._q[query], params).fetchall()
+                    with conn.pipeline():
+                        conn.execute("BEGIN")
+                        conn.execute(self._q["lock_instances_of_tasks"], {"ids": params["ids"]})
+                        cur.execute(self._q[query], params)
+                        conn.execute("COMMIT")
+                    rows = cur.fetchall()
                 except pgerrors.ForeignKeyViolation:
                     raise _InstanceGone from None
         except _InstanceGone:
@@ -443,6 +449,7 @@ class PostgresDriver:
         """Requeue tasks silent for ``timeout`` seconds that have attempts left, turn the
         others into ``lost`` results; return how many were handled."""
         with self._db.connection() as conn, conn.transaction():
+            conn.execute(self._q["lock_instances_of_silent_tasks"], {"timeout": timeout})
             cur = conn.cursor(row_factory=dict_row)
             rows = cur.execute(
                 self._q["reap_lost_tasks"], {"timeout": timeout, "error": error}

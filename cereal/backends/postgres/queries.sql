@@ -453,6 +453,28 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT extract(epoch FROM min(start_after) - now())::float8 FROM tasks
         WHERE task_name = ANY(%(names)s) AND state = 'queued' AND start_after > now());
 
+-- name: lock_instances_of_tasks
+-- Run first in the transactions that delete task rows and then insert events for their
+-- instances (complete_tasks, reap_lost_tasks): the instances' key-share locks come before any
+-- task row lock. Taken the other way round, the foreign-key check of the event insert waited
+-- for a kill or a finishing decision that held the instance and was itself waiting, in its
+-- cascade, for the task row: a deadlock.
+SELECT i.id
+FROM workflow_instances i
+WHERE i.id IN (SELECT t.instance_id FROM tasks t WHERE t.id = ANY(%(ids)s::bigint[]))
+ORDER BY i.id
+FOR KEY SHARE OF i;
+
+-- name: lock_instances_of_silent_tasks
+-- lock_instances_of_tasks for reap_lost_tasks, for the tasks it is about to look at.
+SELECT i.id
+FROM workflow_instances i
+WHERE i.id IN (
+    SELECT t.instance_id FROM tasks t
+    WHERE t.state = 'running' AND t.heartbeat_at < now() - make_interval(secs => %(timeout)s))
+ORDER BY i.id
+FOR KEY SHARE OF i;
+
 -- name: complete_tasks
 -- Record finished tasks as task_complete events and wake the event handlers of their
 -- workflows, in one statement. A task whose row is gone (its workflow finished, or it was
