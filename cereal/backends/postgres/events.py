@@ -46,7 +46,7 @@ def claim_events(
     limit: int,
     per_instance: int,
     floor: EventFloor,
-    task_floors: TaskFloors | None = None,
+    task_floors: TaskFloors,
 ) -> Iterator[PostgresEventBatch]:
     """Lock up to ``limit`` instances with pending events and fetch their next events.
 
@@ -106,10 +106,10 @@ class PostgresEventBatch:
         channel: str,
         instances: list[InstanceRow],
         events: dict[int, list[EventRow]],
-        task_floors: TaskFloors | None = None,
+        task_floors: TaskFloors,
     ) -> None:
         self._conn = conn
-        self._task_floors = task_floors or TaskFloors()
+        self._task_floors = task_floors
         self._q = queries
         self._channel = channel
         self.instances = instances
