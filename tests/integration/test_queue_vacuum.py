@@ -60,3 +60,27 @@ def test_one_session_per_schema_vacuums_at_a_time(driver: PostgresDriver, schema
         release.set()
         holder.join(10)
     assert wait_for(lambda: driver.vacuum_queues(1), timeout=15, what="a vacuum")
+
+
+def analyzed(driver: PostgresDriver, schema: str, table: str) -> bool:
+    with driver.connection() as conn:
+        row = conn.execute(
+            "SELECT coalesce(last_analyze, last_autoanalyze) IS NOT NULL"
+            " FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
+            (schema, table),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_queue_that_grew_without_statistics_is_analyzed(
+    driver: PostgresDriver, schema: str
+) -> None:
+    # A backlog enqueued into a new schema: without statistics, claims walk the wrong index.
+    driver.enqueue_workflows([("w", f"i{n}", None) for n in range(3000)])
+    touched = wait_for(
+        lambda: driver.vacuum_queues(10**9), timeout=15, what="the statistics to count the rows"
+    )
+    assert {"workflow_instances", "workflow_events"} <= set(touched)
+    assert analyzed(driver, schema, "workflow_instances")
+    assert analyzed(driver, schema, "workflow_events")
+    assert driver.vacuum_queues(10**9) == []  # fresh statistics: nothing more to do

@@ -63,6 +63,9 @@ __all__ = ["PostgresDriver", "validate_schema"]
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_SCHEMA_LENGTH = 48
+ANALYZE_MIN_CHANGES = 1000
+"""Rows changed in a queue table since its statistics were taken before vacuum_queues
+refreshes them (and only once that is a fifth of the table)."""
 _NO_RETRY = RetryPolicy(max_attempts=1)
 
 
@@ -514,21 +517,31 @@ class PostgresDriver:
 
     def vacuum_queues(self, min_dead_rows: int) -> list[str]:
         """``VACUUM`` each queue table (``workflow_instances``, ``workflow_events``,
-        ``tasks``) with at least ``min_dead_rows`` dead rows; return their names. Skipped
-        (``[]``) while another session of this schema does it. A role that does not own the
-        tables gets a server warning per table and nothing is vacuumed."""
+        ``tasks``) with at least ``min_dead_rows`` dead rows, and ``ANALYZE`` those whose
+        statistics are missing or stale (:data:`ANALYZE_MIN_CHANGES` rows and a fifth of the
+        table changed since); return the names of the tables touched. Skipped (``[]``) while
+        another session of this schema does it. A role that does not own the tables gets a
+        server warning per table and nothing is done."""
         lock = {"lock_ns": LOCK_NAMESPACE, "lock_key": self._schema + ".vacuum"}
         with self._db.connection() as conn, translated():
             row = conn.execute(self._q["lock_queue_vacuum"], lock).fetchone()
             if row is None or not row[0]:
                 return []
             try:
-                params = {"schema": self._schema, "min_dead": min_dead_rows}
-                tables = [r[0] for r in conn.execute(self._q["queue_tables_to_vacuum"], params)]
-                for table in tables:
-                    statement = sql.SQL("VACUUM {}").format(sql.Identifier(self._schema, table))
-                    conn.execute(statement, prepare=False)
-                return tables
+                params = {
+                    "schema": self._schema,
+                    "min_dead": min_dead_rows,
+                    "min_changed": ANALYZE_MIN_CHANGES,
+                }
+                rows = conn.execute(self._q["queue_tables_to_vacuum"], params).fetchall()
+                for table, vacuum, analyze in rows:
+                    target = sql.Identifier(self._schema, table)
+                    if vacuum:
+                        command = "VACUUM (ANALYZE) {}" if analyze else "VACUUM {}"
+                    else:
+                        command = "ANALYZE {}"
+                    conn.execute(sql.SQL(command).format(target), prepare=False)
+                return [r[0] for r in rows]
             finally:
                 conn.execute(self._q["unlock_queue_vacuum"], lock)
 

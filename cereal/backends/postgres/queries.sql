@@ -662,13 +662,20 @@ SELECT pg_try_advisory_lock(%(lock_ns)s, hashtext(%(lock_key)s)) AS locked;
 SELECT pg_advisory_unlock(%(lock_ns)s, hashtext(%(lock_key)s)) AS unlocked;
 
 -- name: queue_tables_to_vacuum
--- The queue tables of this schema with at least min_dead dead rows, most first (from the
--- cumulative statistics, which trail the last second or so of writes).
-SELECT relname
+-- The queue tables of this schema that need upkeep, from the cumulative statistics (which
+-- trail the last second or so of writes): VACUUM for those with at least min_dead dead rows,
+-- ANALYZE for those changed by at least min_changed rows and a fifth of their size since
+-- their statistics were taken. Without statistics (a new schema, autovacuum off or not yet
+-- there) the planner guesses that a workflow name matches a few rows and walks the name
+-- index instead of the primary key from the claim floor: a claim then reads every live
+-- instance.
+SELECT relname, n_dead_tup >= %(min_dead)s AS vacuum,
+       n_mod_since_analyze >= greatest(%(min_changed)s, n_live_tup / 5) AS analyze
 FROM pg_stat_user_tables
 WHERE schemaname = %(schema)s
   AND relname IN ('workflow_instances', 'workflow_events', 'tasks')
-  AND n_dead_tup >= %(min_dead)s
+  AND (n_dead_tup >= %(min_dead)s
+       OR n_mod_since_analyze >= greatest(%(min_changed)s, n_live_tup / 5))
 ORDER BY n_dead_tup DESC;
 
 -- name: prune_history
