@@ -84,6 +84,7 @@ class WorkflowEventDispatcher:
         self._signals = 0
         self._stopping = False
         self._single_until = 0.0
+        self._ramp = 1  # the size of a handler's first claim (see _drain)
         self._threads: list[threading.Thread] = []
         self._watch = threading.Condition()
         self._runs: list[_Run] = []
@@ -169,11 +170,13 @@ class WorkflowEventDispatcher:
                 self.wake()
 
     def _drain(self) -> None:
-        # Claim one instance first and double the claim only while batches come back full.
-        # A handler that grabbed every pending instance at once would run their callbacks one
-        # after another while the other handlers sat idle; starting small lets the handler it
-        # wakes take the next instance, and large batches still form under sustained load.
-        grow = 1
+        # Claim one instance first and grow the claim fourfold only while batches come back
+        # full. A handler that grabbed every pending instance at once would run their
+        # callbacks one after another while the other handlers sat idle; starting small lets
+        # the handler it wakes take the next instance, and large batches still form under
+        # sustained load. The size reached is shared: a handler brought in by a full batch
+        # starts where the others are, and the first claim that is not full starts over.
+        grow = self._ramp
         while not self._stopping:
             single = time.monotonic() < self._single_until
             limit = 1 if single else min(grow, self._batch_size)
@@ -183,13 +186,15 @@ class WorkflowEventDispatcher:
             claimed: list[ClaimedTask] = []
             try:
                 with self._driver.claim_events(self._names, limit, self._per_instance) as batch:
+                    if len(batch.instances) < limit:
+                        self._ramp = 1
                     if not batch.instances:
                         return
                     if len(batch.instances) == limit:
                         # Probably more work: bring in another handler, even after a claim of
                         # one, so that instances enqueued in a burst run concurrently.
+                        grow = self._ramp = min(limit * 4, self._batch_size)
                         self._spread()
-                        grow = limit * 2
                     run = _Run(batch, len(batch.instances))
                     with self._watch:
                         if self._aborted:

@@ -152,8 +152,23 @@ def test_a_backlog_is_claimed_in_growing_batches_of_at_most_batch_size(
         driver.enqueue_workflow(WF, name, None)
     start_dispatcher(Flow(on_start=lambda inst, ev: inst.complete()), workers=1, batch_size=8)
     wait_for(lambda: finished.names() == names, what="every instance")
-    assert driver.claimed[:4] == [1, 2, 4, 8]
+    assert driver.claimed[:3] == [1, 4, 8]
     assert max(driver.claimed) == 8 and sum(driver.claimed) == 40
+
+
+def test_a_backlog_after_the_last_one_drained_starts_again_from_one_instance(
+    driver: ObservedDriver, finished: Finished, start_dispatcher: Callable[..., Any]
+) -> None:
+    first = [f"a{n:02}" for n in range(21)]
+    for name in first:
+        driver.enqueue_workflow(WF, name, None)
+    start_dispatcher(Flow(on_start=lambda inst, ev: inst.complete()), workers=1, batch_size=16)
+    wait_for(lambda: finished.names() == first, what="the first backlog")
+    assert driver.claimed == [1, 4, 16]  # and a claim that found nothing
+    second = [f"b{n:02}" for n in range(10)]
+    driver.enqueue_workflows([(WF, name, None) for name in second])
+    wait_for(lambda: finished.names() == first + second, what="the second backlog")
+    assert driver.claimed == [1, 4, 16, 1, 4, 5]
 
 
 def test_a_decision_the_store_refuses_fails_only_its_own_instance(
