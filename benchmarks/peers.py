@@ -254,6 +254,7 @@ def cereal_drain(server: Server, items: int, with_task: bool, workers: int = 1) 
     m.register_workflow_executor("wf", OneTask() if with_task else NoTask())
     if with_task:
         m.register_task_executor("noop", _noop, workers=workers)
+    m.driver.open()  # connected before the clock starts, as pgqueuer's side is
     with server.cost(server.cereal_db, items, count_statements=True) as cost:
         start = time.perf_counter()
         m.start()
