@@ -64,3 +64,37 @@ def test_a_pair_whose_latest_run_was_pruned_gets_its_new_run_marked(
         conn.execute("DELETE FROM workflow_results WHERE id = %s", (newest(driver, "a"),))
     record(driver, "a")
     assert latest(driver) == {"a": [newest(driver, "a")]}
+
+
+def test_recording_a_run_reads_a_few_index_entries_however_large_history_has_grown(
+    driver: PostgresDriver,
+) -> None:
+    with driver.connection() as conn:
+        # The trigger's statement is planned on this session's first call, on an empty
+        # table whose statistics say so.
+        conn.execute("ANALYZE workflow_results")
+        conn.execute(
+            "INSERT INTO workflow_results (workflow_name, instance_name, status, started_at)"
+            " VALUES ('w', 'first', 'completed', now())"
+        )
+        for chunk in range(10):  # then history grows, a batch at a time
+            conn.execute(
+                "INSERT INTO workflow_results (workflow_name, instance_name, status, started_at)"
+                " SELECT 'w', 'h' || %s || '-' || g, 'completed', now()"
+                " FROM generate_series(1, 500) g",
+                (chunk,),
+            )
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO workflow_results (workflow_name, instance_name, status, started_at)"
+                " VALUES ('w', 'first', 'completed', now()), ('w', 'new', 'completed', now())"
+            )
+            # Index entries and heap rows this transaction read from history.
+            row = conn.execute(
+                "SELECT (SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index"
+                "        WHERE indrelid = 'workflow_results'::regclass)"
+                "     + pg_stat_get_xact_tuples_returned('workflow_results'::regclass)"
+            ).fetchone()
+    assert row is not None
+    assert row[0] < 50, f"recording two runs read {row[0]} rows of history"
+    assert latest(driver)["first"] == [newest(driver, "first")]

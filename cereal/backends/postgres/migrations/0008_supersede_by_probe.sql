@@ -1,12 +1,16 @@
 -- Marking the previous latest run of each pair must cost one index probe per new run,
--- whatever the size of history. The first version of this function let the planner join
--- the new runs to all of history; its cached plan (made for the first, large statement)
--- sorted the whole table on every call. The LIMIT keeps each lookup a separate probe of
--- workflow_results_name for the pair's newest older run, which is the only one that can
--- still be marked latest. The plan is cached with the row count of the first statement, so
--- a large first insert would otherwise make every later call pay for JIT compilation.
+-- whatever the size of history. PL/pgSQL plans this statement once per session, on its
+-- first call, when history may be empty or its statistics old; the first version of the
+-- function, planned that way, sorted the whole table for a merge join on every call, or
+-- read every run of the workflow once per new run. Now each new run looks up its pair's
+-- newest older run (the only one that can still be marked latest) in the order of
+-- workflow_results_name, and the function's settings take sequential scans, bitmap scans
+-- and sorts off the table, which leaves that probe and a primary-key lookup as the only
+-- plans, and JIT, which an inflated row estimate would turn on for every call.
 CREATE OR REPLACE FUNCTION workflow_results_supersede() RETURNS trigger
-LANGUAGE plpgsql SET jit = off AS $$
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off SET jit = off
+AS $$
 BEGIN
     UPDATE workflow_results SET latest = false
     WHERE id = ANY (ARRAY(
@@ -16,7 +20,7 @@ BEGIN
             SELECT r.id, r.latest FROM workflow_results r
             WHERE r.workflow_name = n.workflow_name AND r.instance_name = n.instance_name
               AND r.id < n.id
-            ORDER BY r.id DESC
+            ORDER BY r.workflow_name, r.instance_name, r.id DESC
             LIMIT 1
         ) prev
         WHERE prev.latest))
