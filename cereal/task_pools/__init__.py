@@ -9,9 +9,10 @@ on one event loop thread (:mod:`~cereal.task_pools.runners`); the
 reusable :class:`~cereal.task_pools.batcher.Batcher`. :class:`TaskPools` ties them together
 and follows each claimed task through its :class:`TaskState`.
 
-Short sync tasks are claimed a little ahead: while their recent runs take under
-``PREFETCH_BELOW`` seconds, up to ``PREFETCH_FACTOR * workers`` more than the free workers
-are claimed, so the workers need not wait for a claim round trip between tasks and each
+Short sync tasks are claimed ahead: while their recent runs take under ``PREFETCH_BELOW``
+seconds, ``PREFETCH_FACTOR * workers`` more than the free workers are claimed, or as many as
+fit in ``PREFETCH_FACTOR * PREFETCH_BELOW`` seconds of queued work per worker up to
+``PREFETCH_MAX``, so the workers need not wait for a claim round trip between tasks and each
 claim, result write and event batch carries more tasks. The next claim comes once half of
 those claimed ahead have started (or a worker is idle), so that it, too, takes several. A
 claimed task that has not

@@ -23,15 +23,19 @@ from cereal.task_pools.watchdog import TimeoutWatchdog
 from cereal.task_pools.writer import ResultWriter
 from cereal.types import Task, TaskStatus
 
-__all__ = ["PREFETCH_BELOW", "PREFETCH_FACTOR", "TaskPools"]
+__all__ = ["PREFETCH_BELOW", "PREFETCH_FACTOR", "PREFETCH_MAX", "TaskPools"]
 
 log = get_logger("cereal.tasks")
 
 PREFETCH_BELOW = 0.05
 """Claim ahead for a sync task name while its runs average less than this (seconds)."""
 PREFETCH_FACTOR = 3
-"""How many tasks per worker to claim ahead (at most PREFETCH_FACTOR * PREFETCH_BELOW
-seconds of queued work per worker)."""
+"""How many tasks per worker to claim ahead at least (at most PREFETCH_FACTOR *
+PREFETCH_BELOW seconds of queued work per worker)."""
+PREFETCH_MAX = 32
+"""Shorter runs are claimed further ahead, as many as fit in those seconds of queued work per
+worker, up to this many per task name (or PREFETCH_FACTOR per worker, if more): one worker
+running millisecond tasks then takes them by the dozen, not three at a time."""
 
 
 class TaskPools:
@@ -278,6 +282,8 @@ class TaskPools:
         ahead = 0
         if recent is not None and recent < PREFETCH_BELOW and name in self._sync:
             ahead = PREFETCH_FACTOR * reg.workers
+            fit = int(PREFETCH_FACTOR * PREFETCH_BELOW * reg.workers / max(recent, 1e-6))
+            ahead = max(ahead, min(fit, PREFETCH_MAX))
         free = limit + ahead - self._busy[name] - self._reserved[name]
         # Claiming ahead, claim again once half of what waits is used, not after each run:
         # a claim then takes several tasks. A worker never idles for it: while one is idle,

@@ -14,6 +14,7 @@ import pytest
 from cereal.driver import StepOutcome
 from cereal.executors import task_callable
 from cereal.task_pools import TaskPools, TaskRegistration
+from cereal.task_pools.pools import PREFETCH_MAX
 from cereal.testing import MemoryDriver
 from cereal.types import Task, WorkflowStatus
 from cereal.workflow import PendingTask
@@ -202,6 +203,34 @@ def test_stop_cancels_running_tasks_and_hands_back_claimed_ones_that_never_start
     pools.stop(5)
     assert ran.count("later") == 0
     assert queued_and_claimed(driver, "t") == (3, 0)  # "block" reported, the rest back
+
+
+def test_a_single_worker_claims_millisecond_tasks_by_the_dozen(
+    driver: CountingDriver, start_pools: Callable[..., TaskPools]
+) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    def work(task: Task) -> Any:
+        if task.parameters == "block":
+            started.set()
+            release.wait(10)
+        return task.parameters
+
+    warm = queue_tasks(driver, "t", ["warm-up"] * 5, instance_name="warm")
+    start_pools(t=(work, 1, None))
+    wait_for(lambda: len(reported(driver, warm)) == 5, what="the warm-up tasks")
+    # Runs of microseconds: PREFETCH_MAX tasks fit in the queued-work budget of one worker.
+    queue_tasks(driver, "t", ["block"] + ["later"] * 60, instance_name="main")
+    assert started.wait(5)
+    try:
+        wait_for(
+            lambda: queued_and_claimed(driver, "t")[1] == 1 + PREFETCH_MAX,
+            what="tasks claimed ahead",
+        )
+        assert queued_and_claimed(driver, "t") == (60 - PREFETCH_MAX, 1 + PREFETCH_MAX)
+    finally:
+        release.set()
 
 
 def test_heartbeats_keep_running_tasks_and_forget_drops_tasks_whose_rows_are_gone(
