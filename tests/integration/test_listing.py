@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from cereal import Manager, WorkflowInstanceInfo, WorkflowStatus
+from cereal.backends.postgres.listing import Listing
+from cereal.backends.postgres.queries import load_queries
 from cereal.errors import CerealError
 from tests.helpers.recorders import Flow
 from tests.helpers.waiting import wait_for
@@ -241,3 +243,30 @@ def test_limit_one_pages_one_row_at_a_time(make_manager: MakeManager) -> None:
         record_run(m, "w", f"i{i}", BASE + timedelta(seconds=i))
     assert pairs(page_through(m, 1)) == [("w", "i2"), ("w", "i1"), ("w", "i0")]
     assert m.list_workflow_instances(limit=10_000) != []
+
+
+def test_a_page_of_failed_runs_reads_one_page_of_history(make_manager: MakeManager) -> None:
+    m = make_manager()
+    with m.driver.connection() as conn:
+        conn.execute(
+            "INSERT INTO workflow_results (workflow_name, instance_name, status, error,"
+            " started_at) SELECT 'w', 'f' || g, CASE WHEN g %% 20 = 0 THEN 'failed'"
+            " ELSE 'completed' END, NULL, %s::timestamptz + g * interval '1 second'"
+            " FROM generate_series(1, 60000) g",
+            (BASE,),
+        )
+        conn.execute("ANALYZE workflow_results")
+        listing = Listing.of(None, None, None, WorkflowStatus.FAILED, 20, None)
+        assert listing.statement is not None
+        with conn.transaction():
+            rows = conn.execute(
+                load_queries()[listing.statement], listing.params, prepare=False
+            ).fetchall()
+            # Index entries and rows this transaction read from history.
+            read = conn.execute(
+                "SELECT (SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index"
+                "        WHERE indrelid = 'workflow_results'::regclass)"
+                "     + pg_stat_get_xact_tuples_returned('workflow_results'::regclass)"
+            ).fetchone()
+    assert [r[1] for r in rows] == [f"f{g}" for g in range(60000, 59600, -20)]
+    assert read is not None and read[0] < 200, f"one page read {read[0]} rows of history"
