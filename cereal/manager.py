@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 import threading
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = ["Manager"]
 
 log = get_logger("cereal.manager")
+_stdlib_log = logging.getLogger("cereal.manager")
 
 _DRIVER_METHODS = (
     "open",
@@ -325,14 +327,16 @@ class Manager(ScheduleOperations):
 
     def _on_finished(self, runs: list[WorkflowInstanceInfo]) -> None:
         self._signal_finished()
+        logged = _stdlib_log.isEnabledFor(logging.INFO)  # skips building records nobody reads
         for info in runs:
-            self.log.info(
-                "workflow finished",
-                workflow=info.workflow_name,
-                instance=info.instance_name,
-                status=info.status.value,
-                error=info.error,
-            )
+            if logged:
+                self.log.info(
+                    "workflow finished",
+                    workflow=info.workflow_name,
+                    instance=info.instance_name,
+                    status=info.status.value,
+                    error=info.error,
+                )
             if self.config.on_workflow_complete is not None:
                 try:
                     self.config.on_workflow_complete(info)

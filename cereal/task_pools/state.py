@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import inspect
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cereal.driver import ClaimedTask
@@ -25,12 +25,14 @@ class TaskRegistration:
     workers: int
     timeout: float | None
     retry: RetryPolicy | None = None
+    is_async: bool = field(init=False)
+    """``fn`` is an ``async def`` function (or an object whose ``__call__`` is one)."""
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(
+    def __post_init__(self) -> None:
+        is_async = inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(
             getattr(self.fn, "__call__", None)  # noqa: B004
         )
+        object.__setattr__(self, "is_async", is_async)
 
 
 class TaskState(enum.Enum):
