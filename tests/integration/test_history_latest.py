@@ -3,6 +3,11 @@ statement records runs and however many runs a pair already has."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
+from psycopg import Connection
+
 from cereal.backends.postgres import PostgresDriver
 
 
@@ -66,35 +71,36 @@ def test_a_pair_whose_latest_run_was_pruned_gets_its_new_run_marked(
     assert latest(driver) == {"a": [newest(driver, "a")]}
 
 
-def test_recording_a_run_reads_a_few_index_entries_however_large_history_has_grown(
-    driver: PostgresDriver,
+def test_recording_runs_reads_a_few_index_entries_however_large_history_has_grown(
+    driver: PostgresDriver, pg_dsn: str, schema: str
 ) -> None:
-    with driver.connection() as conn:
+    driver.list_workflow_instances()  # migrated
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT set_config('search_path', %s, false)", (schema,))
         # The trigger's statement is planned on this session's first call, on an empty
         # table whose statistics say so.
         conn.execute("ANALYZE workflow_results")
-        conn.execute(
-            "INSERT INTO workflow_results (workflow_name, instance_name, status, started_at)"
-            " VALUES ('w', 'first', 'completed', now())"
-        )
-        for chunk in range(10):  # then history grows, a batch at a time
-            conn.execute(
-                "INSERT INTO workflow_results (workflow_name, instance_name, status, started_at)"
-                " SELECT 'w', 'h' || %s || '-' || g, 'completed', now()"
-                " FROM generate_series(1, 500) g",
-                (chunk,),
-            )
+        record_in(conn, "first", 1)
+        for chunk in range(20):  # then history grows, a batch at a time
+            record_in(conn, f"h{chunk}-", 500)
         with conn.transaction():
-            conn.execute(
-                "INSERT INTO workflow_results (workflow_name, instance_name, status, started_at)"
-                " VALUES ('w', 'first', 'completed', now()), ('w', 'new', 'completed', now())"
-            )
-            # Index entries and heap rows this transaction read from history.
+            record_in(conn, "new", 100)
+            record_in(conn, "first", 1)
+            # Index entries and rows this transaction read from history.
             row = conn.execute(
                 "SELECT (SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index"
                 "        WHERE indrelid = 'workflow_results'::regclass)"
                 "     + pg_stat_get_xact_tuples_returned('workflow_results'::regclass)"
             ).fetchone()
     assert row is not None
-    assert row[0] < 50, f"recording two runs read {row[0]} rows of history"
-    assert latest(driver)["first"] == [newest(driver, "first")]
+    assert row[0] < 500, f"recording 101 runs read {row[0]} rows of history"
+    assert latest(driver)["first1"] == [newest(driver, "first1")]
+
+
+def record_in(conn: Connection[Any], prefix: str, count: int) -> None:
+    """Record ``count`` runs named ``prefix1`` .. ``prefixN`` in one statement."""
+    conn.execute(
+        "INSERT INTO workflow_results (workflow_name, instance_name, status, started_at)"
+        " SELECT 'w', %s || g, 'completed', now() FROM generate_series(1, %s) g",
+        (prefix, count),
+    )
