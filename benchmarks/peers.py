@@ -80,6 +80,8 @@ class Cost:
     commits: float
     wal_bytes: float
     statements: float | None  # counted on cereal's client; None for the peer
+    server_ms: float | None = None
+    """Execution time of the side's top-level statements (pg_stat_statements), when loaded."""
 
 
 @dataclass
@@ -152,6 +154,16 @@ class Server:
             self.preloaded = str(row[0]) if row else ""
         self.cereal_dsn = make_conninfo(self.server_dsn, dbname=self.cereal_db)
         self.peer_dsn = make_conninfo(self.server_dsn, dbname=self.peer_db)
+        # pg_stat_statements counts the whole server; its view is read from a database of
+        # this run (created there, dropped with it).
+        self.statement_times = False
+        if "pg_stat_statements" in self.preloaded:
+            try:
+                with psycopg.connect(self.cereal_dsn, autocommit=True) as conn:
+                    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                self.statement_times = True
+            except psycopg.Error:
+                pass
 
     def cleanup(self) -> None:
         with psycopg.connect(self.server_dsn, autocommit=True) as conn:
@@ -160,8 +172,9 @@ class Server:
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
 
-    def counters(self, dbname: str) -> tuple[int, int]:
-        """(commits in ``dbname`` so far, current WAL position in bytes)."""
+    def counters(self, dbname: str) -> tuple[int, int, float]:
+        """(commits in ``dbname`` so far, current WAL position in bytes, milliseconds of
+        top-level statement execution in ``dbname`` so far, 0 without pg_stat_statements)."""
         # Backends publish their counters when they exit or at most once a second while
         # idle; the drains close their connections before this is read.
         time.sleep(0.3)
@@ -172,25 +185,35 @@ class Server:
                 (dbname,),
             ).fetchone()
         assert row is not None
-        return int(row[0] or 0), int(row[1])
+        spent = 0.0
+        if self.statement_times:
+            with psycopg.connect(self.cereal_dsn, autocommit=True) as conn:
+                took = conn.execute(
+                    "SELECT sum(s.total_exec_time) FROM pg_stat_statements s"
+                    " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s AND s.toplevel",
+                    (dbname,),
+                ).fetchone()
+            spent = float(took[0] or 0.0) if took else 0.0
+        return int(row[0] or 0), int(row[1]), spent
 
     @contextmanager
     def cost(self, dbname: str, items: int, count_statements: bool) -> Iterator[list[Cost]]:
         """Measure the cost per item of the block; the result is appended to the yielded list."""
         out: list[Cost] = []
-        commits0, wal0 = self.counters(dbname)
+        commits0, wal0, spent0 = self.counters(dbname)
         counter = _StatementCounter()
         if count_statements:
             with counter:
                 yield out
         else:
             yield out
-        commits1, wal1 = self.counters(dbname)
+        commits1, wal1, spent1 = self.counters(dbname)
         out.append(
             Cost(
                 commits=(commits1 - commits0) / items,
                 wal_bytes=(wal1 - wal0) / items,
                 statements=counter.count / items if count_statements else None,
+                server_ms=(spent1 - spent0) / items if self.statement_times else None,
             )
         )
 
@@ -587,18 +610,23 @@ def report(
     lines.append(
         "\nCost per item, median over rounds (WAL is server-wide: other clients add to it)"
     )
-    lines.append(f"  {'drain':<24}{'commits':>9}{'WAL bytes':>11}{'statements':>12}")
+    lines.append(
+        f"  {'drain':<24}{'commits':>9}{'WAL bytes':>11}{'statements':>12}{'server us':>11}"
+    )
     for name, spent in costs.items():
         stmts = [c.statements for c in spent if c.statements is not None]
         shown = f"{_median(stmts):>12.1f}" if stmts else f"{'n/a':>12}"
+        times = [c.server_ms * 1000 for c in spent if c.server_ms is not None]
+        timed = f"{_median(times):>11.0f}" if times else f"{'n/a':>11}"
         lines.append(
             f"  {name:<24}{_median([c.commits for c in spent]):>9.2f}"
-            f"{_median([c.wal_bytes for c in spent]):>11.0f}{shown}"
+            f"{_median([c.wal_bytes for c in spent]):>11.0f}{shown}{timed}"
         )
-    loaded = "pg_stat_statements" in server.preloaded
+    lines.append("  statements: counted on cereal's client")
     lines.append(
-        "  statements: counted on cereal's client (pg_stat_statements is "
-        + ("loaded here, for server-side time per statement)" if loaded else "not loaded here)")
+        "  server us: microseconds of top-level statement execution per item, from"
+        " pg_stat_statements"
+        + ("" if server.statement_times else " (not loaded on this server: n/a)")
     )
     lines.append(
         f"\nPostgreSQL {server.version}; Python {sys.version.split()[0]}; "
