@@ -596,11 +596,14 @@ class Driver(Protocol):
         ...
 
     def run_due_schedule(
-        self, next_due: Callable[[str, datetime], datetime | None]
+        self,
+        next_due: Callable[[str, datetime], datetime | None],
+        trace_context: str | None = None,
     ) -> DueRun | None:
         """Handle the most overdue enabled schedule nobody else holds, in one transaction:
-        enqueue its instance unless the previous run is live, then move it to
-        ``next_due(recurrence, now)`` (disabling it on None, or when ``next_due`` raises
+        enqueue its instance unless the previous run is live (storing ``trace_context`` with
+        it, as :meth:`enqueue_workflow` does), then move it to ``next_due(recurrence, now)``
+        (disabling it on None, or when ``next_due`` raises
         ``ValueError``/``ArithmeticError``/``TypeError``). None when nothing is due."""
         ...
 

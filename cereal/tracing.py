@@ -73,6 +73,9 @@ class Span:
     def finish(self, outcome: str, error: str | None = None) -> None:
         """Record the decision or task status (and the error, if it failed)."""
 
+    def name_run(self, workflow_name: str, instance_name: str) -> None:
+        """Say which run a :func:`schedule_span` enqueued (only that span keeps it)."""
+
 
 _NOOP = Span()
 
@@ -193,6 +196,32 @@ class _Recording(Span):
         return json.dumps(carrier, separators=(",", ":"), sort_keys=True) if carrier else None
 
 
+class _Scheduled(_Recording):
+    """A scheduler pass's span: recorded only once :meth:`name_run` says it enqueued a run."""
+
+    __slots__ = ("_named",)
+
+    def __init__(self, tracer: Any) -> None:
+        super().__init__(tracer, "cereal.schedule", "PRODUCER", {}, "cereal.enqueued", None)
+        self._named = False
+
+    def name_run(self, workflow_name: str, instance_name: str) -> None:
+        self._named = True
+        self._span.update_name(f"cereal.schedule {workflow_name}")
+        self._span.set_attributes({ATTR_WORKFLOW: workflow_name, ATTR_INSTANCE: instance_name})
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._named or exc is not None:
+            super().__exit__(exc_type, exc, tb)
+        else:  # nothing was due: a span never ended is never exported
+            _otel[1].detach(self._token)  # type: ignore[index]
+
+
 def _decode(text: str) -> dict[str, str] | None:
     try:
         carrier = json.loads(text)
@@ -217,6 +246,17 @@ def enqueue_span(workflow_name: str, instance_name: str) -> Span:
         "cereal.enqueued",
         None,
     )
+
+
+def schedule_span() -> Span:
+    """The span of one scheduler pass that may enqueue a scheduled run. Its
+    :attr:`Span.context` is stored with the run, whose callbacks and tasks then form one
+    trace under it; :meth:`Span.name_run` names the run. A pass that enqueues nothing
+    records nothing."""
+    tracer = _tracer()
+    if tracer is None:
+        return _NOOP
+    return _Scheduled(tracer)
 
 
 def bulk_enqueue_span(items: Sequence[tuple[str, str, Any]]) -> Span:

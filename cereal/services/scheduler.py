@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cereal import instrumentation
+from cereal import instrumentation, tracing
 from cereal.driver import Driver
 from cereal.schedules import next_due_after
 from cereal.services.base import PeriodicService
@@ -37,7 +37,10 @@ class Scheduler(PeriodicService):
 
     def run_once(self) -> float | None:
         while not self.stopping:
-            run = self._driver.run_due_schedule(next_due_after)
+            with tracing.schedule_span() as span:
+                run = self._driver.run_due_schedule(next_due_after, span.context)
+                if run is not None and run.enqueued:
+                    span.name_run(run.workflow_name, run.instance_name)
             if run is None:
                 break
             log = self.log.bind(workflow=run.workflow_name, instance=run.instance_name)

@@ -899,7 +899,9 @@ class MemoryDriver:
         return found
 
     def run_due_schedule(
-        self, next_due: Callable[[str, datetime], datetime | None]
+        self,
+        next_due: Callable[[str, datetime], datetime | None],
+        trace_context: str | None = None,
     ) -> DueRun | None:
         """Run the most overdue enabled schedule nobody holds: enqueue its instance unless
         the previous run is live, then move it to ``next_due(recurrence, now)``. A None
@@ -941,7 +943,7 @@ class MemoryDriver:
                     )
                     sched.enabled = False
                     return DueRun(*pair, due_at, now, False, None, problem)
-                enqueued = s.insert_instance(pair, sched.parameters, now) is not None
+                enqueued = s.insert_instance(pair, sched.parameters, now, trace_context) is not None
                 if enqueued:
                     sched.last_enqueued_at = now
                     s.emit([EventsPending(pair[0])])

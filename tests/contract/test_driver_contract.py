@@ -1217,6 +1217,18 @@ def test_a_bulk_enqueue_stores_its_trace_context_with_every_instance(
         ]
 
 
+def test_a_scheduled_run_stores_the_trace_context_it_was_run_with(
+    contract_driver: Driver,
+) -> None:
+    d = contract_driver
+    require(d, "run_due_schedule", "trace_context")
+    _schedule(d, "traced", -timedelta(minutes=1))
+    run = d.run_due_schedule(lambda rule, now: now + HOUR, '{"traceparent":"00-s"}')
+    assert run is not None and run.enqueued
+    with claim(d) as batch:
+        assert instance_of(batch, "traced").trace_context == '{"traceparent":"00-s"}'
+
+
 def test_vacuum_queues_with_too_few_dead_rows_does_nothing(contract_driver: Driver) -> None:
     d = contract_driver
     require(d, "vacuum_queues")

@@ -196,9 +196,11 @@ class Delegating:
         return self._call("list_schedules", workflow_name, instance_name)  # type: ignore[no-any-return]
 
     def run_due_schedule(
-        self, next_due: Callable[[str, datetime], datetime | None]
+        self,
+        next_due: Callable[[str, datetime], datetime | None],
+        trace_context: str | None = None,
     ) -> DueRun | None:
-        return self._call("run_due_schedule", next_due)  # type: ignore[no-any-return]
+        return self._call("run_due_schedule", next_due, trace_context)  # type: ignore[no-any-return]
 
     def seconds_until_next_schedule(self) -> float | None:
         return self._call("seconds_until_next_schedule")  # type: ignore[no-any-return]

@@ -5,14 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from cereal import Manager, WorkflowStatus
-from cereal.testing import MemoryDriver
+from cereal.driver import SchedulesChanged
+from cereal.testing import MemoryDriver, MemoryStore
 from cereal.tracing import (
     ATTR_DECISION,
     ATTR_EVENT_KIND,
@@ -22,9 +25,11 @@ from cereal.tracing import (
     ATTR_WORKFLOW,
 )
 from tests.helpers.doubler import Doubler, double
+from tests.helpers.memory import T0, Clock
 from tests.helpers.processes import ROOT
 from tests.helpers.spans import SpanRecord, record_of, recorded_spans, tree
 from tests.helpers.timings import FAST_MANAGER_OPTIONS
+from tests.helpers.waiting import wait_for
 
 
 @pytest.fixture
@@ -168,3 +173,29 @@ def test_without_an_sdk_nothing_is_stored_or_recorded(mode: str) -> None:
         [sys.executable, "-c", NO_SDK, mode], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_a_scheduled_run_is_one_trace_under_its_schedule_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    clock = Clock(T0)
+    store = MemoryStore(clock=clock)
+    manager = Manager(MemoryDriver(store=store), **FAST_MANAGER_OPTIONS)
+    manager.register_workflow_executor("pair", Doubler())
+    manager.register_task_executor("double", double)
+    manager.create_workflow_schedule(
+        "pair", "hourly", 5, recurrence="DTSTART:20300101T010000Z\nRRULE:FREQ=HOURLY"
+    )
+    with manager:
+        time.sleep(0.2)  # scheduler passes that find nothing due record nothing
+        assert _records(spans) == []
+        clock.advance(timedelta(hours=1))
+        with store.lock:
+            store.emit([SchedulesChanged()])
+        wait_for(lambda: len(_records(spans)) == 4, what="the scheduled run's spans")
+        assert manager.await_workflow("pair", "hourly", timeout=10).result == 10
+    records = _records(spans)
+    (root,) = [r for r in records if r.parent_id is None]
+    assert tree(records, root) == {**ONE_RUN, "name": "cereal.schedule pair"}
+    assert root.attributes[ATTR_INSTANCE] == "hourly"
+    assert {r.trace_id for r in records} == {root.trace_id}

@@ -503,11 +503,13 @@ class PostgresDriver:
         return self._schedules.select(workflow_name, instance_name)
 
     def run_due_schedule(
-        self, next_due: Callable[[str, datetime], datetime | None]
+        self,
+        next_due: Callable[[str, datetime], datetime | None],
+        trace_context: str | None = None,
     ) -> DueRun | None:
         """Handle the most overdue enabled schedule nobody else holds (see
         :meth:`cereal.driver.Driver.run_due_schedule`)."""
-        return self._schedules.run_due(next_due)
+        return self._schedules.run_due(next_due, trace_context)
 
     def seconds_until_next_schedule(self) -> float | None:
         """Seconds until the earliest enabled schedule is due (negative when overdue)."""

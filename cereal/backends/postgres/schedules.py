@@ -124,7 +124,11 @@ class ScheduleStatements:
             )
         return [schedule(r) for r in rows]
 
-    def run_due(self, next_due: Callable[[str, datetime], datetime | None]) -> DueRun | None:
+    def run_due(
+        self,
+        next_due: Callable[[str, datetime], datetime | None],
+        trace_context: str | None = None,
+    ) -> DueRun | None:
         """Handle the most overdue schedule in one transaction; None when nothing is due.
 
         Enqueues the instance unless the previous run is still live (that occurrence is then
@@ -160,7 +164,7 @@ class ScheduleStatements:
                         "workflow_name": workflow_name,
                         "instance_name": instance_name,
                         "parameters": dumps(params),
-                        "trace_context": None,
+                        "trace_context": trace_context,
                         "channel": self._channel,
                     },
                 ).fetchall()
