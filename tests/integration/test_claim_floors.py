@@ -13,6 +13,7 @@ import pytest
 
 from cereal.backends.postgres import PostgresDriver
 from cereal.backends.postgres.floors import TaskFloors
+from cereal.backends.postgres.queries import load_queries
 from cereal.driver import StepOutcome
 from cereal.types import WorkflowStatus
 from cereal.workflow import PendingTask
@@ -166,3 +167,29 @@ def test_a_task_due_at_the_earliest_date_is_claimed_and_leaves_the_floor_alone(
     step(driver, "a", tasks=[PendingTask("t", js("first"), start_at=earliest)])
     assert [t.parameters for t in driver.claim_tasks({"t": 5}, OWNER)[0]] == ["first"]
     assert driver._task_floors.current(["t"]) == [None]
+
+
+def test_a_claim_reads_the_pending_events_not_the_instances_waiting_for_tasks(
+    driver: PostgresDriver, raw: psycopg.Connection
+) -> None:
+    # 3,000 live instances whose start events were handled (they wait for their tasks), and
+    # above them a few with events pending: a claim must not read the 3,000.
+    driver.enqueue_workflows([(W, f"waiting{n}", None) for n in range(3000)])
+    raw.execute("DELETE FROM workflow_events")
+    raw.commit()
+    raw.autocommit = True
+    raw.execute("VACUUM workflow_events")
+    raw.autocommit = False
+    driver.enqueue_workflows([(W, f"pending{n}", None) for n in range(5)])
+    claim = load_queries()["lock_instances_with_events"]
+    params = {"floor": 0, "names": [W], "limit": 10, "mark_id": None, "mark_xid": None}
+    rows = raw.execute(claim, params).fetchall()
+    # Heap rows and index entries of workflow_instances this transaction read.
+    read = raw.execute(
+        "SELECT pg_stat_get_xact_tuples_fetched('workflow_instances'::regclass)"
+        " + (SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index"
+        "    WHERE indrelid = 'workflow_instances'::regclass)"
+    ).fetchone()
+    raw.rollback()
+    assert len([r for r in rows if r[0] is not None]) == 5
+    assert read is not None and read[0] < 100, f"the claim read {read[0]} instance rows"

@@ -236,27 +236,32 @@ SELECT (
 -- name: lock_instances_with_events
 -- Claim instances of the given workflows that have pending events, oldest instance first.
 -- The row lock serialises the events of one instance across every process; SKIP LOCKED lets
--- others take the rest. The scan reads the primary key of workflow_instances up from the
--- process's floor (floors.py): below it are only entries of finished instances, which stay
--- until VACUUM. The last row (id NULL) carries the new floor, when the mark passed in is
--- ripe (every transaction that wrote an instance up to mark_id has ended): the lowest live
--- instance of these workflows, capped at mark_id + 1; and a new mark: the highest instance
--- id locked here, with an xid taken after this snapshot.
+-- others take the rest. The scan reads workflow_events_instance up from the process's floor
+-- (floors.py): below it are only entries of finished instances, which stay until VACUUM.
+-- It walks the pending events and looks each instance up, never the other way round: the
+-- live instances between the floor and the next pending event (those waiting for their
+-- tasks, a million behind a large backlog) have no entry there, while a walk of the
+-- primary key would read every one of them on every claim. The lookup locks inside its own
+-- subquery, which keeps it a nested loop that stops at the limit.
+-- The last row (id NULL) carries the new floor, when the mark passed in is ripe (every
+-- transaction that wrote an instance up to mark_id has ended): the lowest live instance of
+-- these workflows, capped at mark_id + 1; and a new mark: the highest instance id locked
+-- here, with an xid taken after this snapshot.
 -- The ids locked are also kept in a transaction-local setting, for fetch_events, which runs
 -- next in the same pipeline.
 WITH locked AS (
     SELECT i.id, i.workflow_name, i.instance_name, i.parameters, i.payload, i.status,
            i.enqueued_tasks, i.completed_tasks, i.started_at, i.trace_context
-    FROM workflow_instances i
-    WHERE i.id >= %(floor)s
-      -- The floor on both sides: a merge join would read workflow_events_instance from its
-      -- lowest key, where the events of finished instances lie until VACUUM.
-      AND i.id IN (SELECT e.instance_id FROM workflow_events e
-                   WHERE e.instance_id >= %(floor)s)
-      AND i.workflow_name = ANY(%(names)s)
-    ORDER BY i.id
+    FROM (SELECT DISTINCT e.instance_id FROM workflow_events e
+          WHERE e.instance_id >= %(floor)s
+          ORDER BY e.instance_id) pending
+    CROSS JOIN LATERAL (
+        SELECT * FROM workflow_instances i
+        WHERE i.id = pending.instance_id AND i.workflow_name = ANY(%(names)s)
+        FOR NO KEY UPDATE OF i SKIP LOCKED
+    ) i
+    ORDER BY pending.instance_id
     LIMIT %(limit)s
-    FOR NO KEY UPDATE OF i SKIP LOCKED
 ), mark AS (
     SELECT max(id) AS mark_id,
            set_config('cereal.locked_instances', coalesce(string_agg(id::text, ','), ''), true)
