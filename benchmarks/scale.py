@@ -132,6 +132,10 @@ class Scale:
             cur = conn.execute(statement, params)
             return cur.fetchall() if cur.description else []
 
+    def wal_position(self, schema: str) -> int:
+        """The server's current WAL position, in bytes (server-wide)."""
+        return int(self.sql(schema, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")[0][0])
+
     def new_schema(self) -> str:
         schema = "scale_" + uuid.uuid4().hex[:8]
         PostgresDriver(self.dsn, schema=schema).open()  # migrate
@@ -211,9 +215,16 @@ class Scale:
                 m.enqueue_workflow("w1", f"{tag}-s{i}", {"tasks": 1})
             f["enqueue, one call at a time /s"] = s.singles / (time.perf_counter() - start)
             items = [("w1", f"{tag}-b{i}", {"tasks": 1}) for i in range(s.bulk)]
+            wal = self.wal_position(schema)
             start = time.perf_counter()
             skipped = m.enqueue_workflows(items)
             f[f"enqueue_workflows ({s.bulk:,} a call) /s"] = s.bulk / (time.perf_counter() - start)
+            # Right after a checkpoint starts, each index page an insert touches first is
+            # written whole to the WAL (full_page_writes): a bulk insert then writes many
+            # times its usual WAL and slows down with it.
+            f["enqueue_workflows WAL bytes per instance"] = (
+                self.wal_position(schema) - wal
+            ) / s.bulk
             assert not skipped, "bulk enqueue skipped new pairs"
             self._reads(m, schema, f, live_tag=tag, backlog=backlog)
             for name, table, indexes in self.sql(
