@@ -204,8 +204,12 @@ class Scale:
         s = self.sizes
         point = Point(label)
         f = point.figures
-        self.add_backlog(schema, backlog - s.singles - s.bulk, tag)
-        self.sql(schema, "ANALYZE")
+        generated = backlog - s.singles - s.bulk
+        self.add_backlog(schema, generated, tag)
+        if generated > 0:
+            # Statistics for what was written straight into the tables. Not for empty ones:
+            # a table analysed empty and then filled in one statement is planned as tiny.
+            self.sql(schema, "ANALYZE")
         done = threading.Semaphore(0)
         m = self.manager(schema, on_workflow_complete=lambda info: done.release())
         drained = False

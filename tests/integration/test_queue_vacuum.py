@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import threading
 
+import psycopg
+
 from cereal.backends.postgres import PostgresDriver
+from cereal.backends.postgres.listing import BulkEnqueue
 from cereal.backends.postgres.migrations import LOCK_NAMESPACE
+from cereal.backends.postgres.queries import load_queries
 from tests.helpers.waiting import wait_for
 
 
@@ -84,3 +88,33 @@ def test_a_queue_that_grew_without_statistics_is_analyzed(
     assert analyzed(driver, schema, "workflow_instances")
     assert analyzed(driver, schema, "workflow_events")
     assert driver.vacuum_queues(10**9) == []  # fresh statistics: nothing more to do
+
+
+def test_a_drained_queue_keeps_its_pages_so_the_next_burst_checks_keys_by_index(
+    driver: PostgresDriver, pg_dsn: str, schema: str
+) -> None:
+    driver.enqueue_workflows([("w", f"old{n}", None) for n in range(2000)])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT set_config('search_path', %s, false)", (schema,))
+        conn.execute("DELETE FROM workflow_instances")  # drained
+        conn.execute("VACUUM ANALYZE workflow_instances, workflow_events")
+        pages = conn.execute("SELECT pg_relation_size('workflow_instances') / 8192").fetchone()
+        assert pages is not None and pages[0] > 0
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT set_config('search_path', %s, false)", (schema,))
+        queries = load_queries()
+        for n in range(10):  # the session settles on its plan for the events' key check
+            one = {"workflow_name": "w", "instance_name": f"one{n}", "parameters": None}
+            conn.execute(
+                queries["enqueue_workflow"],
+                one | {"trace_context": None, "channel": driver.channel},
+            )
+        burst = BulkEnqueue.of([("w", f"new{n}", None) for n in range(2000)])
+        params = burst.params(None, driver.channel)
+        assert params is not None
+        with conn.transaction():
+            conn.execute(queries["enqueue_workflows"], params).fetchall()
+            row = conn.execute(
+                "SELECT pg_stat_get_xact_tuples_returned('workflow_instances'::regclass)"
+            ).fetchone()
+    assert row is not None and row[0] < 1000, f"the burst read {row[0]} rows sequentially"
