@@ -223,9 +223,9 @@ class Scale:
             start = time.perf_counter()
             skipped = m.enqueue_workflows(items)
             f[f"enqueue_workflows ({s.bulk:,} a call) /s"] = s.bulk / (time.perf_counter() - start)
-            # Right after a checkpoint starts, each index page an insert touches first is
-            # written whole to the WAL (full_page_writes): a bulk insert then writes many
-            # times its usual WAL and slows down with it.
+            # What the server wrote for it: tells a slow point caused by WAL volume (the
+            # full-page images of index pages first touched after a checkpoint starts)
+            # from one caused by plans, whose WAL per instance stays the same.
             f["enqueue_workflows WAL bytes per instance"] = (
                 self.wal_position(schema) - wal
             ) / s.bulk

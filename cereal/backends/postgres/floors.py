@@ -1,12 +1,13 @@
 """Where this process's claims start reading the queue indexes.
 
-Finished instances are deleted, and claimed tasks move out of the queued state, so the low
-end of ``workflow_instances``' primary key and of ``tasks_queued`` fills with entries of dead
-rows until VACUUM removes them. A claim that starts from the lowest key steps over all of them
-on every batch: with 240,000 of a million instances drained and no VACUUM yet, that was 40 ms
-a claim, and the drain slowed as it went. Each claim here starts at a floor instead, and one
-claim in every ``FULL_SCAN_EVERY`` seconds still reads from the lowest key, so whatever the
-floor misses waits that long at most.
+Handled events and finished instances are deleted, and claimed tasks move out of the queued
+state, so the low end of the indexes claims walk (``workflow_events_instance`` for events,
+``tasks_queued`` for tasks) fills with entries of dead rows until VACUUM removes them. A claim
+that starts from the lowest key steps over all of them on every batch: with 240,000 of a
+million instances drained and no VACUUM yet, that was 40 ms a claim (when event claims still
+walked the primary key of ``workflow_instances``), and the drain slowed as it went. Each
+claim here starts at a floor instead, and one claim in every ``FULL_SCAN_EVERY`` seconds still
+reads from the lowest key, so whatever the floor misses waits that long at most.
 
 Instances. ``EventFloor.floor`` is an instance id below which no instance of these workflows
 is live. A claim reports a mark: ``mark_id``, the highest instance id it locked (so committed

@@ -671,16 +671,18 @@ SELECT pg_advisory_unlock(%(lock_ns)s, hashtext(%(lock_key)s)) AS unlocked;
 -- trail the last second or so of writes): VACUUM for those with at least min_dead dead rows,
 -- ANALYZE for those changed by at least min_changed rows and a fifth of their size since
 -- their statistics were taken. Without statistics (a new schema, autovacuum off or not yet
--- there) the planner guesses that a workflow name matches a few rows and walks the name
--- index instead of the primary key from the claim floor: a claim then reads every live
--- instance.
-SELECT relname, n_dead_tup >= %(min_dead)s AS vacuum,
-       n_mod_since_analyze >= greatest(%(min_changed)s, n_live_tup / 5) AS analyze
-FROM pg_stat_user_tables
-WHERE schemaname = %(schema)s
-  AND relname IN ('workflow_instances', 'workflow_events', 'tasks')
-  AND (n_dead_tup >= %(min_dead)s
-       OR n_mod_since_analyze >= greatest(%(min_changed)s, n_live_tup / 5))
+-- there) the planner guesses that a workflow name matches a few rows and plans claims to
+-- read and sort every live instance of the workflow instead of walking from the floor.
+SELECT relname, vacuum_due, analyze_due
+FROM (
+    SELECT relname, n_dead_tup,
+           n_dead_tup >= %(min_dead)s AS vacuum_due,
+           n_mod_since_analyze >= greatest(%(min_changed)s, n_live_tup / 5) AS analyze_due
+    FROM pg_stat_user_tables
+    WHERE schemaname = %(schema)s
+      AND relname IN ('workflow_instances', 'workflow_events', 'tasks')
+) queue
+WHERE vacuum_due OR analyze_due
 ORDER BY n_dead_tup DESC;
 
 -- name: prune_history
