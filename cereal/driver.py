@@ -550,6 +550,16 @@ class Driver(Protocol):
         """Put claimed tasks that never started back in the queue."""
         ...
 
+    def release_unknown_tasks(self, known: Sequence[int], owner: str, older_than: float) -> int:
+        """Put back in the queue, as the same attempt, every task running for ``owner`` that
+        is not in ``known`` and whose heartbeat (its claim time, for such a row) is more than
+        ``older_than`` seconds old; return how many, and wake the claimers of their names.
+
+        Those are claims whose COMMIT went through while the connection that sent it was
+        lost: the owner never learned of them, never ran them and never heartbeats them.
+        Optional: without it, such tasks wait for :meth:`reap_lost_tasks`."""
+        ...
+
     def reap_lost_tasks(self, timeout: float, error: str) -> int:
         """Handle tasks silent for ``timeout`` seconds, once each: requeue those with
         attempts left as their next attempt (due after the delay stored at claim), report

@@ -215,7 +215,13 @@ class Manager(ScheduleOperations):
         )
         self._listener = self.driver.listener(self._on_wakeup, self._wake_all)
         self._services = [
-            Heartbeat(self.driver, self._pools, self.owner, config.heartbeat_interval),
+            Heartbeat(
+                self.driver,
+                self._pools,
+                self.owner,
+                config.heartbeat_interval,
+                config.lost_task_timeout,
+            ),
             LostTaskReaper(self.driver, config.lost_task_timeout),
             HistoryPruner(
                 self.driver,

@@ -15,15 +15,31 @@ class Heartbeat(PeriodicService):
     one statement, on the driver's liveness path. A task whose row is gone (its workflow
     finished, or another manager already reported it lost) is told to stop and its result
     will be discarded. A failed heartbeat is retried every second at most, without a
-    growing backoff."""
+    growing backoff.
+
+    After a claim whose commit may have gone through unseen (its connection was lost), it
+    also puts back in the queue the tasks running for this process that it does not know
+    of, once they are ``lost_task_timeout / 2`` old: they never started, so they come back
+    as the same attempt instead of being reported lost."""
 
     name = "heartbeat"
 
-    def __init__(self, driver: Driver, pools: TaskPools, owner: str, interval: float):
+    def __init__(
+        self,
+        driver: Driver,
+        pools: TaskPools,
+        owner: str,
+        interval: float,
+        lost_task_timeout: float | None = None,
+    ):
         super().__init__(interval)
         self._driver = driver
         self._pools = pools
         self._owner = owner
+        # Claims this process never learned of are put back once they are this old: well
+        # before the reaper would report them lost, long after any claim in flight is known.
+        self._unknown_after = (lost_task_timeout or 6 * interval) / 2
+        self._releases = callable(getattr(driver, "release_unknown_tasks", None))
 
     def retry_delay(self, failures: int) -> float:
         """No growing backoff: after an outage, every second of delay brings live tasks
@@ -38,6 +54,18 @@ class Heartbeat(PeriodicService):
             if gone:
                 # A task reported between the snapshot and the update is gone too; that's fine.
                 self._pools.forget(gone & set(self._pools.unreported()), "task row gone")
+        window = self._unknown_after + 2 * self.interval
+        if self._releases and self._pools.claims_uncertain_within(window):
+            # A claim failed in a way that may have committed: rows may be running for this
+            # process that it never heard of (and never runs or heartbeats).
+            count = self._driver.release_unknown_tasks(
+                self._pools.unreported(), self._owner, self._unknown_after
+            )
+            if count:
+                self.log.warning(
+                    "tasks claimed by a commit whose answer was lost were put back in the queue",
+                    count=count,
+                )
         return None
 
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from cereal.driver import ClaimedTask, Driver
+from cereal.errors import DatabaseError
 from cereal.logging import get_logger
 from cereal.retries import RetryPolicy
 
@@ -21,8 +22,9 @@ class Claimer:
 
     ``capacity()`` says how many tasks of each name to claim now; ``dispatch`` gets each
     claimed task; ``retries`` are the task names' retry policies, stored with each claim;
-    ``claimed(limits, tasks)`` hears of each claim before its tasks are dispatched.
-    Failures are retried with backoff.
+    ``claimed(limits, tasks)`` hears of each claim before its tasks are dispatched;
+    ``uncertain()`` of each claim that failed in a way that may have committed (a lost
+    connection). Failures are retried with backoff.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class Claimer:
         dispatch: Callable[[ClaimedTask], None],
         retries: Mapping[str, RetryPolicy] | None = None,
         claimed: Callable[[dict[str, int], list[ClaimedTask]], None] | None = None,
+        uncertain: Callable[[], None] | None = None,
     ) -> None:
         self._driver = driver
         self._retries = retries or None
@@ -43,6 +46,7 @@ class Claimer:
         self._capacity = capacity
         self._dispatch = dispatch
         self._claimed = claimed
+        self._uncertain = uncertain
         self._cond = threading.Condition()
         self._wanted = True
         self._stopping = False
@@ -94,6 +98,8 @@ class Claimer:
                     claimed, due_in = self._driver.claim_tasks(limits, self._owner, self._retries)
                 failures = 0
             except Exception as exc:
+                if self._uncertain is not None and isinstance(exc, DatabaseError) and exc.transient:
+                    self._uncertain()  # the claim may have committed all the same
                 failures += 1
                 delay = min(0.2 * 2**failures, 5.0)
                 log.warning("claiming tasks failed; retrying", error=repr(exc), retry_in=delay)

@@ -70,6 +70,7 @@ class TaskPools:
         # Recent run time per sync task name (None until one finished): decides prefetching.
         self._run_time: dict[str, float | None] = dict.fromkeys(registrations)
         self._claims: dict[int, Claim] = {}
+        self._uncertain_at: float | None = None  # see claims_uncertain()
         self._sync = SyncRunners(registrations)
         self._async = AsyncRunner() if any(reg.is_async for reg in registrations.values()) else None
         self._retries = {n: r.retry for n, r in registrations.items() if r.retry is not None}
@@ -81,6 +82,7 @@ class TaskPools:
             dispatch=self._dispatch,
             retries=self._retries,
             claimed=self._claimed,
+            uncertain=self.claims_uncertain,
         )
         self._writer = ResultWriter(driver, owner, self._written, max_batch=write_batch)
         self._watchdog = TimeoutWatchdog(self._expired)
@@ -145,6 +147,18 @@ class TaskPools:
         """Ids of claimed tasks whose outcome is not yet recorded (for heartbeats)."""
         with self._cond:
             return [tid for tid, c in self._claims.items() if c.state is not TaskState.REPORTED]
+
+    def claims_uncertain(self) -> None:
+        """A claim failed in a way that may have committed (a lost connection during
+        COMMIT): tasks may be running for this process that it never heard of."""
+        with self._cond:
+            self._uncertain_at = time.monotonic()
+
+    def claims_uncertain_within(self, seconds: float) -> bool:
+        """Did a claim fail that way in the last ``seconds``?"""
+        with self._cond:
+            at = self._uncertain_at
+        return at is not None and time.monotonic() - at <= seconds
 
     def forget(self, task_ids: Iterable[int], reason: str) -> None:
         """The rows of these tasks are gone: stop them and discard their results."""
@@ -238,8 +252,11 @@ class TaskPools:
         self, claim: TaskClaim, claimed: Sequence[ClaimedTask], committed: bool = True
     ) -> None:
         """Run the tasks a commit claimed with the slots of :meth:`reserve`, and free the
-        slots it did not use (all of them when the commit failed: ``committed`` False).
-        Tasks that can no longer run here go back to the queue."""
+        slots it did not use (all of them when the commit failed: ``committed`` False; it
+        may have committed unseen, see :meth:`claims_uncertain`). Tasks that can no longer
+        run here go back to the queue."""
+        if not committed:
+            self.claims_uncertain()
         unused = dict(claim.limits)
         for row in claimed:
             unused[row.task_name] -= 1

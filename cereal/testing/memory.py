@@ -747,6 +747,27 @@ class MemoryDriver:
                     wakeups.append(TasksQueued(task.task_name))
             s.emit(wakeups)
 
+    def release_unknown_tasks(self, known: Sequence[int], owner: str, older_than: float) -> int:
+        """Requeue, as the same attempt, the tasks running for ``owner`` that are not in
+        ``known`` and were not heartbeated for ``older_than`` seconds; return how many."""
+        s = self._store
+        keep = set(known)
+        with s.lock:
+            cutoff = s.clock() - timedelta(seconds=older_than)
+            wakeups: list[Wakeup] = []
+            for task in s.tasks.values():
+                if (
+                    task.state == "running"
+                    and task.claimed_by == owner
+                    and task.id not in keep
+                    and task.heartbeat_at is not None
+                    and task.heartbeat_at < cutoff
+                ):
+                    task.state, task.claimed_by, task.heartbeat_at = "queued", None, None
+                    wakeups.append(TasksQueued(task.task_name))
+            s.emit(wakeups)
+        return len(wakeups)
+
     def reap_lost_tasks(self, timeout: float, error: str) -> int:
         """Handle running tasks without a heartbeat for ``timeout`` seconds (at most 1000 a
         call, each exactly once): requeue those with attempts left as their next attempt,

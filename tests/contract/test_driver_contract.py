@@ -794,6 +794,30 @@ def test_release_puts_claimed_tasks_back_in_the_queue(contract_driver: Driver) -
     d.release_tasks([], OWNER)
 
 
+def test_release_unknown_requeues_only_old_claims_the_owner_does_not_know(
+    contract_driver: Driver,
+) -> None:
+    d = contract_driver
+    require(d, "release_unknown_tasks")
+    with_tasks(d, "a", "t", "t", "t")
+    with_tasks(d, "b", "t")
+    known, unknown, other_owners = sorted(d.claim_tasks({"t": 3}, OWNER)[0], key=lambda t: t.id)
+    d.release_tasks([other_owners.id], OWNER)
+    ((theirs,), _) = d.claim_tasks({"t": 1}, "worker-2")
+    time.sleep(0.2)
+    # Claimed just now: not old enough, whatever the owner knows.
+    ((fresh,), _) = d.claim_tasks({"t": 1}, OWNER)
+    assert d.heartbeat_tasks([known.id], OWNER) == {known.id}
+    assert d.release_unknown_tasks([known.id], OWNER, 0.1) == 1
+    assert d.release_unknown_tasks([known.id], OWNER, 0.1) == 0
+    # The unknown claim is queued again as the same attempt; the others are untouched.
+    assert d.heartbeat_tasks([known.id, unknown.id, fresh.id], OWNER) == {known.id, fresh.id}
+    assert d.heartbeat_tasks([theirs.id], "worker-2") == {theirs.id}
+    ((again,), _) = d.claim_tasks({"t": 5}, "worker-3")
+    assert (again.id, again.attempt) == (unknown.id, 1)
+    assert d.reap_lost_tasks(3600, "lost") == 0
+
+
 def test_reap_reports_each_silent_task_as_lost_exactly_once(contract_driver: Driver) -> None:
     d = contract_driver
     with_tasks(d, "a", "t", "t")

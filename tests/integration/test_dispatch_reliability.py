@@ -13,6 +13,7 @@ import pytest
 from cereal import WorkflowStatus
 from cereal.backends.postgres import PostgresDriver
 from cereal.driver import StepOutcome
+from tests.helpers.claims import check_a_task_claimed_unseen_runs_once_as_its_first_attempt
 from tests.helpers.dispatch import (
     BASE_EXCEPTIONS,
     WF,
@@ -143,3 +144,10 @@ def tuple_lock_waiters(driver: PostgresDriver, schema: str) -> int:
             (schema,),
         ).fetchone()
     return 0 if row is None else int(row[0])
+
+
+@pytest.mark.parametrize("where", ["workflow commit", "task claimer"])
+def test_a_task_claimed_by_a_commit_whose_answer_was_lost_runs_once(
+    make_manager: MakeManager, where: str
+) -> None:
+    check_a_task_claimed_unseen_runs_once_as_its_first_attempt(make_manager, where)

@@ -10,6 +10,7 @@ import pytest
 
 from cereal import Manager
 from cereal.testing import MemoryDriver
+from tests.helpers.claims import check_a_task_claimed_unseen_runs_once_as_its_first_attempt
 from tests.helpers.dispatch import (
     BASE_EXCEPTIONS,
     MakeManager,
@@ -52,3 +53,10 @@ def test_stop_with_timeout_releases_a_hung_callbacks_instance_and_commits_nothin
 
 def test_slow_callback_does_not_hold_up_instances_claimed_with_it(make: MakeManager) -> None:
     check_slow_callback_does_not_hold_up_batch_mates(make)
+
+
+@pytest.mark.parametrize("where", ["workflow commit", "task claimer"])
+def test_a_task_claimed_by_a_commit_whose_answer_was_lost_runs_once(
+    make: MakeManager, where: str
+) -> None:
+    check_a_task_claimed_unseen_runs_once_as_its_first_attempt(make, where)

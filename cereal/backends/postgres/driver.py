@@ -448,6 +448,17 @@ class PostgresDriver:
             if rows:
                 self.notify([TasksQueued(r["task_name"]) for r in rows])
 
+    def release_unknown_tasks(self, known: Sequence[int], owner: str, older_than: float) -> int:
+        """Requeue the tasks claimed for ``owner`` that it never learned of (see
+        :meth:`cereal.driver.Driver.release_unknown_tasks`); return how many."""
+        rows = self._rows(
+            "release_unknown_tasks",
+            {"known": list(known), "owner": owner, "older_than": older_than},
+        )
+        if rows:
+            self.notify([TasksQueued(r["task_name"]) for r in rows])
+        return sum(int(r["released"]) for r in rows)
+
     def reap_lost_tasks(self, timeout: float, error: str) -> int:
         """Requeue tasks silent for ``timeout`` seconds that have attempts left, turn the
         others into ``lost`` results; return how many were handled."""

@@ -555,6 +555,19 @@ WITH released AS (
 )
 SELECT DISTINCT task_name FROM released;
 
+-- name: release_unknown_tasks
+-- Claims this owner never learned of (their COMMIT went through while its connection was
+-- lost): running for it, not among the tasks it knows, and never heartbeated since the claim.
+-- Back to the queue as the same attempt, long before the lost-task reaper would report them.
+-- The heartbeat index finds them (every task the owner knows was heartbeated just now).
+WITH released AS (
+    UPDATE tasks SET state = 'queued', claimed_by = NULL, heartbeat_at = NULL
+    WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => %(older_than)s)
+      AND claimed_by = %(owner)s AND id <> ALL(%(known)s::bigint[])
+    RETURNING task_name
+)
+SELECT task_name, count(*) AS released FROM released GROUP BY task_name;
+
 -- name: reap_lost_tasks
 -- Handle running tasks that went silent, exactly once: those whose stored policy has
 -- attempts left go back to the queue as their next attempt, due after the delay stored at

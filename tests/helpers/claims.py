@@ -1,0 +1,116 @@
+"""Claims whose COMMIT went through while the answer was lost, shared by the PostgreSQL and
+the in-memory tests (``make`` as in :mod:`tests.helpers.dispatch`).
+
+The process never learns of such a claim: the task is running for it in the database, but it
+never runs it or heartbeats it. The manager puts it back in the queue (as the same attempt)
+before the lost-task reaper would report it lost, and the task runs once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from cereal import Manager, RetryPolicy, Task, WorkflowInstance, WorkflowStatus
+from cereal.driver import ClaimedTask
+from cereal.errors import TransientDatabaseError
+from tests.helpers.dispatch import AWAIT, WF, MakeManager
+
+TASK = "triple"
+LOST_TASK_TIMEOUT = 6.0
+"""Long enough that putting the task back (after half of it) clearly beats the reaper."""
+
+
+class OneTask:
+    """``on_start`` enqueues one task (``delay`` seconds later: the task claimer then takes
+    it, not the commit); ``on_task_complete`` completes with what it saw."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+
+    def on_start(self, inst: WorkflowInstance, event: Any) -> Any:
+        later = timedelta(seconds=self.delay) if self.delay else None
+        inst.enqueue_task(TASK, inst.parameters, start_after=later)
+        return inst.continue_with(None)
+
+    def on_task_complete(self, inst: WorkflowInstance, event: Any) -> Any:
+        r = event.result
+        return inst.complete({"status": r.status.value, "value": r.value, "attempts": r.attempts})
+
+    def on_cancel(self, inst: WorkflowInstance, event: Any) -> Any:
+        return inst.fail("cancelled")
+
+
+class Runs:
+    def __init__(self) -> None:
+        self.runs: list[tuple[Any, int]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, task: Task) -> Any:
+        with self._lock:
+            self.runs.append((task.parameters, task.attempt))
+        return task.parameters * 3
+
+
+def lose_the_commit_answer(manager: Manager) -> list[int]:
+    """The first workflow commit that claims tasks commits, then fails as if the connection
+    had dropped before its answer came back."""
+    lost: list[int] = []
+    real_claim = manager.driver.claim_events
+
+    @contextmanager
+    def claim_events(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with real_claim(*args, **kwargs) as batch:
+            real = batch.commit_claiming
+
+            def commit_claiming(outcomes: Any, claim: Any) -> Any:
+                result = real(outcomes, claim)
+                if not lost and result[1]:
+                    lost.append(len(result[1]))
+                    raise TransientDatabaseError("connection lost during COMMIT (injected)")
+                return result
+
+            batch.commit_claiming = commit_claiming  # type: ignore[method-assign]
+            yield batch
+
+    manager.driver.claim_events = claim_events  # type: ignore[method-assign]
+    return lost
+
+
+def lose_the_claim_answer(manager: Manager) -> list[int]:
+    """The first task claim that takes something commits, then fails the same way."""
+    lost: list[int] = []
+    real = manager.driver.claim_tasks
+
+    def claim_tasks(
+        limits: dict[str, int], owner: str, retries: Mapping[str, RetryPolicy] | None = None
+    ) -> tuple[list[ClaimedTask], float | None]:
+        claimed, due_in = real(limits, owner, retries)
+        if not lost and claimed:
+            lost.append(len(claimed))
+            raise TransientDatabaseError("connection lost during COMMIT (injected)")
+        return claimed, due_in
+
+    manager.driver.claim_tasks = claim_tasks  # type: ignore[method-assign]
+    return lost
+
+
+def check_a_task_claimed_unseen_runs_once_as_its_first_attempt(
+    make: MakeManager, where: str
+) -> None:
+    task = Runs()
+    m = make(lost_task_timeout=LOST_TASK_TIMEOUT)
+    m.register_workflow_executor(WF, OneTask(0.0 if where == "workflow commit" else 0.2))
+    m.register_task_executor(TASK, task)
+    lost = lose_the_commit_answer(m) if where == "workflow commit" else lose_the_claim_answer(m)
+    m.start()
+    m.enqueue_workflow(WF, "x", 5)
+    info = m.await_workflow(WF, "x", timeout=AWAIT)
+    assert lost == [1], "the injected failure did not happen"
+    assert info.status is WorkflowStatus.COMPLETED
+    # Run once, as its first attempt: never reported lost.
+    assert info.result == {"status": "success", "value": 15, "attempts": 1}
+    assert task.runs == [(5, 1)]
