@@ -152,8 +152,8 @@ class Scale:
             "WITH i AS (INSERT INTO workflow_instances (workflow_name, instance_name, parameters)"
             " SELECT 'w1', %s || g, '{\"tasks\": 1}'::jsonb FROM generate_series(1, %s) g"
             " RETURNING id)"
-            " INSERT INTO workflow_events (instance_id, event_type)"
-            " SELECT id, 'start' FROM i ORDER BY id",
+            " INSERT INTO workflow_events (instance_id, event_type, workflow_name)"
+            " SELECT id, 'start', 'w1' FROM i ORDER BY id",
             (tag + "-", count),
         )
 

@@ -182,7 +182,7 @@ def test_a_claim_reads_the_pending_events_not_the_instances_waiting_for_tasks(
     raw.autocommit = False
     driver.enqueue_workflows([(W, f"pending{n}", None) for n in range(5)])
     claim = load_queries()["lock_instances_with_events"]
-    params = {"floor": 0, "names": [W], "limit": 10, "mark_id": None, "mark_xid": None}
+    params = {"floor": 0, "name": W, "limit": 10, "mark_id": None, "mark_xid": None}
     rows = raw.execute(claim, params).fetchall()
     # Heap rows and index entries of workflow_instances this transaction read.
     read = raw.execute(
@@ -193,3 +193,44 @@ def test_a_claim_reads_the_pending_events_not_the_instances_waiting_for_tasks(
     raw.rollback()
     assert len([r for r in rows if r[0] is not None]) == 5
     assert read is not None and read[0] < 100, f"the claim read {read[0]} instance rows"
+
+
+def test_a_claim_does_not_read_the_pending_events_of_other_workflows(
+    driver: PostgresDriver, raw: psycopg.Connection
+) -> None:
+    # One instance of W holds the floor down (it waits for its task), then 3,000 instances of
+    # another workflow that nobody handles here, then a few of W with events pending.
+    driver.enqueue_workflows([(W, "long-running", None)])
+    raw.execute("DELETE FROM workflow_events")
+    raw.commit()
+    driver.enqueue_workflows([("other", f"o{n}", None) for n in range(3000)])
+    driver.enqueue_workflows([(W, f"pending{n}", None) for n in range(5)])
+    claim = load_queries()["lock_instances_with_events"]
+    params = {"floor": 0, "name": W, "limit": 10, "mark_id": None, "mark_xid": None}
+    rows = raw.execute(claim, params).fetchall()
+    # Index entries of workflow_events and rows of workflow_instances this transaction read.
+    read = raw.execute(
+        "SELECT (SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index"
+        "        WHERE indrelid = 'workflow_events'::regclass)"
+        " + pg_stat_get_xact_tuples_fetched('workflow_instances'::regclass)"
+    ).fetchone()
+    raw.rollback()
+    assert sorted(r[2] for r in rows if r[0] is not None) == [f"pending{n}" for n in range(5)]
+    assert read is not None and read[0] < 100, f"the claim read {read[0]} entries and rows"
+    assert driver.has_events([W]) and not driver.has_events(["nobody"])
+
+
+def test_events_written_without_their_workflow_name_get_it_from_their_instance(
+    driver: PostgresDriver, raw: psycopg.Connection
+) -> None:
+    # As a process still running the previous version writes them during an upgrade.
+    driver.enqueue_workflows([(W, "a", None)])
+    raw.execute(
+        "INSERT INTO workflow_events (instance_id, event_type)"
+        " SELECT id, 'cancel' FROM workflow_instances WHERE instance_name = 'a'"
+    )
+    raw.commit()
+    names = raw.execute("SELECT event_type, workflow_name FROM workflow_events ORDER BY id")
+    assert names.fetchall() == [("start", W), ("cancel", W)]
+    with driver.claim_events([W], 10, 10) as batch:
+        assert [e.kind for e in batch.events[batch.instances[0].id]] == ["start", "cancel"]

@@ -52,8 +52,16 @@ def claim_events(
 
     The instances stay locked until the batch commits or the context exits (which rolls
     back, so every event is delivered again later). The scan starts at ``floor``, which the
-    statement moves up (see :mod:`cereal.backends.postgres.floors`).
+    statement moves up (see :mod:`cereal.backends.postgres.floors`). A claim for one workflow
+    reads only that workflow's events (``lock_instances_with_events``); one for several reads
+    every pending event from the floor (``lock_instances_of_workflows``).
     """
+    names = list(workflow_names)
+    params: dict[str, object]
+    if len(names) == 1:
+        statement, params = queries["lock_instances_with_events"], {"name": names[0]}
+    else:
+        statement, params = queries["lock_instances_of_workflows"], {"names": names}
     with connections.connection() as conn:
         batch: PostgresEventBatch | None = None
         try:
@@ -63,10 +71,7 @@ def claim_events(
                 conn.execute("BEGIN")
                 locking = conn.cursor(row_factory=dict_row)
                 use_lenient_jsonb(locking.adapters)  # a value we cannot decode fails its instance
-                locking.execute(
-                    queries["lock_instances_with_events"],
-                    {"names": list(workflow_names), "limit": limit, **used},
-                )
+                locking.execute(statement, {"limit": limit, **params, **used})
                 fetching = conn.cursor(row_factory=dict_row)
                 use_lenient_jsonb(fetching.adapters)
                 fetching.execute(queries["fetch_events"], {"per_instance": per_instance})

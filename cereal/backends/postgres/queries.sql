@@ -12,8 +12,8 @@ WITH inserted AS (
     ON CONFLICT ON CONSTRAINT workflow_instances_name DO NOTHING
     RETURNING id, workflow_name
 ), start_event AS (
-    INSERT INTO workflow_events (instance_id, event_type)
-    SELECT id, 'start' FROM inserted
+    INSERT INTO workflow_events (instance_id, event_type, workflow_name)
+    SELECT id, 'start', workflow_name FROM inserted
 )
 SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM inserted;
 
@@ -26,8 +26,8 @@ WITH target AS (
     WHERE workflow_name = %(workflow_name)s AND instance_name = %(instance_name)s
     FOR KEY SHARE
 ), ev AS (
-    INSERT INTO workflow_events (instance_id, event_type)
-    SELECT id, 'cancel' FROM target
+    INSERT INTO workflow_events (instance_id, event_type, workflow_name)
+    SELECT id, 'cancel', %(workflow_name)s FROM target
     RETURNING instance_id
 )
 SELECT instance_id, pg_notify(%(channel)s, 'e' || %(workflow_name)s) FROM ev;
@@ -40,8 +40,9 @@ WITH target AS (
     WHERE workflow_name = %(workflow_name)s AND instance_name = %(instance_name)s
     FOR KEY SHARE
 ), ev AS (
-    INSERT INTO workflow_events (instance_id, event_type, signal_name, signal_payload)
-    SELECT id, 'signal', %(signal_name)s, %(payload)s::jsonb FROM target
+    INSERT INTO workflow_events
+        (instance_id, event_type, workflow_name, signal_name, signal_payload)
+    SELECT id, 'signal', %(workflow_name)s, %(signal_name)s, %(payload)s::jsonb FROM target
     RETURNING instance_id
 )
 SELECT instance_id, pg_notify(%(channel)s, 'e' || %(workflow_name)s) FROM ev;
@@ -199,8 +200,8 @@ WITH items AS (
     ON CONFLICT ON CONSTRAINT workflow_instances_name DO NOTHING
     RETURNING id, workflow_name, instance_name
 ), start_events AS (
-    INSERT INTO workflow_events (instance_id, event_type)
-    SELECT id, 'start' FROM inserted ORDER BY id
+    INSERT INTO workflow_events (instance_id, event_type, workflow_name)
+    SELECT id, 'start', workflow_name FROM inserted ORDER BY id
 )
 SELECT items.ord AS ordinal, NULL::text AS notified
 FROM items
@@ -224,31 +225,74 @@ WHERE NOT EXISTS (
     WHERE i.workflow_name = p.workflow_name AND i.instance_name = p.instance_name);
 
 -- name: has_events
--- Reads the primary key of workflow_instances up from the process's floor (floors.py), in
--- order (an EXISTS would let the planner scan the table, dead rows first).
-SELECT (
-    SELECT i.id FROM workflow_instances i
-    WHERE i.id >= %(floor)s AND i.workflow_name = ANY(%(names)s)
-      AND EXISTS (SELECT 1 FROM workflow_events e WHERE e.instance_id = i.id)
-    ORDER BY i.id
-    LIMIT 1) IS NOT NULL AS pending;
+-- Looks for a pending event of each workflow from the workflow's floor (floors.py): one index
+-- probe per name.
+SELECT EXISTS (
+    SELECT 1 FROM unnest(%(names)s::text[], %(floors)s::bigint[]) AS n(name, floor)
+    WHERE EXISTS (
+        SELECT 1 FROM workflow_events e
+        WHERE e.workflow_name = n.name AND e.instance_id >= n.floor)
+) AS pending;
 
 -- name: lock_instances_with_events
--- Claim instances of the given workflows that have pending events, oldest instance first.
--- The row lock serialises the events of one instance across every process; SKIP LOCKED lets
--- others take the rest. The scan reads workflow_events_instance up from the process's floor
--- (floors.py): below it are only entries of finished instances, which stay until VACUUM.
--- It walks the pending events and looks each instance up, never the other way round: the
--- live instances between the floor and the next pending event (those waiting for their
--- tasks, a million behind a large backlog) have no entry there, while a walk of the
--- primary key would read every one of them on every claim. The lookup locks inside its own
--- subquery, which keeps it a nested loop that stops at the limit.
+-- Claim instances of one workflow that have pending events, oldest instance first (a claim
+-- for several workflows runs lock_instances_of_workflows instead). The row lock serialises
+-- the events of one instance across every process; SKIP LOCKED lets others take the rest.
+-- The scan reads workflow_events_workflow, this workflow's pending events in instance order,
+-- up from the process's floor (floors.py): below it are only entries of finished instances,
+-- which stay until VACUUM, and the events of other workflows are never read. It walks the
+-- pending events and looks each instance up, never the other way round: the live instances
+-- between the floor and the next pending event (those waiting for their tasks, a million
+-- behind a large backlog) have no entry there, while a walk of the primary key would read
+-- every one of them on every claim. The lookup locks inside its own subquery, which keeps it
+-- a nested loop that stops at the limit.
 -- The last row (id NULL) carries the new floor, when the mark passed in is ripe (every
 -- transaction that wrote an instance up to mark_id has ended): the lowest live instance of
--- these workflows, capped at mark_id + 1; and a new mark: the highest instance id locked
--- here, with an xid taken after this snapshot.
+-- the workflow, capped at mark_id + 1; and a new mark: the highest instance id locked here,
+-- with an xid taken after this snapshot.
 -- The ids locked are also kept in a transaction-local setting, for fetch_events, which runs
 -- next in the same pipeline.
+WITH locked AS (
+    SELECT i.id, i.workflow_name, i.instance_name, i.parameters, i.payload, i.status,
+           i.enqueued_tasks, i.completed_tasks, i.started_at, i.trace_context
+    FROM (SELECT DISTINCT e.instance_id FROM workflow_events e
+          WHERE e.workflow_name = %(name)s AND e.instance_id >= %(floor)s
+          ORDER BY e.instance_id) pending
+    CROSS JOIN LATERAL (
+        SELECT * FROM workflow_instances i
+        WHERE i.id = pending.instance_id AND i.workflow_name = %(name)s
+        FOR NO KEY UPDATE OF i SKIP LOCKED
+    ) i
+    ORDER BY pending.instance_id
+    LIMIT %(limit)s
+), mark AS (
+    SELECT max(id) AS mark_id,
+           set_config('cereal.locked_instances', coalesce(string_agg(id::text, ','), ''), true)
+               AS kept
+    FROM locked
+)
+SELECT locked.*, NULL::bigint AS new_floor, NULL::bigint AS mark_id, NULL::bigint AS mark_xid
+FROM locked
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       CASE WHEN %(mark_xid)s::bigint::text::xid8 <= pg_snapshot_xmin(pg_current_snapshot())
+            THEN least(%(mark_id)s::bigint + 1, (
+                SELECT i.id FROM workflow_instances i
+                WHERE i.id >= %(floor)s AND i.workflow_name = %(name)s
+                ORDER BY i.id
+                LIMIT 1))
+       END,
+       mark.mark_id,
+       CASE WHEN mark.mark_id IS NOT NULL THEN pg_current_xact_id()::text::bigint END
+FROM mark
+WHERE mark.kept IS NOT NULL;  -- always true: makes sure the setting is written
+
+-- name: lock_instances_of_workflows
+-- lock_instances_with_events for several workflows at once, oldest instance first across
+-- them. PostgreSQL does not merge one ordered walk per workflow lazily (it reads them all
+-- and sorts), so this one walks workflow_events_instance, every pending event in instance
+-- order, from the floor, and the lookup skips the instances of other workflows: a large
+-- backlog of a workflow handled elsewhere is read through on every claim.
 WITH locked AS (
     SELECT i.id, i.workflow_name, i.instance_name, i.parameters, i.payload, i.status,
            i.enqueued_tasks, i.completed_tasks, i.started_at, i.trace_context
@@ -495,11 +539,11 @@ WITH r AS (
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt,
               r.status, r.error, r.result, r.workflow_name
 ), ev AS (
-    INSERT INTO workflow_events (instance_id, event_type, task_id, task_name, task_parameters,
-                                 task_enqueued_at, task_status, task_error, task_result,
-                                 task_attempts)
-    SELECT instance_id, 'task_complete', id, task_name, parameters, enqueued_at, status, error,
-           result::jsonb, attempt
+    INSERT INTO workflow_events (instance_id, event_type, workflow_name, task_id, task_name,
+                                 task_parameters, task_enqueued_at, task_status, task_error,
+                                 task_result, task_attempts)
+    SELECT instance_id, 'task_complete', workflow_name, id, task_name, parameters, enqueued_at,
+           status, error, result::jsonb, attempt
     FROM done ORDER BY id
 )
 SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM done;
@@ -529,11 +573,11 @@ WITH r AS (
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt,
               r.status, r.error, r.result, r.workflow_name
 ), ev AS (
-    INSERT INTO workflow_events (instance_id, event_type, task_id, task_name, task_parameters,
-                                 task_enqueued_at, task_status, task_error, task_result,
-                                 task_attempts)
-    SELECT instance_id, 'task_complete', id, task_name, parameters, enqueued_at, status, error,
-           result::jsonb, attempt
+    INSERT INTO workflow_events (instance_id, event_type, workflow_name, task_id, task_name,
+                                 task_parameters, task_enqueued_at, task_status, task_error,
+                                 task_result, task_attempts)
+    SELECT instance_id, 'task_complete', workflow_name, id, task_name, parameters, enqueued_at,
+           status, error, result::jsonb, attempt
     FROM done ORDER BY id
 )
 SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM done
@@ -590,11 +634,13 @@ WITH silent AS (
     WHERE t.id = silent.id AND t.attempt >= t.max_attempts
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt
 ), ev AS (
-    INSERT INTO workflow_events (instance_id, event_type, task_id, task_name, task_parameters,
-                                 task_enqueued_at, task_status, task_error, task_attempts)
-    SELECT instance_id, 'task_complete', id, task_name, parameters, enqueued_at, 'lost',
-           %(error)s, attempt
-    FROM lost ORDER BY id
+    INSERT INTO workflow_events (instance_id, event_type, workflow_name, task_id, task_name,
+                                 task_parameters, task_enqueued_at, task_status, task_error,
+                                 task_attempts)
+    SELECT lost.instance_id, 'task_complete', i.workflow_name, lost.id, lost.task_name,
+           lost.parameters, lost.enqueued_at, 'lost', %(error)s, lost.attempt
+    FROM lost JOIN workflow_instances i ON i.id = lost.instance_id
+    ORDER BY lost.id
     RETURNING instance_id
 )
 -- One row per task handled (the caller counts them), with the payload of its wakeup.
