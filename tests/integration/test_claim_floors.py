@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from cereal.backends.postgres import PostgresDriver
+from cereal.backends.postgres.events import lock_statement
 from cereal.backends.postgres.floors import TaskFloors
 from cereal.backends.postgres.queries import load_queries
 from cereal.driver import StepOutcome
@@ -169,6 +170,34 @@ def test_a_task_due_at_the_earliest_date_is_claimed_and_leaves_the_floor_alone(
     assert driver._task_floors.current(["t"]) == [None]
 
 
+READ_INSTANCES = (
+    "SELECT pg_stat_get_xact_tuples_fetched('workflow_instances'::regclass)"
+    " + (SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index"
+    "    WHERE indrelid = 'workflow_instances'::regclass)"
+)
+"""Heap rows and index entries of workflow_instances the transaction read."""
+READ_EVENTS = (
+    "SELECT pg_stat_get_xact_tuples_returned('workflow_events'::regclass)"
+    " + pg_stat_get_xact_tuples_fetched('workflow_events'::regclass)"
+    " + (SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index"
+    "    WHERE indrelid = 'workflow_events'::regclass)"
+)
+"""Rows (by sequential scan or index) and index entries of workflow_events the transaction
+read."""
+
+
+def claim_and_count(raw: psycopg.Connection, names: list[str], reads: str) -> tuple[list[str], int]:
+    """Run one event claim for ``names`` (floor 0, limit 10) in a transaction rolled back
+    after; return the instance names it locked and what ``reads`` counted."""
+    claim = lock_statement(load_queries(), len(names))
+    params = {"floor": 0, "names": names, "name": names[0], "limit": 10}
+    rows = raw.execute(claim, params | {"mark_id": None, "mark_xid": None}).fetchall()
+    read = raw.execute(reads).fetchone()
+    raw.rollback()
+    assert read is not None
+    return sorted(r[2] for r in rows if r[0] is not None), int(read[0])
+
+
 def test_a_claim_reads_the_pending_events_not_the_instances_waiting_for_tasks(
     driver: PostgresDriver, raw: psycopg.Connection
 ) -> None:
@@ -181,21 +210,13 @@ def test_a_claim_reads_the_pending_events_not_the_instances_waiting_for_tasks(
     raw.execute("VACUUM workflow_events")
     raw.autocommit = False
     driver.enqueue_workflows([(W, f"pending{n}", None) for n in range(5)])
-    claim = load_queries()["lock_instances_with_events"]
-    params = {"floor": 0, "name": W, "limit": 10, "mark_id": None, "mark_xid": None}
-    rows = raw.execute(claim, params).fetchall()
-    # Heap rows and index entries of workflow_instances this transaction read.
-    read = raw.execute(
-        "SELECT pg_stat_get_xact_tuples_fetched('workflow_instances'::regclass)"
-        " + (SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index"
-        "    WHERE indrelid = 'workflow_instances'::regclass)"
-    ).fetchone()
-    raw.rollback()
-    assert len([r for r in rows if r[0] is not None]) == 5
-    assert read is not None and read[0] < 100, f"the claim read {read[0]} instance rows"
+    for names in ([W], [W, "other"]):
+        locked, read = claim_and_count(raw, names, READ_INSTANCES)
+        assert locked == [f"pending{n}" for n in range(5)]
+        assert read < 100, f"the claim for {names} read {read} instance rows"
 
 
-def test_a_claim_does_not_read_the_pending_events_of_other_workflows(
+def test_a_claim_for_one_workflow_does_not_read_the_events_of_others(
     driver: PostgresDriver, raw: psycopg.Connection
 ) -> None:
     # One instance of W holds the floor down (it waits for its task), then 3,000 instances of
@@ -205,18 +226,9 @@ def test_a_claim_does_not_read_the_pending_events_of_other_workflows(
     raw.commit()
     driver.enqueue_workflows([("other", f"o{n}", None) for n in range(3000)])
     driver.enqueue_workflows([(W, f"pending{n}", None) for n in range(5)])
-    claim = load_queries()["lock_instances_with_events"]
-    params = {"floor": 0, "name": W, "limit": 10, "mark_id": None, "mark_xid": None}
-    rows = raw.execute(claim, params).fetchall()
-    # Index entries of workflow_events and rows of workflow_instances this transaction read.
-    read = raw.execute(
-        "SELECT (SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index"
-        "        WHERE indrelid = 'workflow_events'::regclass)"
-        " + pg_stat_get_xact_tuples_fetched('workflow_instances'::regclass)"
-    ).fetchone()
-    raw.rollback()
-    assert sorted(r[2] for r in rows if r[0] is not None) == [f"pending{n}" for n in range(5)]
-    assert read is not None and read[0] < 100, f"the claim read {read[0]} entries and rows"
+    locked, read = claim_and_count(raw, [W], READ_EVENTS)
+    assert locked == [f"pending{n}" for n in range(5)]
+    assert read < 100, f"the claim read {read} event rows and index entries"
     assert driver.has_events([W]) and not driver.has_events(["nobody"])
 
 

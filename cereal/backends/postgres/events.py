@@ -53,15 +53,11 @@ def claim_events(
     The instances stay locked until the batch commits or the context exits (which rolls
     back, so every event is delivered again later). The scan starts at ``floor``, which the
     statement moves up (see :mod:`cereal.backends.postgres.floors`). A claim for one workflow
-    reads only that workflow's events (``lock_instances_with_events``); one for several reads
-    every pending event from the floor (``lock_instances_of_workflows``).
+    reads only that workflow's events; one for several reads every pending event from the
+    floor (see :func:`lock_statement`).
     """
     names = list(workflow_names)
-    params: dict[str, object]
-    if len(names) == 1:
-        statement, params = queries["lock_instances_with_events"], {"name": names[0]}
-    else:
-        statement, params = queries["lock_instances_of_workflows"], {"names": names}
+    statement = lock_statement(queries, len(names))
     with connections.connection() as conn:
         batch: PostgresEventBatch | None = None
         try:
@@ -71,7 +67,9 @@ def claim_events(
                 conn.execute("BEGIN")
                 locking = conn.cursor(row_factory=dict_row)
                 use_lenient_jsonb(locking.adapters)  # a value we cannot decode fails its instance
-                locking.execute(statement, {"limit": limit, **params, **used})
+                locking.execute(
+                    statement, {"names": names, "name": names[0], "limit": limit, **used}
+                )
                 fetching = conn.cursor(row_factory=dict_row)
                 use_lenient_jsonb(fetching.adapters)
                 fetching.execute(queries["fetch_events"], {"per_instance": per_instance})
@@ -95,6 +93,18 @@ def claim_events(
                 # A broken connection fails this too; the pool then discards it.
                 with suppress(psycopg.Error):
                     conn.execute("ROLLBACK")
+
+
+def lock_statement(queries: dict[str, LiteralString], names: int) -> LiteralString:
+    """``lock_instances_with_events`` for a claim of ``names`` workflows, with its walk:
+    ``pending_of_one_workflow`` for one, ``pending_of_workflows`` for several (built once
+    and kept in ``queries``)."""
+    key = "lock_instances_with_events/one" if names == 1 else "lock_instances_with_events/many"
+    found = queries.get(key)
+    if found is None:
+        walk = queries["pending_of_one_workflow" if names == 1 else "pending_of_workflows"]
+        found = queries[key] = queries["lock_instances_with_events"].replace("/*pending*/", walk)
+    return found
 
 
 class PostgresEventBatch:

@@ -235,70 +235,26 @@ SELECT EXISTS (
 ) AS pending;
 
 -- name: lock_instances_with_events
--- Claim instances of one workflow that have pending events, oldest instance first (a claim
--- for several workflows runs lock_instances_of_workflows instead). The row lock serialises
--- the events of one instance across every process; SKIP LOCKED lets others take the rest.
--- The scan reads workflow_events_workflow, this workflow's pending events in instance order,
--- up from the process's floor (floors.py): below it are only entries of finished instances,
--- which stay until VACUUM, and the events of other workflows are never read. It walks the
--- pending events and looks each instance up, never the other way round: the live instances
--- between the floor and the next pending event (those waiting for their tasks, a million
--- behind a large backlog) have no entry there, while a walk of the primary key would read
--- every one of them on every claim. The lookup locks inside its own subquery, which keeps it
--- a nested loop that stops at the limit.
+-- Claim instances of the given workflows that have pending events, oldest instance first.
+-- The row lock serialises the events of one instance across every process; SKIP LOCKED lets
+-- others take the rest. The driver puts one of the two walks below where the pending marker
+-- stands (events.py). Either walks pending events from the process's floor (floors.py): below
+-- it are only entries of finished instances, which stay until VACUUM. It walks the pending
+-- events and looks each instance up, never the other way round: the live instances between
+-- the floor and the next pending event (those waiting for their tasks, a million behind a
+-- large backlog) have no entry there, while a walk of the primary key would read every one of
+-- them on every claim. The lookup locks inside its own subquery, which keeps it a nested loop
+-- that stops at the limit.
 -- The last row (id NULL) carries the new floor, when the mark passed in is ripe (every
 -- transaction that wrote an instance up to mark_id has ended): the lowest live instance of
--- the workflow, capped at mark_id + 1; and a new mark: the highest instance id locked here,
--- with an xid taken after this snapshot.
+-- these workflows, capped at mark_id + 1; and a new mark: the highest instance id locked
+-- here, with an xid taken after this snapshot.
 -- The ids locked are also kept in a transaction-local setting, for fetch_events, which runs
 -- next in the same pipeline.
 WITH locked AS (
     SELECT i.id, i.workflow_name, i.instance_name, i.parameters, i.payload, i.status,
            i.enqueued_tasks, i.completed_tasks, i.started_at, i.trace_context
-    FROM (SELECT DISTINCT e.instance_id FROM workflow_events e
-          WHERE e.workflow_name = %(name)s AND e.instance_id >= %(floor)s
-          ORDER BY e.instance_id) pending
-    CROSS JOIN LATERAL (
-        SELECT * FROM workflow_instances i
-        WHERE i.id = pending.instance_id AND i.workflow_name = %(name)s
-        FOR NO KEY UPDATE OF i SKIP LOCKED
-    ) i
-    ORDER BY pending.instance_id
-    LIMIT %(limit)s
-), mark AS (
-    SELECT max(id) AS mark_id,
-           set_config('cereal.locked_instances', coalesce(string_agg(id::text, ','), ''), true)
-               AS kept
-    FROM locked
-)
-SELECT locked.*, NULL::bigint AS new_floor, NULL::bigint AS mark_id, NULL::bigint AS mark_xid
-FROM locked
-UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       CASE WHEN %(mark_xid)s::bigint::text::xid8 <= pg_snapshot_xmin(pg_current_snapshot())
-            THEN least(%(mark_id)s::bigint + 1, (
-                SELECT i.id FROM workflow_instances i
-                WHERE i.id >= %(floor)s AND i.workflow_name = %(name)s
-                ORDER BY i.id
-                LIMIT 1))
-       END,
-       mark.mark_id,
-       CASE WHEN mark.mark_id IS NOT NULL THEN pg_current_xact_id()::text::bigint END
-FROM mark
-WHERE mark.kept IS NOT NULL;  -- always true: makes sure the setting is written
-
--- name: lock_instances_of_workflows
--- lock_instances_with_events for several workflows at once, oldest instance first across
--- them. PostgreSQL does not merge one ordered walk per workflow lazily (it reads them all
--- and sorts), so this one walks workflow_events_instance, every pending event in instance
--- order, from the floor, and the lookup skips the instances of other workflows: a large
--- backlog of a workflow handled elsewhere is read through on every claim.
-WITH locked AS (
-    SELECT i.id, i.workflow_name, i.instance_name, i.parameters, i.payload, i.status,
-           i.enqueued_tasks, i.completed_tasks, i.started_at, i.trace_context
-    FROM (SELECT DISTINCT e.instance_id FROM workflow_events e
-          WHERE e.instance_id >= %(floor)s
-          ORDER BY e.instance_id) pending
+    FROM (/*pending*/) pending
     CROSS JOIN LATERAL (
         SELECT * FROM workflow_instances i
         WHERE i.id = pending.instance_id AND i.workflow_name = ANY(%(names)s)
@@ -327,6 +283,22 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        CASE WHEN mark.mark_id IS NOT NULL THEN pg_current_xact_id()::text::bigint END
 FROM mark
 WHERE mark.kept IS NOT NULL;  -- always true: makes sure the setting is written
+
+-- name: pending_of_one_workflow
+-- The walk of a claim for one workflow: workflow_events_workflow, that workflow's pending
+-- events in instance order. The events of other workflows are never read.
+SELECT DISTINCT e.instance_id FROM workflow_events e
+WHERE e.workflow_name = %(name)s AND e.instance_id >= %(floor)s
+ORDER BY e.instance_id;
+
+-- name: pending_of_workflows
+-- The walk of a claim for several workflows: workflow_events_instance, every pending event
+-- in instance order; the lookup skips the instances of other workflows. PostgreSQL does not
+-- merge one ordered walk per workflow lazily (it reads them all and sorts), so a large
+-- backlog of a workflow handled elsewhere is read through on every claim.
+SELECT DISTINCT e.instance_id FROM workflow_events e
+WHERE e.instance_id >= %(floor)s
+ORDER BY e.instance_id;
 
 -- name: relock_instance
 -- Hold on to an instance whose callback is still running after its batch-mates were
