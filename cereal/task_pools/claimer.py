@@ -20,9 +20,11 @@ class Claimer:
     """One thread that claims tasks whenever it is woken (a task was enqueued, a slot
     freed), when the next delayed task becomes due, and every ``poll_interval`` seconds.
 
-    ``capacity()`` says how many tasks of each name to claim now; ``dispatch`` gets each
-    claimed task; ``retries`` are the task names' retry policies, stored with each claim;
-    ``claimed(limits, tasks)`` hears of each claim before its tasks are dispatched;
+    ``capacity()`` says how many tasks of each name to claim now (and may hold those slots
+    until the claim is done); ``dispatch`` gets each claimed task; ``retries`` are the task
+    names' retry policies, stored with each claim; ``claimed(limits, tasks)`` hears of each
+    claim before its tasks are dispatched, ``release(limits)`` of each claim not made or
+    failed;
     ``uncertain()`` of each claim that failed in a way that may have committed (a lost
     connection). Failures are retried with backoff.
     """
@@ -37,6 +39,7 @@ class Claimer:
         dispatch: Callable[[ClaimedTask], None],
         retries: Mapping[str, RetryPolicy] | None = None,
         claimed: Callable[[dict[str, int], list[ClaimedTask]], None] | None = None,
+        release: Callable[[dict[str, int]], None] | None = None,
         uncertain: Callable[[], None] | None = None,
     ) -> None:
         self._driver = driver
@@ -46,6 +49,7 @@ class Claimer:
         self._capacity = capacity
         self._dispatch = dispatch
         self._claimed = claimed
+        self._release = release
         self._uncertain = uncertain
         self._cond = threading.Condition()
         self._wanted = True
@@ -90,6 +94,8 @@ class Claimer:
                 self._wanted = False
             limits = self._capacity()
             if not any(v > 0 for v in limits.values()):
+                if self._release is not None:
+                    self._release(limits)
                 continue
             try:
                 if self._retries is None:  # the two-argument form every driver has had
@@ -98,6 +104,8 @@ class Claimer:
                     claimed, due_in = self._driver.claim_tasks(limits, self._owner, self._retries)
                 failures = 0
             except Exception as exc:
+                if self._release is not None:
+                    self._release(limits)
                 if self._uncertain is not None and isinstance(exc, DatabaseError) and exc.transient:
                     self._uncertain()  # the claim may have committed all the same
                 failures += 1

@@ -82,6 +82,7 @@ class TaskPools:
             dispatch=self._dispatch,
             retries=self._retries,
             claimed=self._claimed,
+            release=self._release_capacity,
             uncertain=self.claims_uncertain,
         )
         self._writer = ResultWriter(driver, owner, self._written, max_batch=write_batch)
@@ -288,9 +289,21 @@ class TaskPools:
     # -- claiming ------------------------------------------------------------------------------
 
     def _capacities(self) -> dict[str, int]:
-        """How many tasks of each name to claim now."""
+        """How many tasks of each name to claim now. The slots are reserved for the claim
+        until :meth:`_claimed` or :meth:`_release_capacity` returns them: a workflow commit
+        claiming meanwhile (:meth:`reserve`) cannot be promised the same ones."""
         with self._cond:
-            return {name: self._capacity(name) for name in self._busy}
+            limits = {name: self._capacity(name) for name in self._busy}
+            for name, k in limits.items():
+                self._reserved[name] += k
+            return limits
+
+    def _release_capacity(self, limits: Mapping[str, int]) -> None:
+        """The claim for ``limits`` was not made (or failed): its slots are free again."""
+        with self._cond:
+            for name, k in limits.items():
+                self._reserved[name] -= k
+            self._cond.notify_all()
 
     def _capacity(self, name: str) -> int:
         reg = self._regs[name]
@@ -308,20 +321,26 @@ class TaskPools:
         return free if free > ahead // 2 else 0
 
     def _claimed(self, limits: dict[str, int], rows: list[ClaimedTask]) -> None:
-        """The claimer took ``rows`` for ``limits``: a name that got all it asked for
-        probably has more queued."""
+        """The claimer took ``rows`` for ``limits``: the runnable ones count as busy from now
+        (their slots pass from reserved to busy at once), and a name that got all it asked
+        for probably has more queued."""
         got = Counter(row.task_name for row in rows)
         with self._cond:
             for name, limit in limits.items():
+                self._reserved[name] -= limit
                 if limit > 0:
                     self._backlog[name] = got[name] >= limit
+            for row in rows:
+                if row.problem is None:
+                    self._busy[row.task_name] += 1
+            self._cond.notify_all()
 
     def _dispatch(self, row: ClaimedTask) -> None:
+        """Run a task of the claimer's (already counted busy by :meth:`_claimed`)."""
         if self._unrunnable(row):
             return
         reg, claim, run_async = self._prepare(row)
         with self._cond:
-            self._busy[row.task_name] += 1
             self._claims[row.id] = claim
         self._start(reg, claim, run_async)
 

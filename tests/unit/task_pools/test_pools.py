@@ -326,3 +326,44 @@ def test_tasks_a_commit_claimed_after_stop_began_go_back_to_the_queue(
     assert gate.ran == []
     assert queued_and_claimed(driver, "t") == (1, 0)
     assert pools.reserve({"t": 1}) is None
+
+
+class SlowClaims(CountingDriver):
+    """A memory driver whose task claims wait for ``release`` once ``hold`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = threading.Event()
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def claim_tasks(self, limits: Any, owner: str, retries: Any = None) -> Any:
+        if self.hold.is_set():
+            self.inside.set()
+            self.release.wait(10)
+        return super().claim_tasks(limits, owner, retries)
+
+
+def test_a_commit_is_not_promised_the_workers_of_a_claim_in_flight() -> None:
+    driver = SlowClaims()
+    gate = Gate()
+    regs = {"t": TaskRegistration("t", task_callable(gate), 2, None)}
+    pools = TaskPools(driver, regs, owner=OWNER, poll_interval=0.05, on_reported=lambda: None)
+    driver.hold.set()
+    pools.start()
+    try:
+        assert driver.inside.wait(5), "the claimer never claimed"
+        # The claimer has taken both workers' slots and waits on the database: a workflow
+        # commit meanwhile must not be promised them (both would start their tasks).
+        assert pools.reserve({"t": 2}) is None
+        queue_tasks(driver, "t", [1, 2, 3], instance_name="a")
+        driver.release.set()
+        wait_for(lambda: gate.inside == 2, what="two tasks running")
+        assert pools.reserve({"t": 1}) is None
+        gate.open.set()
+        wait_for(lambda: queued_and_claimed(driver, "t") == (0, 0), what="every task")
+        assert sorted(gate.ran) == [1, 2, 3] and gate.most_inside == 2
+    finally:
+        gate.open.set()
+        driver.release.set()
+        pools.stop(5)
