@@ -30,7 +30,7 @@ class Heartbeat(PeriodicService):
         pools: TaskPools,
         owner: str,
         interval: float,
-        lost_task_timeout: float | None = None,
+        lost_task_timeout: float,
     ):
         super().__init__(interval)
         self._driver = driver
@@ -38,7 +38,7 @@ class Heartbeat(PeriodicService):
         self._owner = owner
         # Claims this process never learned of are put back once they are this old: well
         # before the reaper would report them lost, long after any claim in flight is known.
-        self._unknown_after = (lost_task_timeout or 6 * interval) / 2
+        self._unknown_after = lost_task_timeout / 2
         self._releases = callable(getattr(driver, "release_unknown_tasks", None))
 
     def retry_delay(self, failures: int) -> float:
@@ -58,9 +58,8 @@ class Heartbeat(PeriodicService):
         if self._releases and self._pools.claims_uncertain_within(window):
             # A claim failed in a way that may have committed: rows may be running for this
             # process that it never heard of (and never runs or heartbeats).
-            count = self._driver.release_unknown_tasks(
-                self._pools.unreported(), self._owner, self._unknown_after
-            )
+            # A claim registered since ``ids`` was read is younger than _unknown_after.
+            count = self._driver.release_unknown_tasks(ids, self._owner, self._unknown_after)
             if count:
                 self.log.warning(
                     "tasks claimed by a commit whose answer was lost were put back in the queue",

