@@ -24,6 +24,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from cereal.backends.postgres.connections import RecentFirstAsyncPool
 from cereal.backends.postgres.errors import translate as shared_translate
 from cereal.backends.postgres.jsonb import use_strict_jsonb
 from cereal.backends.postgres.listing import BulkEnqueue, Listing
@@ -194,7 +195,7 @@ class AsyncPostgresDriver:
     async def _open_pool(self, st: _LoopState) -> AsyncConnectionPool[AsyncConnection]:
         if self._dsn is None:
             self._dsn = await asyncio.to_thread(self._prepare)
-        pool: AsyncConnectionPool[AsyncConnection] = AsyncConnectionPool(
+        pool: AsyncConnectionPool[AsyncConnection] = RecentFirstAsyncPool(
             self._dsn,
             min_size=1,
             max_size=self._pool_size,
