@@ -5,6 +5,11 @@ commit the decisions.
 every instance's pending events in order, and commit all the outcomes in one transaction.
 Events of one instance are never handled concurrently; different instances are.
 
+A handler whose claim came back full brings in another idle handler: there is probably more
+work. After a full claim of a single instance it waits :data:`SPREAD_DELAY` first, and does
+not if that instance is done by then: at a low rate, every instance fills its claim of one,
+and the extra claim would only compete with the first handler's commit.
+
 Two rules keep one callback from harming others. An instance whose callbacks run longer than
 :data:`CALLBACK_BUDGET` is split off its batch by a watchdog thread: the finished batch-mates
 are committed, the ones not yet started are released for idle handlers, and the slow one stays
@@ -28,12 +33,15 @@ from cereal.logging import get_logger
 from cereal.steps import StepOutcome, run_events
 from cereal.types import WorkflowInstanceInfo
 
-__all__ = ["CALLBACK_BUDGET", "WorkflowEventDispatcher"]
+__all__ = ["CALLBACK_BUDGET", "SPREAD_DELAY", "WorkflowEventDispatcher"]
 
 log = get_logger("cereal.workflow")
 
 CALLBACK_BUDGET = 0.05
 """Seconds an instance's callbacks may run before its batch-mates stop waiting for them."""
+
+SPREAD_DELAY = 0.005
+"""Seconds a handler holds a full claim of one instance before another handler is brought in."""
 
 
 @dataclass(eq=False)
@@ -50,6 +58,8 @@ class _Run:
     split: bool = False
     kept: bool = True
     split_error: Exception | None = None
+    spread_at: float | None = None
+    """When to bring in another handler if this batch is still held (a full claim of one)."""
 
 
 class WorkflowEventDispatcher:
@@ -190,16 +200,22 @@ class WorkflowEventDispatcher:
                         self._ramp = 1
                     if not batch.instances:
                         return
-                    if len(batch.instances) == limit:
-                        # Probably more work: bring in another handler, even after a claim of
-                        # one, so that instances enqueued in a burst run concurrently.
-                        grow = self._ramp = min(limit * 4, self._batch_size)
-                        self._spread()
                     run = _Run(batch, len(batch.instances))
+                    if len(batch.instances) == limit:
+                        # Probably more work: bring in another handler, so that instances
+                        # enqueued in a burst run concurrently; after a claim of one, only if
+                        # this batch is still held SPREAD_DELAY from now (the watchdog's job).
+                        grow = self._ramp = min(limit * 4, self._batch_size)
+                        if limit > 1:
+                            self._spread()
+                        else:
+                            run.spread_at = time.monotonic() + SPREAD_DELAY
                     with self._watch:
                         if self._aborted:
                             return  # stop() gave up on this handler meanwhile
                         self._runs.append(run)
+                        if run.spread_at is not None:
+                            self._watch.notify()
                     try:  # registered until committed: stop() may abort the commit too
                         outcomes = self._run_callbacks(run)
                         if not outcomes or self._aborted:
@@ -293,15 +309,27 @@ class WorkflowEventDispatcher:
         return run.outcomes
 
     def _watchdog(self) -> None:
-        """Split off every instance whose callbacks overrun the budget (see the module)."""
+        """Split off every instance whose callbacks overrun the budget, and bring in another
+        handler for the full claims of one held past their ``spread_at`` (see the module)."""
         while True:
+            spread = 0
             with self._watch:
                 target: _Run | None = None
-                while target is None:
+                while target is None and not spread:
                     if self._closed:
                         return
                     now, wake_at = time.monotonic(), None
                     for run in self._runs:
+                        if run.spread_at is not None:
+                            if run.spread_at <= now:
+                                run.spread_at = None
+                                spread += 1
+                            else:
+                                wake_at = (
+                                    run.spread_at
+                                    if wake_at is None
+                                    else min(wake_at, run.spread_at)
+                                )
                         if run.split or run.instances < 2:
                             continue
                         # Between two instances: the next one starts without a notify.
@@ -310,30 +338,39 @@ class WorkflowEventDispatcher:
                             target = run
                             break
                         wake_at = at if wake_at is None else min(wake_at, at)
-                    if target is None:
+                    if target is None and not spread:
                         self._watch.wait(None if wake_at is None else wake_at - now)
-                target.splitting = True
-                done = list(target.outcomes)
-                keep = target.batch.instances[len(done)].id
-                others = target.instances - len(done) - 1
-            try:
-                finished, kept = target.batch.split(done, keep)
-            except Exception as exc:
-                log.warning("cannot commit the batch-mates of a slow callback", error=repr(exc))
-                with self._watch:
-                    target.split_error = exc
-                    target.split, target.splitting = True, False
-                    self._watch.notify_all()
-                continue
+                if target is not None:
+                    target.splitting = True
+                    done = list(target.outcomes)
+                    keep = target.batch.instances[len(done)].id
+                    others = target.instances - len(done) - 1
+            for _ in range(spread):
+                self._spread()
+            if target is not None:
+                self._split(target, done, keep, others)
+
+    def _split(self, target: _Run, done: list[StepOutcome], keep: int, others: int) -> None:
+        """Commit the finished batch-mates of ``target``'s slow instance ``keep`` and release
+        the ``others`` not started yet (the watchdog's half of a split)."""
+        try:
+            finished, kept = target.batch.split(done, keep)
+        except Exception as exc:
+            log.warning("cannot commit the batch-mates of a slow callback", error=repr(exc))
             with self._watch:
-                target.split, target.kept, target.splitting = True, kept, False
+                target.split_error = exc
+                target.split, target.splitting = True, False
                 self._watch.notify_all()
-            if others:
-                self._spread()  # idle handlers take the batch-mates it released
-            try:
-                self._after_commit(done, finished)
-            except BaseException as exc:  # the watchdog must outlive any hook
-                log.warning("after-commit hook failed", error=repr(exc))
+            return
+        with self._watch:
+            target.split, target.kept, target.splitting = True, kept, False
+            self._watch.notify_all()
+        if others:
+            self._spread()  # idle handlers take the batch-mates it released
+        try:
+            self._after_commit(done, finished)
+        except BaseException as exc:  # the watchdog must outlive any hook
+            log.warning("after-commit hook failed", error=repr(exc))
 
     def _fail_unstorable(self, outcome: StepOutcome) -> list[WorkflowInstanceInfo]:
         """A decision the database refuses fails its instance instead of looping forever."""

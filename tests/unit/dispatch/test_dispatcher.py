@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cereal import Decision, WorkflowInstance, WorkflowStatus
+from cereal import Decision, WorkflowInstance, WorkflowStatus, dispatch
 from cereal.dispatch import WorkflowEventDispatcher
 from cereal.driver import TaskOutcome
 from cereal.errors import TransientDatabaseError
@@ -34,12 +34,15 @@ class ObservedDriver(MemoryDriver):
     def __init__(self) -> None:
         super().__init__()
         self.claimed: list[int] = []
+        self.claims = 0
+        """Every claim, empty ones included."""
         self.fail_claims = 0
 
     @contextmanager
     def claim_events(
         self, workflow_names: Sequence[str], limit: int, events_per_instance: int
     ) -> Iterator[MemoryEventBatch]:
+        self.claims += 1
         if self.fail_claims:
             self.fail_claims -= 1
             raise TransientDatabaseError("connection lost")
@@ -142,6 +145,49 @@ def test_different_instances_are_handled_at_the_same_time(
     start_dispatcher(Flow(on_start=on_start), workers=3)
     wait_for(lambda: finished.names() == ["a", "b", "c"], what="three instances")
     assert {r.status for r in finished.runs} == {WorkflowStatus.COMPLETED}
+
+
+def test_an_instance_handled_quickly_does_not_bring_in_another_handler(
+    driver: ObservedDriver,
+    finished: Finished,
+    start_dispatcher: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At a low rate every claim of one comes back full. A second handler brought in at once
+    # would only compete with the first one's commit, with one more claim per instance.
+    monkeypatch.setattr(dispatch, "SPREAD_DELAY", 1.0)  # "quickly", even on a loaded machine
+    dispatcher = start_dispatcher(
+        Flow(on_start=lambda inst, ev: inst.complete()), workers=4, poll_interval=60
+    )
+    wait_for(lambda: driver.claims == 1, what="the claim made at start")
+    for n in range(1, 6):
+        driver.enqueue_workflow(WF, f"i{n}", None)
+        dispatcher.wake()
+        # One claim takes the instance, the next finds nothing and the handler goes idle.
+        wait_for(lambda n=n: driver.claims == 1 + 2 * n, what="the claims of one instance")
+        time.sleep(0.05)
+        assert driver.claims == 1 + 2 * n
+    assert len(finished.runs) == 5
+
+
+def test_an_instance_whose_callback_runs_long_brings_in_another_handler(
+    driver: ObservedDriver, finished: Finished, start_dispatcher: Callable[..., Any]
+) -> None:
+    b_done = threading.Event()
+
+    def on_start(inst: WorkflowInstance, ev: Any) -> Decision:
+        if inst.instance_name == "a" and not b_done.wait(timeout=10):
+            return inst.fail("b waited for a")
+        if inst.instance_name == "b":
+            b_done.set()
+        return inst.complete()
+
+    driver.enqueue_workflow(WF, "a", None)
+    driver.enqueue_workflow(WF, "b", None)
+    start_dispatcher(Flow(on_start=on_start), workers=2, poll_interval=60)
+    wait_for(lambda: finished.names() == ["a", "b"], what="both instances")
+    assert {r.status for r in finished.runs} == {WorkflowStatus.COMPLETED}
+    assert driver.claimed[:2] == [1, 1]
 
 
 def test_a_backlog_is_claimed_in_growing_batches_of_at_most_batch_size(
