@@ -67,6 +67,10 @@ class TaskPools:
         # Names whose last claim took all it asked for, or whose commit found older tasks
         # waiting: more are probably queued, which a commit would not claim.
         self._backlog = dict.fromkeys(registrations, False)
+        # Names a claim passed over for want of a free worker: the wake that started it may
+        # have been for their tasks, so the next worker of theirs to free up claims again.
+        # (Otherwise a finished task wakes the claimer only for a backlog.)
+        self._unserved: set[str] = set()
         # Recent run time per sync task name (None until one finished): decides prefetching.
         self._run_time: dict[str, float | None] = dict.fromkeys(registrations)
         self._claims: dict[int, Claim] = {}
@@ -299,10 +303,12 @@ class TaskPools:
             return limits
 
     def _release_capacity(self, limits: Mapping[str, int]) -> None:
-        """The claim for ``limits`` was not made (or failed): its slots are free again."""
+        """The claim for ``limits`` was not made (or failed): its slots are free again, and
+        the tasks it was woken for may still be queued (see :meth:`_claimed`)."""
         with self._cond:
             for name, k in limits.items():
                 self._reserved[name] -= k
+                self._unserved.add(name)
             self._cond.notify_all()
 
     def _capacity(self, name: str) -> int:
@@ -330,6 +336,9 @@ class TaskPools:
                 self._reserved[name] -= limit
                 if limit > 0:
                     self._backlog[name] = got[name] >= limit
+                    self._unserved.discard(name)
+                else:
+                    self._unserved.add(name)
             for row in rows:
                 if row.problem is None:
                     self._busy[row.task_name] += 1
@@ -469,7 +478,10 @@ class TaskPools:
             first = claim.state.active
             if first:
                 claim.state = TaskState.RESOLVED
-        self._claimer.wake()
+            name = claim.task.name
+            waiting = self._backlog[name] or name in self._unserved
+        if waiting:  # the freed worker can take a queued task; otherwise wakes bring new ones
+            self._claimer.wake()
         if not first:
             return
         if error is not None:

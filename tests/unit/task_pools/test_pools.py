@@ -367,3 +367,66 @@ def test_a_commit_is_not_promised_the_workers_of_a_claim_in_flight() -> None:
         gate.open.set()
         driver.release.set()
         pools.stop(5)
+
+
+class ClaimCounter(MemoryDriver):
+    """A memory driver that counts task claims."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims = 0
+
+    def claim_tasks(self, *args: Any, **kwargs: Any) -> Any:
+        self.claims += 1
+        return super().claim_tasks(*args, **kwargs)
+
+
+@pytest.fixture
+def quiet_pools() -> Iterator[Callable[..., tuple[ClaimCounter, TaskPools]]]:
+    """``quiet_pools(fn, workers)``: pools of one task name ``t`` that never poll, so every
+    claim they make answers a wake."""
+    started: list[TaskPools] = []
+
+    def start(fn: Any, workers: int) -> tuple[ClaimCounter, TaskPools]:
+        driver = ClaimCounter()
+        regs = {"t": TaskRegistration("t", task_callable(fn), workers, None)}
+        pools = TaskPools(driver, regs, owner=OWNER, poll_interval=60, on_reported=lambda: None)
+        pools.start()
+        started.append(pools)
+        wait_for(lambda: driver.claims == 1, what="the claim made at start")
+        return driver, pools
+
+    yield start
+    for pools in started:
+        pools.stop(5)
+
+
+def test_a_finished_task_claims_again_only_if_more_were_waiting(
+    quiet_pools: Callable[..., tuple[ClaimCounter, TaskPools]],
+) -> None:
+    # At a low rate each task comes with a wake: a claim takes it and the claimer looks once
+    # more for what came in meanwhile. A claim after each finished task as well would find
+    # nothing, once per task.
+    driver, pools = quiet_pools(lambda task: task.parameters, 2)
+    for n in range(1, 4):
+        instance = queue_tasks(driver, "t", [n], instance_name=f"i{n}")
+        pools.wake("t")
+        wait_for_reports(driver, instance, 1)
+        time.sleep(0.05)
+        assert driver.claims == 1 + 2 * n
+
+
+def test_a_task_queued_while_every_worker_is_busy_runs_when_one_frees_up(
+    quiet_pools: Callable[..., tuple[ClaimCounter, TaskPools]],
+) -> None:
+    gate = Gate()
+    driver, pools = quiet_pools(gate, 1)
+    queue_tasks(driver, "t", ["first"], instance_name="a")
+    pools.wake("t")
+    wait_for(lambda: gate.inside == 1, what="the first task running")
+    second = queue_tasks(driver, "t", ["second"], instance_name="b")
+    pools.wake("t")  # no free worker: nothing is claimed now
+    time.sleep(0.05)
+    assert queued_and_claimed(driver, "t") == (1, 1)
+    gate.open.set()
+    assert [r.result for r in wait_for_reports(driver, second, 1)] == ["second"]
