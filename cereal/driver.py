@@ -106,6 +106,9 @@ class EventRow:
     """Why the stored task fields cannot be used; the result is then ``UNUSABLE_RESULT``."""
     task_attempts: int = 1
     """Attempts the task made (``task_complete`` only)."""
+    task_route: str | None = None
+    """The route the task was enqueued with (``task_complete`` only; see
+    :class:`~cereal.workflow.PendingTask`)."""
 
 
 @dataclass(slots=True)

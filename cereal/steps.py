@@ -82,7 +82,7 @@ def _call(executor: WorkflowExecutor, handle: WorkflowInstance, event: EventRow)
         )
     result = _task_result(event)
     return executor.on_task_complete(
-        handle, TaskCompleteEvent(result.task_name, result, event.enqueued_at)
+        handle, TaskCompleteEvent(result.task_name, result, event.enqueued_at, event.task_route)
     )
 
 

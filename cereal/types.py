@@ -102,6 +102,9 @@ class TaskCompleteEvent:
     task_name: str
     result: TaskResult
     enqueued_at: datetime
+    route: str | None = field(default=None, compare=False)
+    """The route the task was enqueued with: set by the chain and parallel patterns, which
+    route each result to the sub-workflow that enqueued the task; None otherwise."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,9 @@ class PendingTask:
     """Absolute earliest start (UTC), or None."""
     delay: float = 0.0
     """Seconds after the database's ``now()`` when ``start_at`` is None."""
+    route: str | None = None
+    """An opaque tag stored with the task and handed back with its result (the chain and
+    parallel patterns route results to their sub-workflows with it); None for plain tasks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,16 @@ class WorkflowInstance:
         or a delay measured on the database's clock. Raises ``SerializationError`` at once
         if ``parameters`` is not JSON-serialisable.
         """
+        self._enqueue_routed(task_name, parameters, start_after, None)
+
+    def _enqueue_routed(
+        self,
+        task_name: str,
+        parameters: Any,
+        start_after: datetime | timedelta | None,
+        route: str | None,
+    ) -> None:
+        """:meth:`enqueue_task` with a route (see :attr:`PendingTask.route`)."""
         check_name("task_name", task_name)
         params = encode(parameters, f"parameters of task {task_name!r}")
         start_at: datetime | None = None
@@ -135,7 +148,7 @@ class WorkflowInstance:
                 f"start_after must be a datetime, a timedelta or None, "
                 f"got {type(start_after).__name__}: {start_after!r}"
             )
-        self._tasks.append(PendingTask(task_name, params, start_at, delay))
+        self._tasks.append(PendingTask(task_name, params, start_at, delay, route))
 
     def continue_with(self, payload: Any = None) -> Decision:
         """Keep the instance running with a new payload, writing the buffered tasks."""

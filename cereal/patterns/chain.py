@@ -18,8 +18,8 @@ from cereal.patterns.state import (
     pattern_value,
     read_routes,
     read_state,
+    route_of_result,
     run_sub_workflow,
-    take_route,
 )
 from cereal.steps import handles_signals
 from cereal.types import (
@@ -142,7 +142,6 @@ class ChainWorkflowExecutor:
             event = StartEvent(enqueued_at)
             state, kind = run_sub_workflow(
                 instance,
-                routes,
                 idx,
                 self._label(idx),
                 params[idx],
@@ -186,10 +185,10 @@ class ChainWorkflowExecutor:
         if isinstance(read, str):
             return instance.fail(read)
         params, cancelled, states, routes = read
-        key = take_route(routes, event.task_name, event.result.parameters)
+        key, sub_event = route_of_result(event, routes)
         if key is None:
-            # No record (a payload written by hand or by an older version): the current
-            # sub-workflow is the only one that can still be waiting for it.
+            # No route (a task enqueued outside the chain, or a test's hand-made event): the
+            # current sub-workflow is the only one that can still be waiting for it.
             key = len(states) - 1
         if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < len(states):
             return instance.fail(
@@ -202,13 +201,12 @@ class ChainWorkflowExecutor:
         executor = self._executors[key]
         states[key], kind = run_sub_workflow(
             instance,
-            routes,
             key,
             self._label(key),
             params[key],
             states[key],
             "on_task_complete",
-            lambda sub: executor.on_task_complete(sub, event),
+            lambda sub: executor.on_task_complete(sub, sub_event),
         )
         return self._after(instance, kind, params, cancelled, states, routes, event.enqueued_at)
 
@@ -223,7 +221,6 @@ class ChainWorkflowExecutor:
         executor = self._executors[idx]
         states[idx], kind = run_sub_workflow(
             instance,
-            routes,
             idx,
             self._label(idx),
             params[idx],
@@ -253,7 +250,6 @@ class ChainWorkflowExecutor:
             return instance.continue_with(instance.payload)
         states[idx], kind = run_sub_workflow(
             instance,
-            routes,
             idx,
             self._label(idx),
             params[idx],

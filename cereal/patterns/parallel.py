@@ -18,8 +18,8 @@ from cereal.patterns.state import (
     pattern_value,
     read_routes,
     read_state,
+    route_of_result,
     run_sub_workflow,
-    take_route,
 )
 from cereal.steps import handles_signals
 from cereal.types import (
@@ -117,7 +117,6 @@ class ParallelWorkflowExecutor:
     def _run(
         self,
         instance: WorkflowInstance,
-        routes: Routes,
         key: str,
         parameters: Any,
         previous: dict[str, Any],
@@ -125,7 +124,7 @@ class ParallelWorkflowExecutor:
         call: SubCall,
     ) -> dict[str, Any]:
         state, _ = run_sub_workflow(
-            instance, routes, key, self._label(key), parameters, previous, callback, call
+            instance, key, self._label(key), parameters, previous, callback, call
         )
         return state
 
@@ -141,7 +140,6 @@ class ParallelWorkflowExecutor:
             executor = self._executors[key]
             states[key] = self._run(
                 instance,
-                routes,
                 key,
                 params[key],
                 new_state(),
@@ -155,10 +153,10 @@ class ParallelWorkflowExecutor:
         if isinstance(read, str):
             return instance.fail(read)
         states, routes = read
-        key = take_route(routes, event.task_name, event.result.parameters)
+        key, sub_event = route_of_result(event, routes)
         if key is None:
-            # No record (a payload written by hand or by an older version): deliver it only
-            # if a single sub-workflow can be waiting for a task.
+            # No route (a task enqueued outside the pattern, or a test's hand-made event):
+            # deliver it only if a single sub-workflow can be waiting for a task.
             running = [k for k, s in states.items() if not s["finished"]]
             waiting = [
                 k for k in running if states[k]["enqueued_tasks"] > states[k]["completed_tasks"]
@@ -182,12 +180,11 @@ class ParallelWorkflowExecutor:
                 return instance.fail(self._unknown(key))
             states[key] = self._run(
                 instance,
-                routes,
                 key,
                 self._sub_parameters(instance, key),
                 states[key],
                 "on_task_complete",
-                _call(self._executors[key], "on_task_complete", event),
+                _call(self._executors[key], "on_task_complete", sub_event),
             )
         return self._decide(instance, states, routes)
 
@@ -221,7 +218,6 @@ class ParallelWorkflowExecutor:
                 continue
             states[key] = self._run(
                 instance,
-                routes,
                 key,
                 self._sub_parameters(instance, key),
                 states[key],

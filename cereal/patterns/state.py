@@ -6,12 +6,16 @@ state is a JSON object ``{"payload", "result", "error", "enqueued_tasks",
 "completed_tasks", "finished"}`` kept in the pattern's payload (and, once the pattern
 finished, in its result).
 
-Routing: task parameters are never touched. Instead, every task a sub-workflow enqueues is
-recorded in the pattern's running payload under ``"routes"`` as ``[sub_workflow, task_name,
-digest]`` (``digest`` identifies the task's parameters). A task result is matched to the
-oldest record with the same task name and parameters, so results may come back in any order
-and several sub-workflows may use the same task name. The record is removed when matched;
-the pattern's final result carries no routes.
+Routing: task parameters are never touched, and the payload keeps the shape of the result.
+Every task a sub-workflow enqueues carries a route (:attr:`cereal.workflow.PendingTask.route`):
+``[sub_workflow, inner]``, where ``inner`` is the route the sub-workflow itself gave the task
+(a pattern nested in a pattern), and the engine hands it back with the task's result. Results
+may come back in any order and several sub-workflows may use the same task name.
+
+Instances started by earlier versions kept a routing table in the running payload under
+``"routes"`` (``[sub_workflow, task_name, digest]`` per task still out, ``digest``
+identifying the task's parameters): a result without a route is matched to the oldest record
+with the same task name and parameters, and the table is written back until it is empty.
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 from cereal.codec import describe_error, try_encode
 from cereal.errors import InvalidExecutorError
 from cereal.logging import get_logger
-from cereal.types import WorkflowInstanceInfo, WorkflowStatus
+from cereal.types import TaskCompleteEvent, WorkflowInstanceInfo, WorkflowStatus
 from cereal.workflow import Decision, DecisionKind, WorkflowInstance
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "pattern_value",
     "read_routes",
     "read_state",
+    "route_of_result",
     "run_sub_workflow",
     "take_route",
 ]
@@ -47,7 +52,8 @@ __all__ = [
 log = get_logger("cereal.patterns")
 
 ROUTES = "routes"
-"""Key of the routing table in a pattern's running payload."""
+"""Key of the routing table in the running payload of an instance started by an earlier
+version."""
 
 StateDict = dict[str, Any]
 Key = int | str
@@ -163,7 +169,6 @@ def parameters_digest(parameters: Any) -> str:
 
 def run_sub_workflow(
     real: WorkflowInstance,
-    routes: list[list[Any]],
     key: Key,
     label: str,
     parameters: Any,
@@ -174,8 +179,8 @@ def run_sub_workflow(
     """Run one callback of a sub-workflow and fold its decision into a new state.
 
     ``call`` receives the sub-workflow's own instance (its parameters, payload and counters).
-    On ``continue_with`` its buffered tasks are enqueued on the real instance and recorded in
-    ``routes``; on ``complete`` they are dropped (a sub-workflow may enqueue and complete in
+    On ``continue_with`` its buffered tasks are enqueued on the real instance, routed to ``key``;
+    on ``complete`` they are dropped (a sub-workflow may enqueue and complete in
     one step). A callback that raises, returns something other than a :class:`Decision`, or
     gives a value that is not JSON fails the sub-workflow (not the pattern), with an error
     naming it (``label``). Returns the new state and what the sub-workflow decided.
@@ -218,13 +223,39 @@ def run_sub_workflow(
     for task in pending:
         task_parameters = None if task.parameters_json is None else json.loads(task.parameters_json)
         start_after = task.start_at or (timedelta(seconds=task.delay) if task.delay else None)
-        real.enqueue_task(task.name, task_parameters, start_after=start_after)
-        routes.append([key, task.name, parameters_digest(task_parameters)])
+        real._enqueue_routed(task.name, task_parameters, start_after, _route(key, task.route))
     state = new_state()
     state["payload"] = decision.value
     state["enqueued_tasks"] = previous["enqueued_tasks"] + len(pending)
     state["completed_tasks"] = previous["completed_tasks"]
     return state, DecisionKind.CONTINUE
+
+
+def _route(key: Key, inner: str | None) -> str:
+    return json.dumps([key, inner], separators=(",", ":"), ensure_ascii=False)
+
+
+def route_of_result(
+    event: TaskCompleteEvent, routes: list[list[Any]]
+) -> tuple[Key | None, TaskCompleteEvent]:
+    """The sub-workflow a task result goes to, and the event to give it (with the
+    sub-workflow's own route): from the route the task carries, else from an earlier
+    version's ``routes`` table (the matched record is removed). None when neither says."""
+    tag = event.route
+    if tag is not None:
+        try:
+            decoded = json.loads(tag)
+        except ValueError:
+            decoded = None
+        if (
+            isinstance(decoded, list)
+            and len(decoded) == 2
+            and isinstance(decoded[0], int | str)
+            and not isinstance(decoded[0], bool)
+            and (decoded[1] is None or isinstance(decoded[1], str))
+        ):
+            return decoded[0], replace(event, route=decoded[1])
+    return take_route(routes, event.task_name, event.result.parameters), event
 
 
 def read_routes(payload: dict[str, Any]) -> list[list[Any]]:

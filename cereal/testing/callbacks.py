@@ -50,7 +50,9 @@ class CallbackOutcome:
     ``payload`` is set when the decision is ``"continue"`` (the instance's new payload),
     ``result`` when it is ``"complete"``, ``error`` when it is ``"fail"``. ``tasks`` lists the
     tasks that would be written, as ``(task_name, parameters, start_after)``: always empty
-    unless the instance continues. Values are JSON round-tripped, as stored.
+    unless the instance continues, and ``task_routes`` their routes (None but for tasks of
+    the chain and parallel patterns; pass one to :func:`task_complete_event` to deliver that
+    task's result as the engine would). Values are JSON round-tripped, as stored.
     """
 
     decision: DecisionName
@@ -62,6 +64,8 @@ class CallbackOutcome:
     """The instance's enqueued-task counter after the callback."""
     completed_tasks: int = 0
     """The instance's completed-task counter after the callback."""
+    task_routes: list[str | None] = field(default_factory=list)
+    """The route of each of ``tasks``, in the same order."""
 
     @property
     def task_names(self) -> list[str]:
@@ -93,12 +97,14 @@ def task_complete_event(
     error: str | None = None,
     parameters: Any = None,
     attempts: int = 1,
+    route: str | None = None,
 ) -> TaskCompleteEvent:
     """The result of a task named ``task_name`` that was enqueued with ``parameters``.
 
     A successful task returned ``value``. For any other ``status``, ``error`` is the text the
     workflow sees (a generic one when omitted); ``value`` must then be None. ``attempts`` is
-    how many attempts the task made (more than 1 only with a retry policy).
+    how many attempts the task made (more than 1 only with a retry policy). ``route`` is the
+    route the task was enqueued with (``CallbackOutcome.task_routes``).
     """
     check_name("task_name", task_name)
     check_count("attempts", attempts)
@@ -121,7 +127,7 @@ def task_complete_event(
         error=error,
         attempts=attempts,
     )
-    return TaskCompleteEvent(task_name, result, datetime.now(UTC))
+    return TaskCompleteEvent(task_name, result, datetime.now(UTC), route)
 
 
 def run_callback(
@@ -191,6 +197,7 @@ def run_callback(
         "continue",
         payload=_loads(out.payload_json),
         tasks=tasks,
+        task_routes=[t.route for t in out.tasks],
         enqueued_tasks=out.enqueued_tasks,
         completed_tasks=out.completed_tasks,
     )
@@ -223,6 +230,7 @@ def _event_row(event: Event) -> EventRow:
             task_error=result.error,
             task_result=_roundtrip(result.value, "task value"),
             task_attempts=result.attempts,
+            task_route=event.route,
         )
     raise CerealError(
         f"run_callback takes a StartEvent, TaskCompleteEvent, CancelEvent or SignalEvent "

@@ -120,6 +120,7 @@ class _Event:
     signal_name: str | None = None
     signal_payload: str | None = None
     task_attempts: int | None = None
+    task_route: str | None = None
 
 
 @dataclass(slots=True)
@@ -134,6 +135,7 @@ class _Task:
     claimed_by: str | None = None
     heartbeat_at: datetime | None = None
     trace_context: str | None = None
+    route: str | None = None
     attempt: int = 1
     max_attempts: int = 1
     retry_delay: float | None = None
@@ -720,6 +722,7 @@ class MemoryDriver:
                         task_error=outcome.error,
                         task_result=result,
                         task_attempts=task.attempt,
+                        task_route=task.route,
                     )
                 )
                 wakeups.append(EventsPending(outcome.workflow_name))
@@ -808,6 +811,7 @@ class MemoryDriver:
                         task_status="lost",
                         task_error=error,
                         task_attempts=task.attempt,
+                        task_route=task.route,
                     )
                 )
                 wakeups.append(EventsPending(s.instances[task.instance_id].workflow_name))
@@ -1284,7 +1288,14 @@ class MemoryEventBatch:
                 ):
                     row_id = s.next_id()
                     added = s.tasks[row_id] = _Task(
-                        row_id, inst.id, task.name, params, now, start, trace_context=trace
+                        row_id,
+                        inst.id,
+                        task.name,
+                        params,
+                        now,
+                        start,
+                        trace_context=trace,
+                        route=task.route,
                     )
                     if claim is not None and start <= now and free.get(task.name, 0) > 0:
                         free[task.name] -= 1
@@ -1403,6 +1414,7 @@ def _event_row(e: _Event) -> EventRow:
         signal_payload=signal,
         problem=_problems(p1, p2, p3),
         task_attempts=e.task_attempts or 1,
+        task_route=e.task_route,
     )
 
 

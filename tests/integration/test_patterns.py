@@ -331,3 +331,65 @@ def test_a_chain_runs_from_a_schedule(make_any_manager: MakeManager) -> None:
     done = manager.await_workflow("nightly", "run", timeout=30)
     assert done.status is WorkflowStatus.COMPLETED
     assert [w["result"] for w in done.result["workflows"]] == [9, 2]
+
+
+# -- routing --------------------------------------------------------------------------------------
+
+
+def test_a_running_chain_payload_has_the_shape_of_its_result(make_any_manager: MakeManager) -> None:
+    release = threading.Event()
+
+    def held(task: Task) -> int:
+        release.wait(20)
+        return int(task.parameters * task.parameters)
+
+    manager = make_any_manager()
+    manager.register_workflow_executor("chain", ChainWorkflowExecutor(Squares(), Squares()))
+    manager.register_task_executor("square", held, workers=2)
+    manager.start()
+    manager.enqueue_workflow("chain", "c", [[1, 2], [3]])
+    wait_for(
+        lambda: manager.get_workflow_instance("chain", "c").payload is not None,
+        what="the chain to start",
+    )
+    live = manager.get_workflow_instance("chain", "c")
+    assert live.payload == {
+        "cancelled": False,
+        "workflows": [state(payload=0, enqueued_tasks=2, finished=False)],
+    }
+    release.set()
+    done = manager.await_workflow("chain", "c", timeout=20)
+    assert done.result == {
+        "cancelled": False,
+        "workflows": [
+            state(result=5, enqueued_tasks=2, completed_tasks=2),
+            state(result=9, enqueued_tasks=1, completed_tasks=1),
+        ],
+    }
+
+
+def test_parallel_branches_with_identical_tasks_each_get_their_own_result(
+    make_any_manager: MakeManager,
+) -> None:
+    # Both branches enqueue "square" with the same parameters; the task returns a different
+    # value each time it runs. Each branch must get exactly one of them.
+    lock = threading.Lock()
+    runs: list[int] = []
+
+    def numbered(task: Task) -> int:
+        with lock:
+            runs.append(len(runs) + 1)
+            return runs[-1]
+
+    manager = make_any_manager()
+    manager.register_workflow_executor(
+        "par", ParallelWorkflowExecutor({"a": Squares(), "b": Squares()})
+    )
+    manager.register_task_executor("square", numbered)
+    manager.start()
+    manager.enqueue_workflow("par", "p", {"a": [7], "b": [7]})
+    done = manager.await_workflow("par", "p", timeout=20)
+    assert done.status is WorkflowStatus.COMPLETED
+    results = sorted(s["result"] for s in done.result["workflows"].values())
+    assert results == [1, 2]
+    assert set(done.result) == {"workflows"}

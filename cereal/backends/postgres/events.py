@@ -268,6 +268,7 @@ class PostgresEventBatch:
                     "start_ats": [t.start_at for _, t, _ in tasks],
                     "delays": [t.delay for _, t, _ in tasks],
                     "trace_contexts": [c for _, _, c in tasks],
+                    "routes": [t.route for _, t, _ in tasks],
                 }
                 if claiming and claim is not None:
                     policies = [claim.first_attempt(n) for n in claiming]

@@ -322,7 +322,7 @@ SELECT EXISTS (SELECT 1 FROM workflow_events e WHERE e.id = %(event_id)s) AS pen
 -- committed by the previous holder of each instance (the locking statement's snapshot may
 -- predate that commit).
 SELECT e.id, e.instance_id, e.event_type, e.enqueued_at, e.task_name, e.task_parameters,
-       e.task_status, e.task_error, e.task_result, e.task_attempts, e.signal_name,
+       e.task_status, e.task_error, e.task_result, e.task_attempts, e.task_route, e.signal_name,
        e.signal_payload
 FROM unnest(string_to_array(nullif(current_setting('cereal.locked_instances', true), ''),
                             ',')::bigint[]) AS locked(id)
@@ -348,12 +348,13 @@ WHERE i.id = u.id;
 
 -- name: insert_tasks
 -- Write the tasks of continuing instances; start_after uses the database clock.
-INSERT INTO tasks (instance_id, task_name, parameters, start_after, trace_context)
+INSERT INTO tasks (instance_id, task_name, parameters, start_after, trace_context, route)
 SELECT t.instance_id, t.task_name, t.parameters::jsonb,
-       coalesce(t.start_at, now() + make_interval(secs => t.delay)), t.trace_context
+       coalesce(t.start_at, now() + make_interval(secs => t.delay)), t.trace_context, t.route
 FROM unnest(%(instance_ids)s::bigint[], %(names)s::text[], %(parameters)s::text[],
-            %(start_ats)s::timestamptz[], %(delays)s::float8[], %(trace_contexts)s::text[])
-     AS t(instance_id, task_name, parameters, start_at, delay, trace_context);
+            %(start_ats)s::timestamptz[], %(delays)s::float8[], %(trace_contexts)s::text[],
+            %(routes)s::text[])
+     AS t(instance_id, task_name, parameters, start_at, delay, trace_context, route);
 
 -- name: insert_tasks_claiming
 -- insert_tasks, claiming for the committing process (owner) the tasks it can start at once:
@@ -366,9 +367,10 @@ FROM unnest(%(instance_ids)s::bigint[], %(names)s::text[], %(parameters)s::text[
 WITH t AS (
     SELECT t.*, coalesce(t.start_at, now() + make_interval(secs => t.delay)) AS start_after
     FROM unnest(%(instance_ids)s::bigint[], %(names)s::text[], %(parameters)s::text[],
-                %(start_ats)s::timestamptz[], %(delays)s::float8[], %(trace_contexts)s::text[])
+                %(start_ats)s::timestamptz[], %(delays)s::float8[], %(trace_contexts)s::text[],
+                %(routes)s::text[])
          WITH ORDINALITY
-         AS t(instance_id, task_name, parameters, start_at, delay, trace_context, ord)
+         AS t(instance_id, task_name, parameters, start_at, delay, trace_context, route, ord)
 ), c AS (
     SELECT * FROM unnest(%(claim_names)s::text[], %(claim_limits)s::int[],
                          %(max_attempts)s::int[], %(retry_delays)s::float8[],
@@ -388,9 +390,10 @@ WITH t AS (
     ) d
     WHERE n <= lim
 ), ins AS (
-    INSERT INTO tasks (instance_id, task_name, parameters, start_after, trace_context, state,
-                       claimed_by, heartbeat_at, max_attempts, retry_delay)
+    INSERT INTO tasks (instance_id, task_name, parameters, start_after, trace_context, route,
+                       state, claimed_by, heartbeat_at, max_attempts, retry_delay)
     SELECT t.instance_id, t.task_name, t.parameters::jsonb, t.start_after, t.trace_context,
+           t.route,
            CASE WHEN taken.ord IS NULL THEN 'queued' ELSE 'running' END,
            CASE WHEN taken.ord IS NULL THEN NULL ELSE %(owner)s::text END,
            CASE WHEN taken.ord IS NULL THEN NULL ELSE now() END,
@@ -509,13 +512,13 @@ WITH r AS (
     WHERE t.id = ANY(%(ids)s::bigint[]) AND t.id = r.id
       AND t.state = 'running' AND t.claimed_by = %(owner)s
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt,
-              r.status, r.error, r.result, r.workflow_name
+              t.route, r.status, r.error, r.result, r.workflow_name
 ), ev AS (
     INSERT INTO workflow_events (instance_id, event_type, workflow_name, task_id, task_name,
                                  task_parameters, task_enqueued_at, task_status, task_error,
-                                 task_result, task_attempts)
+                                 task_result, task_attempts, task_route)
     SELECT instance_id, 'task_complete', workflow_name, id, task_name, parameters, enqueued_at,
-           status, error, result::jsonb, attempt
+           status, error, result::jsonb, attempt, route
     FROM done ORDER BY id
 )
 SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM done;
@@ -543,13 +546,13 @@ WITH r AS (
       AND t.state = 'running' AND t.claimed_by = %(owner)s
       AND NOT (r.retry AND t.attempt < t.max_attempts)
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt,
-              r.status, r.error, r.result, r.workflow_name
+              t.route, r.status, r.error, r.result, r.workflow_name
 ), ev AS (
     INSERT INTO workflow_events (instance_id, event_type, workflow_name, task_id, task_name,
                                  task_parameters, task_enqueued_at, task_status, task_error,
-                                 task_result, task_attempts)
+                                 task_result, task_attempts, task_route)
     SELECT instance_id, 'task_complete', workflow_name, id, task_name, parameters, enqueued_at,
-           status, error, result::jsonb, attempt
+           status, error, result::jsonb, attempt, route
     FROM done ORDER BY id
 )
 SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM done
@@ -604,13 +607,14 @@ WITH silent AS (
 ), lost AS (
     DELETE FROM tasks t USING silent
     WHERE t.id = silent.id AND t.attempt >= t.max_attempts
-    RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt
+    RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt,
+              t.route
 ), ev AS (
     INSERT INTO workflow_events (instance_id, event_type, workflow_name, task_id, task_name,
                                  task_parameters, task_enqueued_at, task_status, task_error,
-                                 task_attempts)
+                                 task_attempts, task_route)
     SELECT lost.instance_id, 'task_complete', i.workflow_name, lost.id, lost.task_name,
-           lost.parameters, lost.enqueued_at, 'lost', %(error)s, lost.attempt
+           lost.parameters, lost.enqueued_at, 'lost', %(error)s, lost.attempt, lost.route
     FROM lost JOIN workflow_instances i ON i.id = lost.instance_id
     ORDER BY lost.id
     RETURNING instance_id

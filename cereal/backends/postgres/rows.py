@@ -73,6 +73,7 @@ def event_row(e: Row) -> EventRow:
         task_error=e["task_error"],
         task_result=_decoded(e["task_result"]),
         task_attempts=e["task_attempts"] or 1,
+        task_route=e["task_route"],
         signal_name=e["signal_name"],
         signal_payload=_decoded(e["signal_payload"]),
         problem=_problems(

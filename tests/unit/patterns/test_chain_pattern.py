@@ -215,9 +215,10 @@ def test_chain_absorbs_a_late_result_for_a_finished_sub_workflow() -> None:
     params = [None, None]
     started = run_callback(chain, start_event(), parameters=params)
     # The first sub-workflow completes on its second task; its first is still out.
+    first_task, second_task = started.task_routes
     step = run_callback(
         chain,
-        task_complete_event("work", "b", parameters={"n": 2}),
+        task_complete_event("work", "b", parameters={"n": 2}, route=second_task),
         parameters=params,
         payload=started.payload,
         enqueued_tasks=2,
@@ -225,10 +226,10 @@ def test_chain_absorbs_a_late_result_for_a_finished_sub_workflow() -> None:
     assert step.decision == "continue"
     assert [c[0] for c in second.calls] == ["on_start"]
     # The late result of the first sub-workflow's task carries the same parameters as the
-    # second sub-workflow's task: it still goes to the first one (enqueued earlier).
+    # second sub-workflow's task: its route takes it to the first one.
     late = run_callback(
         chain,
-        task_complete_event("work", "a", parameters={"n": 1}),
+        task_complete_event("work", "a", parameters={"n": 1}, route=first_task),
         parameters=params,
         payload=step.payload,
         enqueued_tasks=3,

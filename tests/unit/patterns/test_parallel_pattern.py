@@ -179,10 +179,11 @@ def test_parallel_task_result_fails_without_a_parallel_state() -> None:
 def test_parallel_task_result_fails_when_its_sub_workflow_has_no_executor() -> None:
     parallel = ParallelWorkflowExecutor({"workflow1": Sub(on_start=starts_task("t"))})
     started = run_callback(parallel, start_event(), parameters={"workflow1": {"Value": 1}})
-    # The instance was started by a version of the service that had "workflow2" too.
+    # The instance was started by a version of the service that had "workflow2" too (and
+    # kept its routes in the payload).
     payload = started.payload
     payload["workflows"]["workflow2"] = state(enqueued_tasks=1)
-    payload["routes"].append(["workflow2", "other", "0"])
+    payload["routes"] = [["workflow2", "other", "0"]]
     out = run_callback(
         parallel, task_complete_event("other"), parameters={"workflow1": 1}, payload=payload
     )
@@ -217,9 +218,10 @@ def test_parallel_does_not_deliver_to_a_finished_sub_workflow() -> None:
     other = Sub(on_start=enqueues("x"))
     parallel = ParallelWorkflowExecutor({"workflow1": quick, "workflow2": other})
     started = run_callback(parallel, start_event(), parameters={"workflow1": 1, "workflow2": 2})
+    slow, fast, _ = started.task_routes
     step = run_callback(
         parallel,
-        task_complete_event("fast", "f"),
+        task_complete_event("fast", "f", route=fast),
         parameters={"workflow1": 1, "workflow2": 2},
         payload=started.payload,
         enqueued_tasks=3,
@@ -227,7 +229,7 @@ def test_parallel_does_not_deliver_to_a_finished_sub_workflow() -> None:
     assert step.decision == "continue"
     late = run_callback(
         parallel,
-        task_complete_event("slow", "s"),
+        task_complete_event("slow", "s", route=slow),
         parameters={"workflow1": 1, "workflow2": 2},
         payload=step.payload,
         enqueued_tasks=3,
@@ -275,9 +277,9 @@ def test_parallel_completes_when_the_last_sub_workflow_fails() -> None:
     )
 
 
-def test_parallel_routes_same_named_tasks_by_their_parameters() -> None:
+def test_parallel_routes_a_result_to_the_sub_workflow_that_enqueued_the_task() -> None:
     def start(inst: Any, ev: Any) -> Any:
-        inst.enqueue_task("work", {"who": inst.parameters})
+        inst.enqueue_task("work", {"same": "parameters"})
         return inst.continue_with(None)
 
     a = Sub(on_start=start, on_task=lambda inst, ev: inst.complete(ev.result.value))
@@ -285,10 +287,13 @@ def test_parallel_routes_same_named_tasks_by_their_parameters() -> None:
     parallel = ParallelWorkflowExecutor({"a": a, "b": b})
     params = {"a": "a", "b": "b"}
     started = run_callback(parallel, start_event(), parameters=params)
-    # b's task finishes first.
+    assert started.tasks == [("work", {"same": "parameters"}, None)] * 2
+    # b's task finishes first: same name, same parameters; its route tells them apart.
     out = run_callback(
         parallel,
-        task_complete_event("work", "from b", parameters={"who": "b"}),
+        task_complete_event(
+            "work", "from b", parameters={"same": "parameters"}, route=started.task_routes[1]
+        ),
         parameters=params,
         payload=started.payload,
         enqueued_tasks=2,

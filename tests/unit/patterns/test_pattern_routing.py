@@ -42,7 +42,7 @@ def test_chain_task_parameters_of_any_json_shape_pass_unaltered(task_parameters:
     assert started.tasks == [("echo", task_parameters, None)]
     done = run_callback(
         chain,
-        task_complete_event("echo", parameters=task_parameters),
+        task_complete_event("echo", parameters=task_parameters, route=started.task_routes[0]),
         parameters=[None],
         payload=started.payload,
         enqueued_tasks=1,
@@ -59,7 +59,7 @@ def test_parallel_task_parameters_of_any_json_shape_pass_unaltered(task_paramete
     assert started.tasks == [("echo", task_parameters, None), ("echo", "b", None)]
     done = run_callback(
         parallel,
-        task_complete_event("echo", parameters=task_parameters),
+        task_complete_event("echo", parameters=task_parameters, route=started.task_routes[0]),
         parameters=params,
         payload=started.payload,
         enqueued_tasks=2,
@@ -126,3 +126,77 @@ def test_state_readers_follow_the_instance_status() -> None:
     failed = WorkflowInstanceInfo("w", "i", WorkflowStatus.FAILED, [1], error="killed")
     assert ChainState.from_info(failed).error == "killed"
     assert ParallelState.from_info(failed).workflows == {}
+
+
+def test_running_payloads_have_the_shape_of_the_result() -> None:
+    chain = ChainWorkflowExecutor(echo_sub("x"), echo_sub("y"))
+    started = run_callback(chain, start_event(), parameters=[None, None])
+    assert set(started.payload) == {"cancelled", "workflows"}
+    parallel = ParallelWorkflowExecutor({"a": echo_sub("x"), "b": echo_sub("y")})
+    started = run_callback(parallel, start_event(), parameters={"a": None, "b": None})
+    assert set(started.payload) == {"workflows"}
+    assert all(route is not None for route in started.task_routes)
+
+
+def test_a_pattern_nested_in_a_pattern_gets_its_own_results() -> None:
+    # A chain whose sub-workflow is a parallel of two branches that enqueue the same task
+    # with the same parameters: only the routes tell the results apart, at both levels.
+    inner = ParallelWorkflowExecutor({"x": echo_sub("same"), "y": echo_sub("same")})
+    chain = ChainWorkflowExecutor(inner)
+    params = [{"x": None, "y": None}]
+    started = run_callback(chain, start_event(), parameters=params)
+    assert started.tasks == [("echo", "same", None)] * 2
+    route_x, route_y = started.task_routes
+    assert route_x != route_y
+    out = run_callback(
+        chain,
+        task_complete_event("echo", parameters="same", route=route_y),
+        parameters=params,
+        payload=started.payload,
+        enqueued_tasks=2,
+    )
+    assert out.decision == "continue"
+    branches = out.payload["workflows"][0]["payload"]["workflows"]
+    assert branches["y"]["finished"] and branches["y"]["result"] == "same"
+    assert not branches["x"]["finished"]
+    done = run_callback(
+        chain,
+        task_complete_event("echo", parameters="same", route=route_x),
+        parameters=params,
+        payload=out.payload,
+        enqueued_tasks=2,
+        completed_tasks=1,
+    )
+    assert done.decision == "complete"
+    assert done.result["workflows"][0]["result"]["workflows"]["x"]["result"] == "same"
+
+
+def test_an_instance_started_with_a_routing_table_in_its_payload_is_still_routed() -> None:
+    # Earlier versions kept routes in the payload; results of their tasks carry no route.
+    parallel = ParallelWorkflowExecutor({"a": echo_sub("x"), "b": echo_sub("y")})
+    params = {"a": None, "b": None}
+    started = run_callback(parallel, start_event(), parameters=params)
+    legacy = dict(started.payload)
+    legacy["routes"] = [
+        ["a", "echo", parameters_digest("x")],
+        ["b", "echo", parameters_digest("y")],
+    ]
+    first = run_callback(
+        parallel,
+        task_complete_event("echo", parameters="y"),
+        parameters=params,
+        payload=legacy,
+        enqueued_tasks=2,
+    )
+    assert first.payload["workflows"]["b"]["result"] == "y"
+    assert first.payload["routes"] == [["a", "echo", parameters_digest("x")]]
+    second = run_callback(
+        parallel,
+        task_complete_event("echo", parameters="x"),
+        parameters=params,
+        payload=first.payload,
+        enqueued_tasks=2,
+        completed_tasks=1,
+    )
+    assert second.decision == "complete"
+    assert "routes" not in second.result
