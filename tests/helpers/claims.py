@@ -9,6 +9,7 @@ before the lost-task reaper would report it lost, and the task runs once.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
@@ -98,6 +99,49 @@ def lose_the_claim_answer(manager: Manager) -> list[int]:
     return lost
 
 
+class _ClaimsInFlight:
+    """Counts the manager's task claims under way."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.started = 0
+        self.running = 0
+        self._lock = threading.Lock()
+        real = manager.driver.claim_tasks
+
+        def claim_tasks(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.started += 1
+                self.running += 1
+            try:
+                return real(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.running -= 1
+
+        manager.driver.claim_tasks = claim_tasks  # type: ignore[method-assign]
+
+    def settle(self, manager: Manager) -> None:
+        """Wait for the claims a manager makes as it starts: one at once, one more when its
+        listener connects (it may have missed notifications)."""
+        listener = getattr(manager, "_listener", None)
+        connected = getattr(listener, "connected", None)
+        if isinstance(connected, threading.Event):
+            assert connected.wait(AWAIT), "the listener never connected"
+        deadline = time.monotonic() + AWAIT
+        quiet_since = None
+        while time.monotonic() < deadline:
+            with self._lock:
+                idle = self.started > 0 and self.running == 0
+            if not idle:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= 0.1:
+                return
+            time.sleep(0.005)
+        raise AssertionError("the task claimer did not settle")
+
+
 def check_a_task_claimed_unseen_runs_once_as_its_first_attempt(
     make: MakeManager, where: str
 ) -> None:
@@ -106,7 +150,11 @@ def check_a_task_claimed_unseen_runs_once_as_its_first_attempt(
     m.register_workflow_executor(WF, OneTask(0.0 if where == "workflow commit" else 0.2))
     m.register_task_executor(TASK, task)
     lost = lose_the_commit_answer(m) if where == "workflow commit" else lose_the_claim_answer(m)
+    claims = _ClaimsInFlight(m)
     m.start()
+    # A task claim in flight holds the only worker's slot: the commit could not claim the
+    # task (it would be queued for the claimer instead) and nothing would be injected.
+    claims.settle(m)
     m.enqueue_workflow(WF, "x", 5)
     info = m.await_workflow(WF, "x", timeout=AWAIT)
     assert lost == [1], "the injected failure did not happen"
