@@ -121,16 +121,6 @@ class WorkflowInstance:
         or a delay measured on the database's clock. Raises ``SerializationError`` at once
         if ``parameters`` is not JSON-serialisable.
         """
-        self._enqueue_routed(task_name, parameters, start_after, None)
-
-    def _enqueue_routed(
-        self,
-        task_name: str,
-        parameters: Any,
-        start_after: datetime | timedelta | None,
-        route: str | None,
-    ) -> None:
-        """:meth:`enqueue_task` with a route (see :attr:`PendingTask.route`)."""
         check_name("task_name", task_name)
         params = encode(parameters, f"parameters of task {task_name!r}")
         start_at: datetime | None = None
@@ -148,7 +138,12 @@ class WorkflowInstance:
                 f"start_after must be a datetime, a timedelta or None, "
                 f"got {type(start_after).__name__}: {start_after!r}"
             )
-        self._tasks.append(PendingTask(task_name, params, start_at, delay, route))
+        self._tasks.append(PendingTask(task_name, params, start_at, delay))
+
+    def _add_task(self, task: PendingTask) -> None:
+        """Buffer a task built by another instance's :meth:`enqueue_task` (a pattern's
+        sub-workflow), as it is."""
+        self._tasks.append(task)
 
     def continue_with(self, payload: Any = None) -> Decision:
         """Keep the instance running with a new payload, writing the buffered tasks."""

@@ -24,7 +24,6 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from typing import Any
 
 from cereal.codec import describe_error, try_encode
@@ -179,9 +178,9 @@ def run_sub_workflow(
     """Run one callback of a sub-workflow and fold its decision into a new state.
 
     ``call`` receives the sub-workflow's own instance (its parameters, payload and counters).
-    On ``continue_with`` its buffered tasks are enqueued on the real instance, routed to ``key``;
-    on ``complete`` they are dropped (a sub-workflow may enqueue and complete in
-    one step). A callback that raises, returns something other than a :class:`Decision`, or
+    On ``continue_with`` its buffered tasks are enqueued on the real instance, routed to
+    ``key``; on ``complete`` they are dropped (a sub-workflow may enqueue and complete in one
+    step). A callback that raises, returns something other than a :class:`Decision`, or
     gives a value that is not JSON fails the sub-workflow (not the pattern), with an error
     naming it (``label``). Returns the new state and what the sub-workflow decided.
     """
@@ -221,9 +220,7 @@ def run_sub_workflow(
         return finished_state(previous, error=err), DecisionKind.FAIL
     pending = sub.pending_tasks
     for task in pending:
-        task_parameters = None if task.parameters_json is None else json.loads(task.parameters_json)
-        start_after = task.start_at or (timedelta(seconds=task.delay) if task.delay else None)
-        real._enqueue_routed(task.name, task_parameters, start_after, _route(key, task.route))
+        real._add_task(replace(task, route=_route(key, task.route)))
     state = new_state()
     state["payload"] = decision.value
     state["enqueued_tasks"] = previous["enqueued_tasks"] + len(pending)
