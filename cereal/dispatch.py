@@ -325,11 +325,7 @@ class WorkflowEventDispatcher:
                                 run.spread_at = None
                                 spread += 1
                             else:
-                                wake_at = (
-                                    run.spread_at
-                                    if wake_at is None
-                                    else min(wake_at, run.spread_at)
-                                )
+                                wake_at = _earlier(wake_at, run.spread_at)
                         if run.split or run.instances < 2:
                             continue
                         # Between two instances: the next one starts without a notify.
@@ -337,7 +333,7 @@ class WorkflowEventDispatcher:
                         if at <= now:
                             target = run
                             break
-                        wake_at = at if wake_at is None else min(wake_at, at)
+                        wake_at = _earlier(wake_at, at)
                     if target is None and not spread:
                         self._watch.wait(None if wake_at is None else wake_at - now)
                 if target is not None:
@@ -401,6 +397,10 @@ class WorkflowEventDispatcher:
             self._on_tasks_enqueued(names)
         if finished:
             self._on_finished(finished)
+
+
+def _earlier(when: float | None, other: float) -> float:
+    return other if when is None else min(when, other)
 
 
 def _transient(exc: Exception) -> bool:
