@@ -3,6 +3,13 @@
 -- per schema; their payload format is defined in notify.py (e<workflow name> events,
 -- t<task name> tasks, f<instance id> finished, s schedules). The statements below whose
 -- notification must commit with their writes build those payloads themselves.
+--
+-- A queue table analysed while empty keeps its pages (migration 0010), and PostgreSQL plans
+-- it as one row until the next ANALYZE, however full it is by then. On one row, a join that
+-- walks a whole index costs the same as a probe, and the planner may pick it. So the hot
+-- statements below find rows by id through an `id = ANY(...)` condition, and look a row up
+-- per row in a LATERAL subquery with LIMIT 1: both are index probes whatever the estimates
+-- (tests/integration/test_stale_statistics.py).
 
 -- name: enqueue_workflow
 -- Insert a live instance and its start event, unless the pair is already live.
@@ -54,7 +61,7 @@ WITH target AS (
     WHERE workflow_name = %(workflow_name)s AND instance_name = %(instance_name)s
     FOR UPDATE
 ), gone AS (
-    DELETE FROM workflow_instances i USING target WHERE i.id = target.id
+    DELETE FROM workflow_instances i WHERE i.id = ANY(ARRAY(SELECT id FROM target))
     RETURNING i.id, i.workflow_name, i.instance_name, i.parameters, i.started_at
 ), recorded AS (
     INSERT INTO workflow_results
@@ -69,7 +76,7 @@ SELECT id, pg_notify(%(channel)s, 'f' || id) FROM gone;
 WITH target AS (
     SELECT id FROM workflow_instances WHERE id = %(id)s FOR UPDATE
 ), gone AS (
-    DELETE FROM workflow_instances i USING target WHERE i.id = target.id
+    DELETE FROM workflow_instances i WHERE i.id = ANY(ARRAY(SELECT id FROM target))
     RETURNING i.id, i.workflow_name, i.instance_name, i.parameters, i.started_at
 ), recorded AS (
     INSERT INTO workflow_results
@@ -220,9 +227,12 @@ FROM (SELECT DISTINCT workflow_name FROM inserted) w;
 SELECT p.workflow_name, p.instance_name
 FROM unnest(%(workflow_names)s::text[], %(instance_names)s::text[])
     AS p(workflow_name, instance_name)
-WHERE NOT EXISTS (
-    SELECT 1 FROM workflow_instances i
-    WHERE i.workflow_name = p.workflow_name AND i.instance_name = p.instance_name);
+LEFT JOIN LATERAL (
+    SELECT true AS live FROM workflow_instances i
+    WHERE i.workflow_name = p.workflow_name AND i.instance_name = p.instance_name
+    LIMIT 1
+) i ON true
+WHERE i.live IS NULL;
 
 -- name: has_events
 -- Looks for a pending event of each workflow from the process's floor (floors.py): one index
@@ -344,7 +354,7 @@ SET payload = u.payload::jsonb, status = 'running', enqueued_tasks = u.enqueued_
     completed_tasks = u.completed_tasks, updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(payloads)s::text[], %(enqueued)s::int[],
             %(completed)s::int[]) AS u(id, payload, enqueued_tasks, completed_tasks)
-WHERE i.id = u.id;
+WHERE i.id = ANY(%(ids)s::bigint[]) AND i.id = u.id;
 
 -- name: insert_tasks
 -- Write the tasks of continuing instances; start_after uses the database clock.
@@ -376,10 +386,13 @@ WITH t AS (
                          %(max_attempts)s::int[], %(retry_delays)s::float8[],
                          %(floors)s::timestamptz[])
          AS c(task_name, lim, max_attempts, retry_delay, floor)
-    WHERE NOT EXISTS (
-        SELECT 1 FROM tasks q
+    LEFT JOIN LATERAL (
+        SELECT true AS due FROM tasks q
         WHERE q.task_name = c.task_name AND q.state = 'queued' AND q.start_after <= now()
-          AND q.start_after >= coalesce(c.floor, '-infinity'))
+          AND q.start_after >= coalesce(c.floor, '-infinity')
+        LIMIT 1
+    ) q ON true
+    WHERE q.due IS NULL
 ), taken AS (
     SELECT ord, max_attempts, retry_delay
     FROM (
@@ -417,7 +430,8 @@ WITH done AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(results)s::text[],
                          %(errors)s::text[]) AS d(id, status, result, error)
 ), gone AS (
-    DELETE FROM workflow_instances i USING done WHERE i.id = done.id
+    DELETE FROM workflow_instances i USING done
+    WHERE i.id = ANY(%(ids)s::bigint[]) AND i.id = done.id
     RETURNING i.id, i.workflow_name, i.instance_name, i.parameters, i.started_at,
               done.status, done.result, done.error
 ), recorded AS (
@@ -439,19 +453,25 @@ SELECT pg_notify(%(channel)s, payload) FROM unnest(%(payloads)s::text[]) AS p(pa
 -- no power overflows. Each name's scan starts at its floor (NULL: from the lowest key), as
 -- floors.py explains; claimed rows report their start_after so the process can move it.
 WITH wanted AS (
-    SELECT t.id, w.max_attempts, w.initial, w.backoff, w.max_delay
+    SELECT t.id, i.workflow_name, i.instance_name,
+           w.max_attempts, w.initial, w.backoff, w.max_delay
     FROM unnest(%(names)s::text[], %(limits)s::int[], %(max_attempts)s::int[],
                 %(initials)s::float8[], %(backoffs)s::float8[], %(max_delays)s::float8[],
                 %(floors)s::timestamptz[])
          AS w(name, lim, max_attempts, initial, backoff, max_delay, floor)
     CROSS JOIN LATERAL (
-        SELECT id FROM tasks
+        SELECT id, instance_id FROM tasks
         WHERE task_name = w.name AND state = 'queued' AND start_after <= now()
           AND start_after >= coalesce(w.floor, '-infinity')
         ORDER BY start_after, id
         LIMIT w.lim
         FOR UPDATE SKIP LOCKED
     ) t
+    CROSS JOIN LATERAL (
+        SELECT workflow_name, instance_name FROM workflow_instances
+        WHERE id = t.instance_id
+        LIMIT 1
+    ) i
 ), claimed AS (
     UPDATE tasks t
     SET state = 'running', claimed_by = %(owner)s, heartbeat_at = now(),
@@ -463,11 +483,11 @@ WITH wanted AS (
                  >= ln(wanted.max_delay) THEN wanted.max_delay
             ELSE least(wanted.initial * power(wanted.backoff, t.attempt - 1), wanted.max_delay)
         END
-    FROM wanted, workflow_instances i
-    WHERE t.id = wanted.id AND i.id = t.instance_id
+    FROM wanted
+    WHERE t.id = ANY(ARRAY(SELECT id FROM wanted)) AND t.id = wanted.id
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at,
-              i.workflow_name, i.instance_name, t.attempt, t.max_attempts, t.trace_context,
-              t.start_after
+              wanted.workflow_name, wanted.instance_name, t.attempt, t.max_attempts,
+              t.trace_context, t.start_after
 )
 SELECT id, instance_id, task_name, parameters, enqueued_at, workflow_name, instance_name,
        attempt, max_attempts, trace_context, start_after, NULL::float8 AS next_due_in
@@ -485,7 +505,7 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
 -- cascade, for the task row: a deadlock.
 SELECT i.id
 FROM workflow_instances i
-WHERE i.id IN (SELECT t.instance_id FROM tasks t WHERE t.id = ANY(%(ids)s::bigint[]))
+WHERE i.id = ANY(ARRAY(SELECT t.instance_id FROM tasks t WHERE t.id = ANY(%(ids)s::bigint[])))
 ORDER BY i.id
 FOR KEY SHARE OF i;
 
@@ -602,11 +622,13 @@ WITH silent AS (
     SET state = 'queued', claimed_by = NULL, heartbeat_at = NULL, attempt = t.attempt + 1,
         start_after = now() + make_interval(secs => t.retry_delay)
     FROM silent
-    WHERE t.id = silent.id AND t.attempt < t.max_attempts
+    WHERE t.id = ANY(ARRAY(SELECT id FROM silent)) AND t.id = silent.id
+      AND t.attempt < t.max_attempts
     RETURNING t.task_name
 ), lost AS (
     DELETE FROM tasks t USING silent
-    WHERE t.id = silent.id AND t.attempt >= t.max_attempts
+    WHERE t.id = ANY(ARRAY(SELECT id FROM silent)) AND t.id = silent.id
+      AND t.attempt >= t.max_attempts
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt,
               t.route
 ), ev AS (
@@ -615,13 +637,15 @@ WITH silent AS (
                                  task_attempts, task_route)
     SELECT lost.instance_id, 'task_complete', i.workflow_name, lost.id, lost.task_name,
            lost.parameters, lost.enqueued_at, 'lost', %(error)s, lost.attempt, lost.route
-    FROM lost JOIN workflow_instances i ON i.id = lost.instance_id
+    FROM lost CROSS JOIN LATERAL (
+        SELECT workflow_name FROM workflow_instances WHERE id = lost.instance_id LIMIT 1) i
     ORDER BY lost.id
     RETURNING instance_id
 )
 -- One row per task handled (the caller counts them), with the payload of its wakeup.
 SELECT 'e' || i.workflow_name AS wakeup
-FROM lost JOIN workflow_instances i ON i.id = lost.instance_id
+FROM lost CROSS JOIN LATERAL (
+    SELECT workflow_name FROM workflow_instances WHERE id = lost.instance_id LIMIT 1) i
 UNION ALL
 SELECT 't' || task_name FROM requeued;
 
