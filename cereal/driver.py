@@ -635,8 +635,9 @@ class Driver(Protocol):
         """Reclaim the space of finished work in the storage's queues when at least
         ``min_dead_rows`` rows of one queue are dead (PostgreSQL: ``VACUUM`` of the tables of
         live instances, events and tasks, whose deleted rows stay until vacuumed, even where
-        autovacuum is off), and refresh the planner's view of a queue that changed a lot
-        since it was last measured (PostgreSQL: ``ANALYZE``); return the queues touched. One
+        autovacuum is off), and refresh the planner's view of a queue, or of history, that
+        changed a lot since it was last measured (PostgreSQL: ``ANALYZE``); return the
+        tables touched. One
         process at a time does it (the others return []); a backend with nothing to do
         returns []."""
         ...

@@ -118,3 +118,34 @@ def test_a_drained_queue_keeps_its_pages_so_the_next_burst_checks_keys_by_index(
                 "SELECT pg_stat_get_xact_tuples_returned('workflow_instances'::regclass)"
             ).fetchone()
     assert row is not None and row[0] < 1000, f"the burst read {row[0]} rows sequentially"
+
+
+def vacuumed(driver: PostgresDriver, schema: str, table: str) -> bool:
+    with driver.connection() as conn:
+        row = conn.execute(
+            "SELECT coalesce(last_vacuum, last_autovacuum) IS NOT NULL"
+            " FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
+            (schema, table),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_history_that_grew_without_statistics_is_analyzed_not_vacuumed(
+    driver: PostgresDriver, pg_dsn: str, schema: str
+) -> None:
+    # Runs written straight into history (an import, a restore): without statistics, a page
+    # of one workflow's runs reads and sorts all of them.
+    driver.open()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT set_config('search_path', %s, false)", (schema,))
+        conn.execute(
+            "INSERT INTO workflow_results (workflow_name, instance_name, status, started_at)"
+            " SELECT 'w', 'r' || g, 'completed', now() FROM generate_series(1, 3000) g"
+        )
+        conn.execute("DELETE FROM workflow_results WHERE id % 2 = 0")  # dead rows as well
+    touched = wait_for(
+        lambda: driver.vacuum_queues(1), timeout=15, what="the statistics to count the rows"
+    )
+    assert "workflow_results" in touched
+    assert analyzed(driver, schema, "workflow_results")
+    assert not vacuumed(driver, schema, "workflow_results")

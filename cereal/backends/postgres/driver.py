@@ -64,8 +64,8 @@ __all__ = ["PostgresDriver", "validate_schema"]
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_SCHEMA_LENGTH = 48
 ANALYZE_MIN_CHANGES = 1000
-"""Rows changed in a queue table since its statistics were taken before vacuum_queues
-refreshes them (and only once that is a fifth of the table)."""
+"""Rows changed in a queue table, or in history, since its statistics were taken before
+vacuum_queues refreshes them (and only once that is a fifth of the table)."""
 _NO_RETRY = RetryPolicy(max_attempts=1)
 
 
@@ -530,9 +530,10 @@ class PostgresDriver:
 
     def vacuum_queues(self, min_dead_rows: int) -> list[str]:
         """``VACUUM`` each queue table (``workflow_instances``, ``workflow_events``,
-        ``tasks``) with at least ``min_dead_rows`` dead rows, and ``ANALYZE`` those whose
-        statistics are missing or stale (:data:`ANALYZE_MIN_CHANGES` rows and a fifth of the
-        table changed since); return the names of the tables touched. Skipped (``[]``) while
+        ``tasks``) with at least ``min_dead_rows`` dead rows, and ``ANALYZE`` those, and
+        history (``workflow_results``), whose statistics are missing or stale
+        (:data:`ANALYZE_MIN_CHANGES` rows and a fifth of the table changed since); return
+        the names of the tables touched. Skipped (``[]``) while
         another session of this schema does it. A role that does not own the tables gets a
         server warning per table and nothing is done."""
         lock = {"lock_ns": LOCK_NAMESPACE, "lock_key": self._schema + ".vacuum"}
