@@ -14,11 +14,13 @@ more rows of the queue tables than a small multiple of ten.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from cereal.backends.postgres import PostgresDriver
 from cereal.backends.postgres.events import lock_statement
@@ -28,14 +30,6 @@ BACKLOG = 8_000
 ASKED = 10
 MOST_ROWS_READ = 4 * ASKED
 QUEUE_TABLES = ("tasks", "workflow_instances", "workflow_events")
-
-
-@pytest.fixture
-def raw(pg_dsn: str, schema: str, driver: PostgresDriver) -> Iterator[psycopg.Connection]:
-    driver.open()  # migrate
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("SELECT set_config('search_path', %s, false)", (schema,))
-        yield conn
 
 
 def fill_queues(conn: psycopg.Connection, tag: str) -> None:
@@ -57,26 +51,42 @@ def fill_queues(conn: psycopg.Connection, tag: str) -> None:
     )
 
 
-@pytest.fixture
-def stale(raw: psycopg.Connection) -> psycopg.Connection:
-    """Full queue tables whose statistics were taken while they were empty."""
-    fill_queues(raw, "old-")
-    raw.execute("DELETE FROM workflow_instances")  # events and tasks go with them
-    raw.execute("VACUUM ANALYZE workflow_instances, workflow_events, tasks")
-    rows = raw.execute(
-        "SELECT relname, reltuples, relpages FROM pg_class"
-        " WHERE relname = ANY(%s) AND relnamespace = current_schema()::regnamespace",
-        (list(QUEUE_TABLES),),
-    ).fetchall()
-    assert len(rows) == 3 and all(r[1] == 0 and r[2] > 0 for r in rows), rows
-    fill_queues(raw, "new-")
-    return raw
+@pytest.fixture(scope="module")
+def stale(pg_dsn: str) -> Iterator[psycopg.Connection]:
+    """Full queue tables whose statistics were taken while they were empty, in a schema of
+    this module's own (each test's changes are rolled back). Autovacuum stays away from
+    them, so that nothing corrects the statistics while the tests run."""
+    schema = "t_" + uuid.uuid4().hex[:10]
+    PostgresDriver(pg_dsn, schema=schema).open()  # migrate
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT set_config('search_path', %s, false)", (schema,))
+        for table in QUEUE_TABLES:
+            conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")  # type: ignore[arg-type]
+        fill_queues(conn, "old-")
+        conn.execute("DELETE FROM workflow_instances")  # events and tasks go with them
+        conn.execute("VACUUM ANALYZE workflow_instances, workflow_events, tasks")
+        rows = conn.execute(
+            "SELECT relname, reltuples, relpages FROM pg_class"
+            " WHERE relname = ANY(%s) AND relnamespace = current_schema()::regnamespace",
+            (list(QUEUE_TABLES),),
+        ).fetchall()
+        assert len(rows) == 3 and all(r[1] == 0 and r[2] > 0 for r in rows), rows
+        fill_queues(conn, "new-")
+        try:
+            yield conn
+        finally:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
-def rows_read(conn: psycopg.Connection, statement: str, params: dict[str, Any]) -> list[int]:
+def rows_read(
+    conn: psycopg.Connection,
+    statement: str,
+    make_params: Callable[[psycopg.Connection], dict[str, Any]],
+) -> list[int]:
     """Rows each plan node over a queue table read (returned or filtered out, over all
-    loops), with the statement's effects rolled back."""
+    loops), with the effects of the statement and of its set-up rolled back."""
     with conn.transaction(force_rollback=True):
+        params = make_params(conn)
         row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, params).fetchone()
     assert row is not None
     read: list[int] = []
@@ -199,6 +209,31 @@ def claim_events(conn: psycopg.Connection) -> dict[str, Any]:
     }
 
 
+def lock_instances_of_silent_tasks(conn: psycopg.Connection) -> dict[str, Any]:
+    reap_lost_tasks(conn)
+    return {"timeout": 60}
+
+
+def heartbeat_tasks(conn: psycopg.Connection) -> dict[str, Any]:
+    return {"ids": running(conn), "owner": "me"}
+
+
+def not_live(conn: psycopg.Connection) -> dict[str, Any]:
+    return {"workflow_names": ["w", "w"], "instance_names": [f"new-{BACKLOG}", "gone"]}
+
+
+def by_name(conn: psycopg.Connection) -> dict[str, Any]:
+    """The newest instance, by name, for the statements that act on one."""
+    return {
+        "workflow_name": "w",
+        "instance_name": f"new-{BACKLOG}",
+        "error": "stopped",
+        "signal_name": "s",
+        "payload": None,
+        "channel": "cereal_test",
+    }
+
+
 STATEMENTS: dict[str, Callable[[psycopg.Connection], dict[str, Any]]] = {
     "claim_tasks": claim_tasks,
     "lock_instances_of_tasks": lock_instances_of_tasks,
@@ -209,6 +244,14 @@ STATEMENTS: dict[str, Callable[[psycopg.Connection], dict[str, Any]]] = {
     "finish_instances": finish_instances,
     "insert_tasks_claiming": insert_tasks_claiming,
     "lock_instances_with_events/one": claim_events,
+    "lock_instances_of_silent_tasks": lock_instances_of_silent_tasks,
+    "heartbeat_tasks": heartbeat_tasks,
+    "release_tasks": heartbeat_tasks,
+    "get_live_instance": by_name,
+    "cancel_workflow": by_name,
+    "signal_workflow": by_name,
+    "kill_workflow": by_name,
+    "not_live": not_live,
 }
 
 
@@ -216,5 +259,5 @@ STATEMENTS: dict[str, Callable[[psycopg.Connection], dict[str, Any]]] = {
 def test_a_hot_statement_reads_only_its_own_rows(stale: psycopg.Connection, name: str) -> None:
     queries = dict(load_queries())
     statement = lock_statement(queries, 1) if "/" in name else queries[name]
-    read = rows_read(stale, statement, STATEMENTS[name](stale))
+    read = rows_read(stale, statement, STATEMENTS[name])
     assert max(read) <= MOST_ROWS_READ, read

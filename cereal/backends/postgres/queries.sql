@@ -513,9 +513,9 @@ FOR KEY SHARE OF i;
 -- lock_instances_of_tasks for reap_lost_tasks, for the tasks it is about to look at.
 SELECT i.id
 FROM workflow_instances i
-WHERE i.id IN (
+WHERE i.id = ANY(ARRAY(
     SELECT t.instance_id FROM tasks t
-    WHERE t.state = 'running' AND t.heartbeat_at < now() - make_interval(secs => %(timeout)s))
+    WHERE t.state = 'running' AND t.heartbeat_at < now() - make_interval(secs => %(timeout)s)))
 ORDER BY i.id
 FOR KEY SHARE OF i;
 
