@@ -158,7 +158,13 @@ def reap_lost_tasks(conn: psycopg.Connection) -> dict[str, Any]:
     conn.execute(
         "UPDATE tasks SET heartbeat_at = now() - interval '1 hour' WHERE id = ANY(%s)", (ids,)
     )
-    return {"timeout": 60, "error": "lost", "channel": "cereal_test"}
+    instances = conn.execute("SELECT instance_id FROM tasks WHERE id = ANY(%s)", (ids,))
+    return {
+        "timeout": 60,
+        "error": "lost",
+        "channel": "cereal_test",
+        "instances": [r[0] for r in instances],
+    }
 
 
 def update_instances(conn: psycopg.Connection) -> dict[str, Any]:

@@ -463,11 +463,13 @@ class PostgresDriver:
         """Requeue tasks silent for ``timeout`` seconds that have attempts left, turn the
         others into ``lost`` results; return how many were handled."""
         with self._db.connection() as conn, conn.transaction():
-            conn.execute(self._q["lock_instances_of_silent_tasks"], {"timeout": timeout})
+            locking = conn.execute(self._q["lock_instances_of_silent_tasks"], {"timeout": timeout})
+            instances = [r[0] for r in locking.fetchall()]
+            if not instances:  # every task belongs to a live instance: none is silent
+                return 0
             cur = conn.cursor(row_factory=dict_row)
-            rows = cur.execute(
-                self._q["reap_lost_tasks"], {"timeout": timeout, "error": error}
-            ).fetchall()
+            params = {"timeout": timeout, "error": error, "instances": instances}
+            rows = cur.execute(self._q["reap_lost_tasks"], params).fetchall()
             if rows:
                 payloads = sorted({r["wakeup"] for r in rows})
                 conn.execute(self._q["notify"], {"channel": self.channel, "payloads": payloads})

@@ -610,10 +610,12 @@ SELECT task_name, count(*) AS released FROM released GROUP BY task_name;
 -- name: reap_lost_tasks
 -- Handle running tasks that went silent, exactly once: those whose stored policy has
 -- attempts left go back to the queue as their next attempt, due after the delay stored at
--- claim; the others are reported lost.
+-- claim; the others are reported lost. Only tasks of the instances that
+-- lock_instances_of_silent_tasks locked (instances) are handled.
 WITH silent AS (
     SELECT id FROM tasks
     WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => %(timeout)s)
+      AND instance_id = ANY(%(instances)s::bigint[])
     ORDER BY heartbeat_at
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
