@@ -642,12 +642,10 @@ WITH silent AS (
     FROM lost CROSS JOIN LATERAL (
         SELECT workflow_name FROM workflow_instances WHERE id = lost.instance_id LIMIT 1) i
     ORDER BY lost.id
-    RETURNING instance_id
+    RETURNING workflow_name
 )
 -- One row per task handled (the caller counts them), with the payload of its wakeup.
-SELECT 'e' || i.workflow_name AS wakeup
-FROM lost CROSS JOIN LATERAL (
-    SELECT workflow_name FROM workflow_instances WHERE id = lost.instance_id LIMIT 1) i
+SELECT 'e' || workflow_name AS wakeup FROM ev
 UNION ALL
 SELECT 't' || task_name FROM requeued;
 
