@@ -637,9 +637,8 @@ class Driver(Protocol):
         live instances, events and tasks, whose deleted rows stay until vacuumed, even where
         autovacuum is off), and refresh the planner's view of a queue, or of history, that
         changed a lot since it was last measured (PostgreSQL: ``ANALYZE``); return the
-        tables touched. One
-        process at a time does it (the others return []); a backend with nothing to do
-        returns []."""
+        tables touched. One process at a time does it (the others return []); a backend with
+        nothing to do returns []."""
         ...
 
     # operator views

@@ -535,9 +535,9 @@ class PostgresDriver:
         ``tasks``) with at least ``min_dead_rows`` dead rows, and ``ANALYZE`` those, and
         history (``workflow_results``), whose statistics are missing or stale
         (:data:`ANALYZE_MIN_CHANGES` rows and a fifth of the table changed since); return
-        the names of the tables touched. Skipped (``[]``) while
-        another session of this schema does it. A role that does not own the tables gets a
-        server warning per table and nothing is done."""
+        the names of the tables touched. Skipped (``[]``) while another session of this
+        schema does it. A role that does not own the tables gets a server warning per table
+        and nothing is done."""
         lock = {"lock_ns": LOCK_NAMESPACE, "lock_key": self._schema + ".vacuum"}
         with self._db.connection() as conn, translated():
             row = conn.execute(self._q["lock_queue_vacuum"], lock).fetchone()
