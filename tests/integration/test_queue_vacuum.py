@@ -4,8 +4,10 @@ manager vacuums them itself once there are enough (whether or not autovacuum run
 from __future__ import annotations
 
 import threading
+from typing import Literal
 
 import psycopg
+from psycopg import sql
 
 from cereal.backends.postgres import PostgresDriver
 from cereal.backends.postgres.listing import BulkEnqueue
@@ -67,12 +69,23 @@ def test_one_session_per_schema_vacuums_at_a_time(driver: PostgresDriver, schema
 
 
 def analyzed(driver: PostgresDriver, schema: str, table: str) -> bool:
+    return ran(driver, schema, table, "analyze")
+
+
+def vacuumed(driver: PostgresDriver, schema: str, table: str) -> bool:
+    return ran(driver, schema, table, "vacuum")
+
+
+def ran(
+    driver: PostgresDriver, schema: str, table: str, command: Literal["analyze", "vacuum"]
+) -> bool:
+    """Whether ``command`` ever ran on the table, by hand or by autovacuum."""
+    query = sql.SQL(
+        "SELECT coalesce({}, {}) IS NOT NULL"
+        " FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s"
+    ).format(sql.Identifier("last_" + command), sql.Identifier("last_auto" + command))
     with driver.connection() as conn:
-        row = conn.execute(
-            "SELECT coalesce(last_analyze, last_autoanalyze) IS NOT NULL"
-            " FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
-            (schema, table),
-        ).fetchone()
+        row = conn.execute(query, (schema, table)).fetchone()
     return bool(row and row[0])
 
 
@@ -118,16 +131,6 @@ def test_a_drained_queue_keeps_its_pages_so_the_next_burst_checks_keys_by_index(
                 "SELECT pg_stat_get_xact_tuples_returned('workflow_instances'::regclass)"
             ).fetchone()
     assert row is not None and row[0] < 1000, f"the burst read {row[0]} rows sequentially"
-
-
-def vacuumed(driver: PostgresDriver, schema: str, table: str) -> bool:
-    with driver.connection() as conn:
-        row = conn.execute(
-            "SELECT coalesce(last_vacuum, last_autovacuum) IS NOT NULL"
-            " FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
-            (schema, table),
-        ).fetchone()
-    return bool(row and row[0])
 
 
 def test_history_that_grew_without_statistics_is_analyzed_not_vacuumed(
