@@ -177,3 +177,40 @@ def check_slow_callback_does_not_hold_up_batch_mates(make: MakeManager) -> None:
     finally:
         flow.release.set()
     assert m.await_workflow(WF, "slow", timeout=AWAIT).result == "slow"
+
+
+class HeldWhileCancelled:
+    """``on_start`` blocks until ``release`` and continues; ``on_cancel`` fails the run."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def on_start(self, inst: WorkflowInstance, event: Any) -> Any:
+        self.entered.set()
+        self.release.wait(30)
+        return inst.continue_with("started")
+
+    def on_task_complete(self, inst: WorkflowInstance, event: Any) -> Any:
+        return inst.fail("no tasks expected")
+
+    def on_cancel(self, inst: WorkflowInstance, event: Any) -> Any:
+        return inst.fail("cancelled")
+
+
+def check_an_event_written_while_its_instance_is_held_runs_after_the_commit(
+    make: MakeManager,
+) -> None:
+    """The cancel's wakeup reaches an idle handler, whose claim skips the held instance; the
+    handler holding it must still take the cancel once it commits, long before a poll."""
+    flow = HeldWhileCancelled()
+    m = make(workflow_workers=4, workflow_poll_interval=60.0)
+    m.register_workflow_executor(WF, flow)
+    m.start()
+    m.enqueue_workflow(WF, "held")
+    assert flow.entered.wait(AWAIT), "on_start never ran"
+    m.cancel_workflow(WF, "held")
+    time.sleep(0.5)  # the wakeups of the cancel are spent on claims that find nothing
+    flow.release.set()
+    info = m.await_workflow(WF, "held", timeout=10)
+    assert (info.status, info.error) == (WorkflowStatus.FAILED, "cancelled"), info

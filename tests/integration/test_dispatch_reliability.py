@@ -18,6 +18,7 @@ from tests.helpers.dispatch import (
     BASE_EXCEPTIONS,
     WF,
     MakeManager,
+    check_an_event_written_while_its_instance_is_held_runs_after_the_commit,
     check_base_exception_fails_only_its_instance,
     check_slow_callback_does_not_hold_up_batch_mates,
     check_stop_abandons_a_hung_callback,
@@ -151,3 +152,9 @@ def test_a_task_claimed_by_a_commit_whose_answer_was_lost_runs_once(
     make_manager: MakeManager, where: str
 ) -> None:
     check_a_task_claimed_unseen_runs_once_as_its_first_attempt(make_manager, where)
+
+
+def test_an_event_written_while_its_instance_is_held_runs_right_after_the_commit(
+    make_manager: MakeManager,
+) -> None:
+    check_an_event_written_while_its_instance_is_held_runs_after_the_commit(make_manager)

@@ -14,6 +14,7 @@ from tests.helpers.claims import check_a_task_claimed_unseen_runs_once_as_its_fi
 from tests.helpers.dispatch import (
     BASE_EXCEPTIONS,
     MakeManager,
+    check_an_event_written_while_its_instance_is_held_runs_after_the_commit,
     check_base_exception_fails_only_its_instance,
     check_slow_callback_does_not_hold_up_batch_mates,
     check_stop_abandons_a_hung_callback,
@@ -60,3 +61,9 @@ def test_a_task_claimed_by_a_commit_whose_answer_was_lost_runs_once(
     make: MakeManager, where: str
 ) -> None:
     check_a_task_claimed_unseen_runs_once_as_its_first_attempt(make, where)
+
+
+def test_an_event_written_while_its_instance_is_held_runs_right_after_the_commit(
+    make: MakeManager,
+) -> None:
+    check_an_event_written_while_its_instance_is_held_runs_after_the_commit(make)
