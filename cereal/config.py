@@ -135,6 +135,11 @@ class ManagerConfig:
     """Keep at most this many finished runs (None: no limit)."""
     history_prune_interval: float = 60.0
     """How often finished runs are pruned."""
+    eager_start: bool = False
+    """:meth:`~cereal.Manager.enqueue_workflow` of a workflow this manager handles runs
+    ``on_start`` in the calling thread and commits the new instance, the decision and the
+    first tasks (claimed for this manager's free workers) in one transaction: the tasks start
+    without a claim round trip. The call returns once that commit is made."""
     close_driver: bool | None = None
     """Close the driver at :meth:`~cereal.Manager.stop` (default: only the one the manager
     built itself)."""
@@ -155,6 +160,7 @@ class ManagerConfig:
         for name, check in checked.items():
             object.__setattr__(self, name, check(name, getattr(self, name)))
         object.__setattr__(self, "scheduler", bool(self.scheduler))
+        object.__setattr__(self, "eager_start", flag("eager_start", self.eager_start))
         if self.close_driver is not None:
             object.__setattr__(self, "close_driver", bool(self.close_driver))
         if self.lost_task_timeout <= self.heartbeat_interval:

@@ -257,6 +257,42 @@ class WorkflowEventDispatcher:
                 finished = self._fail_unstorable(failed_alone)
             self._after_commit(outcomes, finished, claimed)
 
+    def start_held(self, batch: EventBatch) -> bool:
+        """Eager start: run the callbacks of a batch the caller holds (an instance it just
+        inserted) in the caller's thread and commit it, claiming its first tasks for this
+        process as a handler would. True once committed; False when the commit failed for
+        good (nothing was stored: the caller enqueues the instance for the handlers instead,
+        which run ``on_start`` again). A transient failure raises."""
+        outcomes = [
+            run_events(
+                self._executors[inst.workflow_name],
+                inst,
+                batch.events[inst.id],
+                log.bind(workflow=inst.workflow_name, instance=inst.instance_name),
+            )
+            for inst in batch.instances
+        ]
+        claim = self._reserve(batch, outcomes)
+        claimed: list[ClaimedTask] = []
+        try:
+            if claim is None:
+                finished = batch.commit(outcomes)
+            else:
+                finished, claimed = batch.commit_claiming(outcomes, claim)
+                taken, claim = claim, None
+                assert self._adopt_tasks is not None
+                self._adopt_tasks(taken, claimed, True)
+        except (DatabaseError, SerializationError) as exc:
+            if _transient(exc):
+                raise
+            log.warning("eager start could not commit; the handlers take over", error=repr(exc))
+            return False
+        finally:
+            if claim is not None and self._adopt_tasks is not None:
+                self._adopt_tasks(claim, [], False)  # free the slots
+        self._after_commit(outcomes, finished, claimed)
+        return True
+
     def _reserve(self, batch: EventBatch, outcomes: list[StepOutcome]) -> TaskClaim | None:
         """Free workers of this manager for the tasks the commit inserts due now, so that the
         commit claims them at once (no wakeup and claim round trip before they start)."""

@@ -486,6 +486,22 @@ class Driver(Protocol):
         ``trace_context`` is stored with every instance inserted."""
         ...
 
+    def enqueue_held(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        trace_context: str | None = None,
+    ) -> AbstractContextManager[EventBatch | None]:
+        """Insert a live instance with its start event and hold it as an :class:`EventBatch`
+        of that one instance, as :meth:`claim_events` would hold it; None when the pair is
+        live already. Committing the batch stores the instance with its outcome at once;
+        leaving the context without a commit stores nothing (no instance, no event).
+
+        Eager start (``Manager(eager_start=True)``) runs ``on_start`` on this batch in the
+        enqueuing thread. Optional: without it, eager start enqueues as usual."""
+        ...
+
     def list_workflow_instances(
         self,
         workflow_name: str | None = None,

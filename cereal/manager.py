@@ -355,17 +355,47 @@ class Manager(ScheduleOperations):
         self, workflow_name: str, instance_name: str, parameters: Any = None
     ) -> None:
         """Start a new instance. Raises :class:`WorkflowInstanceExistsError` while one with
-        the same names is live, :class:`SerializationError` for non-JSON parameters."""
+        the same names is live, :class:`SerializationError` for non-JSON parameters.
+
+        With ``eager_start``, a workflow this running manager handles has its ``on_start``
+        run here, before this returns (see :class:`~cereal.config.ManagerConfig`)."""
         check_name("workflow_name", workflow_name)
         check_name("instance_name", instance_name)
         params = encode(parameters, f"parameters of workflow {workflow_name!r}")
         with tracing.enqueue_span(workflow_name, instance_name) as span:
-            if not self.driver.enqueue_workflow(
-                workflow_name, instance_name, params, trace_context=span.context
-            ):
+            eager = self._start_eagerly(workflow_name, instance_name, params, span.context)
+            inserted = (
+                self.driver.enqueue_workflow(
+                    workflow_name, instance_name, params, trace_context=span.context
+                )
+                if eager is None
+                else eager
+            )
+            if not inserted:
                 raise instance_exists(workflow_name, instance_name)
-        if self._dispatcher is not None and workflow_name in self._workflows:
+        if eager is None and self._dispatcher is not None and workflow_name in self._workflows:
             self._dispatcher.wake()
+
+    def _start_eagerly(
+        self, workflow_name: str, instance_name: str, params: str | None, trace: str | None
+    ) -> bool | None:
+        """With ``eager_start``: insert the instance held, run ``on_start`` here and commit
+        (True), or find the pair live (False). None: enqueue as usual (not eager, not this
+        manager's workflow, not running, or the eager commit failed for good)."""
+        hold = getattr(self.driver, "enqueue_held", None)
+        dispatcher = self._dispatcher
+        if (
+            not self.config.eager_start
+            or hold is None
+            or dispatcher is None
+            or self._state != "started"
+            or workflow_name not in self._workflows
+        ):
+            return None
+        with hold(workflow_name, instance_name, params, trace) as batch:
+            if batch is None:
+                return False
+            return True if dispatcher.start_held(batch) else None
 
     def cancel_workflow(self, workflow_name: str, instance_name: str) -> None:
         """Deliver a cancel event to the executor's ``on_cancel``, which decides."""

@@ -490,6 +490,43 @@ class MemoryDriver:
             s.emit(names)
         return skipped
 
+    @contextmanager
+    def enqueue_held(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        trace_context: str | None = None,
+    ) -> Iterator[MemoryEventBatch | None]:
+        """Insert a live instance with its start event, held as a batch of one (None if the
+        pair is live); leaving the context without a commit removes both again. Unlike
+        PostgreSQL, readers see the held instance meanwhile (and wait for it, as for any
+        held instance)."""
+        params = _checked(parameters_json, "parameters")
+        s = self._store
+        with s.lock:
+            inst_id = s.insert_instance(
+                (workflow_name, instance_name), params, s.clock(), trace_context
+            )
+            if inst_id is not None:
+                s.held_instances.add(inst_id)
+                inst = s.instances[inst_id]
+                batch = MemoryEventBatch(
+                    s, [_instance_row(inst)], {inst_id: [_event_row(e) for e in s.events[inst_id]]}
+                )
+        if inst_id is None:
+            yield None
+            return
+        try:
+            yield batch
+        finally:
+            with s.lock:
+                if batch.holds(inst_id):  # not committed: as if never enqueued
+                    s.events.pop(inst_id, None)
+                    s.live.pop((workflow_name, instance_name), None)
+                    s.instances.pop(inst_id, None)
+            batch.release()
+
     def cancel_workflow(self, workflow_name: str, instance_name: str) -> bool:
         """Queue a cancel event (even while a batch holds the instance); False if none is
         live."""
@@ -1311,6 +1348,10 @@ class MemoryEventBatch:
             self._release_locked(keep)
             s.emit(wakeups)
         return finished, claimed
+
+    def holds(self, instance_id: int) -> bool:
+        """Whether the batch still holds the instance (not committed, split off or let go)."""
+        return instance_id in self._held
 
     def release(self) -> None:
         """Let the instances go (discarding uncommitted work); harmless after commit."""

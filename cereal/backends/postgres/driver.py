@@ -24,7 +24,7 @@ from cereal.backends.postgres import notify, operator_views
 from cereal.backends.postgres import overview as dashboard_views
 from cereal.backends.postgres.connections import Connection, Connections, DedicatedConnection
 from cereal.backends.postgres.errors import translated
-from cereal.backends.postgres.events import PostgresEventBatch, claim_events
+from cereal.backends.postgres.events import PostgresEventBatch, claim_events, enqueue_held
 from cereal.backends.postgres.floors import EventFloor, TaskFloors
 from cereal.backends.postgres.jsonb import use_lenient_jsonb
 from cereal.backends.postgres.listener import PostgresListener
@@ -307,6 +307,24 @@ class PostgresDriver:
         bulk = BulkEnqueue.of(items)
         params = bulk.params(trace_context, self.channel)
         return bulk.not_enqueued([] if params is None else self._rows("enqueue_workflows", params))
+
+    def enqueue_held(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        trace_context: str | None = None,
+    ) -> AbstractContextManager[PostgresEventBatch | None]:
+        """Insert a live instance with its start event and hold it as a batch of one (None
+        if the pair is live). Other sessions see nothing until the batch commits; leaving
+        the context without a commit stores nothing. Eager start runs ``on_start`` on it."""
+        params = {
+            "workflow_name": workflow_name,
+            "instance_name": instance_name,
+            "parameters": parameters_json,
+            "trace_context": trace_context,
+        }
+        return enqueue_held(self._db, self._q, self.channel, self._task_floors, params)
 
     # -- workflow events ---------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from cereal.driver import (
 from cereal.errors import TransientDatabaseError
 from cereal.types import WorkflowInstanceInfo
 
-__all__ = ["PostgresEventBatch", "claim_events"]
+__all__ = ["PostgresEventBatch", "claim_events", "enqueue_held"]
 
 
 @contextmanager
@@ -85,14 +85,76 @@ def claim_events(
             conn.close()  # see PostgresEventBatch.broken
             raise
         finally:
-            if batch is not None:
-                batch.detach()  # from here on, abort() leaves the connection alone
-                if batch.broken:
-                    conn.close()
-            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
-                # A broken connection fails this too; the pool then discards it.
-                with suppress(psycopg.Error):
-                    conn.execute("ROLLBACK")
+            _let_go(conn, batch)
+
+
+@contextmanager
+def enqueue_held(
+    connections: Connections,
+    queries: dict[str, LiteralString],
+    channel: str,
+    task_floors: TaskFloors,
+    params: dict[str, Any],
+) -> Iterator[PostgresEventBatch | None]:
+    """Insert a live instance with its start event in an open transaction and hold it as a
+    one-instance batch (None when the pair is live already). Nothing is stored unless the
+    batch commits. ``params``: those of ``enqueue_held`` but the channel."""
+    with connections.connection() as conn:
+        batch: PostgresEventBatch | None = None
+        try:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                inserting = conn.cursor(row_factory=dict_row)
+                use_lenient_jsonb(inserting.adapters)
+                inserting.execute(queries["enqueue_held"], params)
+                row = inserting.fetchone()
+            if row is None:
+                yield None
+                return
+            inst = instance_row(row)
+            start = event_row(
+                dict.fromkeys(_EVENT_COLUMNS)
+                | {
+                    "id": row["event_id"],
+                    "instance_id": inst.id,
+                    "event_type": "start",
+                    "enqueued_at": row["event_enqueued_at"],
+                }
+            )
+            batch = PostgresEventBatch(
+                conn, queries, channel, [inst], {inst.id: [start]}, task_floors
+            )
+            yield batch
+        except psycopg.Error:
+            conn.close()  # see PostgresEventBatch.broken
+            raise
+        finally:
+            _let_go(conn, batch)
+
+
+_EVENT_COLUMNS = (
+    "task_name",
+    "task_parameters",
+    "task_status",
+    "task_error",
+    "task_result",
+    "task_attempts",
+    "task_route",
+    "signal_name",
+    "signal_payload",
+)
+
+
+def _let_go(conn: Connection, batch: PostgresEventBatch | None) -> None:
+    """End a batch's hold on its connection: roll back what was not committed."""
+    if batch is not None:
+        batch.detach()  # from here on, abort() leaves the connection alone
+        if batch.broken:
+            conn.close()
+    if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+        # A broken connection fails this too; the pool then discards it.
+        with suppress(psycopg.Error):
+            conn.execute("ROLLBACK")
 
 
 def lock_statement(queries: dict[str, LiteralString], names: int) -> LiteralString:

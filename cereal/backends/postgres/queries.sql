@@ -24,6 +24,25 @@ WITH inserted AS (
 )
 SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM inserted;
 
+-- name: enqueue_held
+-- enqueue_workflow for a manager that runs on_start itself (eager start): the instance and its
+-- start event stay in the caller's open transaction, which holds them as a claim would (no
+-- other session sees them before the commit) and consumes the start event. No notification:
+-- the commit leaves nothing to announce but what the batch's own commit announces.
+WITH inserted AS (
+    INSERT INTO workflow_instances (workflow_name, instance_name, parameters, trace_context)
+    VALUES (%(workflow_name)s, %(instance_name)s, %(parameters)s::jsonb, %(trace_context)s)
+    ON CONFLICT ON CONSTRAINT workflow_instances_name DO NOTHING
+    RETURNING id, workflow_name, instance_name, parameters, payload, status, enqueued_tasks,
+              completed_tasks, started_at, trace_context
+), start_event AS (
+    INSERT INTO workflow_events (instance_id, event_type, workflow_name)
+    SELECT id, 'start', workflow_name FROM inserted
+    RETURNING id, enqueued_at
+)
+SELECT i.*, e.id AS event_id, e.enqueued_at AS event_enqueued_at
+FROM inserted i CROSS JOIN start_event e;
+
 -- name: cancel_workflow
 -- Queue a cancel event for a live instance. The key-share lock (which does not wait for an
 -- event handler) skips an instance that finished after this statement's snapshot was taken,

@@ -65,6 +65,7 @@ MANAGER_OPTIONS: dict[str, Callable[[object], bool]] = {
     "history_max_runs": lambda v: v is None or positive_int(v, 0),
     "on_workflow_complete": lambda v: v is None or callable(v),
     "scheduler": lambda v: True,
+    "eager_start": lambda v: isinstance(v, bool),
     "close_driver": lambda v: True,
 }
 
