@@ -14,7 +14,8 @@ Workloads:
   against pgqueuer's drain of plain jobs with its default settings;
 - P3: latency from enqueue to the start of the task (cereal: ``enqueue_workflow`` ->
   ``on_start`` enqueues a task -> the task starts; pgqueuer: enqueue -> the job handler
-  starts) at a steady low rate;
+  starts) at a steady low rate, by default and with ``eager_start`` (``on_start`` runs in
+  the enqueuing thread and its commit claims the task), against the same pgqueuer run;
 - F1: the floors of the server: the raw one-row commit rate of one client, and a batched
   dequeue loop (``DELETE ... LIMIT 100 FOR UPDATE SKIP LOCKED RETURNING``) over a plain table.
 
@@ -291,15 +292,16 @@ def cereal_drain(server: Server, items: int, with_task: bool, workers: int = 1) 
     return Drain(items / took, cost[0])
 
 
-def cereal_latency(server: Server, rate: float, count: int) -> list[float]:
-    """Milliseconds from ``enqueue_workflow`` to the start of the task its ``on_start`` enqueues."""
+def cereal_latency(server: Server, rate: float, count: int, eager: bool = False) -> list[float]:
+    """Milliseconds from ``enqueue_workflow`` to the start of the task its ``on_start`` enqueues
+    (with ``eager``: the manager's ``eager_start``)."""
     enqueued: dict[str, float] = {}
     started: dict[str, float] = {}
 
     def run(task: Task) -> None:
         started.setdefault(task.instance_name, time.perf_counter())
 
-    m = _manager(server)
+    m = _manager(server, eager_start=eager)
     m.register_workflow_executor("wf", OneTask())
     m.register_task_executor("noop", run, workers=4)
     with m:
@@ -521,6 +523,12 @@ def run(
         "p3p99": Series(
             f"P3 enqueue -> task start p99, {sizes.p3_rate:.0f}/s x {sizes.p3_count}", "ms", False
         ),
+        "p3ep50": Series(
+            f"P3 with eager_start, p50, {sizes.p3_rate:.0f}/s x {sizes.p3_count}", "ms", False
+        ),
+        "p3ep99": Series(
+            f"P3 with eager_start, p99, {sizes.p3_rate:.0f}/s x {sizes.p3_count}", "ms", False
+        ),
     }
     floors: dict[str, list[float]] = {
         "raw commit rate, 1 client": [],
@@ -559,14 +567,16 @@ def run(
             series["p2w1"].peer.append(rate)
 
         def cereal_p3() -> None:
-            lat = cereal_latency(server, sizes.p3_rate, sizes.p3_count)
-            series["p3p50"].cereal.append(_pct(lat, 0.5))
-            series["p3p99"].cereal.append(_pct(lat, 0.99))
+            for eager, key in ((False, "p3"), (True, "p3e")):
+                lat = cereal_latency(server, sizes.p3_rate, sizes.p3_count, eager)
+                series[key + "p50"].cereal.append(_pct(lat, 0.5))
+                series[key + "p99"].cereal.append(_pct(lat, 0.99))
 
         def peer_p3() -> None:
             lat = pgq_latency(server, sizes.p3_rate, sizes.p3_count)
-            series["p3p50"].peer.append(_pct(lat, 0.5))
-            series["p3p99"].peer.append(_pct(lat, 0.99))
+            for key in ("p3", "p3e"):
+                series[key + "p50"].peer.append(_pct(lat, 0.5))
+                series[key + "p99"].peer.append(_pct(lat, 0.99))
 
         for ours, theirs in ((cereal_p1, peer_p1), (cereal_p2, peer_p2), (cereal_p3, peer_p3)):
             pair = (ours, theirs) if cereal_first else (theirs, ours)
