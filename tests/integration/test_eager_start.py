@@ -128,7 +128,7 @@ def test_a_decision_the_database_refuses_is_handed_to_the_handlers(
     info = m.await_workflow(WF, "bad", timeout=AWAIT)
     assert info.status is WorkflowStatus.FAILED
     assert info.error is not None and "cannot store the decision" in info.error
-    assert starts[0] == threading.get_ident() and len(starts) == 2
+    assert starts[0] == threading.get_ident() and len(starts) >= 2
 
 
 def test_without_a_running_manager_for_the_workflow_enqueue_is_as_usual(

@@ -11,6 +11,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -100,8 +101,9 @@ fail_errors = st.one_of(
 )
 
 
+@pytest.mark.parametrize("eager", [False, True], ids=["handlers", "eager start"])
 def test_hostile_values_from_callbacks_and_tasks_fail_cleanly_or_round_trip(
-    make_manager: MakeManager,
+    make_manager: MakeManager, eager: bool
 ) -> None:
     stash: dict[str, Any] = {}
 
@@ -111,7 +113,7 @@ def test_hostile_values_from_callbacks_and_tasks_fail_cleanly_or_round_trip(
     def throw(task: Task) -> Any:
         raise RuntimeError(stash[task.parameters])
 
-    m = make_manager(workflow_workers=2)
+    m = make_manager(workflow_workers=2, eager_start=eager)
     m.register_workflow_executor(WF, Hostile(stash))
     m.register_task_executor("echo", lambda task: task.parameters, workers=2)
     m.register_task_executor("task_result", give, workers=2)
