@@ -220,15 +220,8 @@ class WorkflowEventDispatcher:
                         outcomes = self._run_callbacks(run)
                         if not outcomes or self._aborted:
                             continue  # nothing left to commit here (split off, or aborted)
-                        claim = self._reserve(batch, outcomes)
                         try:
-                            if claim is None:
-                                finished = batch.commit(outcomes)
-                            else:
-                                finished, claimed = batch.commit_claiming(outcomes, claim)
-                                taken, claim = claim, None
-                                assert self._adopt_tasks is not None
-                                self._adopt_tasks(taken, claimed, True)  # they start at once
+                            finished, claimed = self._commit(batch, outcomes)
                         except (DatabaseError, SerializationError) as exc:
                             if self._aborted:
                                 return
@@ -245,9 +238,6 @@ class WorkflowEventDispatcher:
                             failed_alone = outcomes[0]
                             failed_alone.error = f"cannot store the decision: {exc}"
                             raise
-                        finally:
-                            if claim is not None and self._adopt_tasks is not None:
-                                self._adopt_tasks(claim, [], False)  # free the slots
                     finally:
                         with self._watch:
                             self._runs.remove(run)
@@ -272,26 +262,35 @@ class WorkflowEventDispatcher:
             )
             for inst in batch.instances
         ]
-        claim = self._reserve(batch, outcomes)
-        claimed: list[ClaimedTask] = []
         try:
-            if claim is None:
-                finished = batch.commit(outcomes)
-            else:
-                finished, claimed = batch.commit_claiming(outcomes, claim)
-                taken, claim = claim, None
-                assert self._adopt_tasks is not None
-                self._adopt_tasks(taken, claimed, True)
+            finished, claimed = self._commit(batch, outcomes)
         except (DatabaseError, SerializationError) as exc:
             if _transient(exc):
                 raise
             log.warning("eager start could not commit; the handlers take over", error=repr(exc))
             return False
-        finally:
-            if claim is not None and self._adopt_tasks is not None:
-                self._adopt_tasks(claim, [], False)  # free the slots
         self._after_commit(outcomes, finished, claimed)
         return True
+
+    def _commit(
+        self, batch: EventBatch, outcomes: list[StepOutcome]
+    ) -> tuple[list[WorkflowInstanceInfo], list[ClaimedTask]]:
+        """Commit the outcomes, claiming the tasks this manager's free workers can start at
+        once (see :meth:`_reserve`), which start right away; return the finished runs and
+        the tasks claimed. Reserved slots the commit did not use are freed, also when it
+        raises."""
+        claim = self._reserve(batch, outcomes)
+        if claim is None:
+            return batch.commit(outcomes), []
+        try:
+            finished, claimed = batch.commit_claiming(outcomes, claim)
+        except BaseException:
+            if self._adopt_tasks is not None:
+                self._adopt_tasks(claim, [], False)  # free the slots
+            raise
+        assert self._adopt_tasks is not None
+        self._adopt_tasks(claim, claimed, True)  # they start at once
+        return finished, claimed
 
     def _reserve(self, batch: EventBatch, outcomes: list[StepOutcome]) -> TaskClaim | None:
         """Free workers of this manager for the tasks the commit inserts due now, so that the

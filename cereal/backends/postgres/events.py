@@ -7,10 +7,10 @@ events travel in one pipeline, and COMMIT travels in another with every write.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime
-from typing import Any, LiteralString
+from typing import Any, LiteralString, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -37,7 +37,6 @@ from cereal.types import WorkflowInstanceInfo
 __all__ = ["PostgresEventBatch", "claim_events", "enqueue_held"]
 
 
-@contextmanager
 def claim_events(
     connections: Connections,
     queries: dict[str, LiteralString],
@@ -47,7 +46,7 @@ def claim_events(
     per_instance: int,
     floor: EventFloor,
     task_floors: TaskFloors,
-) -> Iterator[PostgresEventBatch]:
+) -> AbstractContextManager[PostgresEventBatch]:
     """Lock up to ``limit`` instances with pending events and fetch their next events.
 
     The instances stay locked until the batch commits or the context exits (which rolls
@@ -58,78 +57,62 @@ def claim_events(
     """
     names = list(workflow_names)
     statement = lock_statement(queries, len(names))
-    with connections.connection() as conn:
-        batch: PostgresEventBatch | None = None
-        try:
-            # One round trip: BEGIN, the locks and the events travel in one pipeline.
-            used = floor.params()
-            with conn.pipeline():
-                conn.execute("BEGIN")
-                locking = conn.cursor(row_factory=dict_row)
-                use_lenient_jsonb(locking.adapters)  # a value we cannot decode fails its instance
-                locking.execute(
-                    statement, {"names": names, "name": names[0], "limit": limit, **used}
-                )
-                fetching = conn.cursor(row_factory=dict_row)
-                use_lenient_jsonb(fetching.adapters)
-                fetching.execute(queries["fetch_events"], {"per_instance": per_instance})
-                rows = locking.fetchall()
-                floor.update(used, rows[-1])  # the last row reports the floor
-                instances = [instance_row(r) for r in rows if r["id"] is not None]
-                events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
-                for e in fetching.fetchall():
-                    events[e["instance_id"]].append(event_row(e))
-            batch = PostgresEventBatch(conn, queries, channel, instances, events, task_floors)
-            yield batch
-        except psycopg.Error:
-            conn.close()  # see PostgresEventBatch.broken
-            raise
-        finally:
-            _let_go(conn, batch)
+
+    def begin(conn: Connection) -> PostgresEventBatch:
+        # One round trip: BEGIN, the locks and the events travel in one pipeline.
+        used = floor.params()
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            locking = conn.cursor(row_factory=dict_row)
+            use_lenient_jsonb(locking.adapters)  # a value we cannot decode fails its instance
+            locking.execute(statement, {"names": names, "name": names[0], "limit": limit, **used})
+            fetching = conn.cursor(row_factory=dict_row)
+            use_lenient_jsonb(fetching.adapters)
+            fetching.execute(queries["fetch_events"], {"per_instance": per_instance})
+            rows = locking.fetchall()
+            floor.update(used, rows[-1])  # the last row reports the floor
+            instances = [instance_row(r) for r in rows if r["id"] is not None]
+            events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
+            for e in fetching.fetchall():
+                events[e["instance_id"]].append(event_row(e))
+        return PostgresEventBatch(conn, queries, channel, instances, events, task_floors)
+
+    return _holding(connections, begin)
 
 
-@contextmanager
 def enqueue_held(
     connections: Connections,
     queries: dict[str, LiteralString],
     channel: str,
     task_floors: TaskFloors,
     params: dict[str, Any],
-) -> Iterator[PostgresEventBatch | None]:
+) -> AbstractContextManager[PostgresEventBatch | None]:
     """Insert a live instance with its start event in an open transaction and hold it as a
     one-instance batch (None when the pair is live already). Nothing is stored unless the
     batch commits. ``params``: those of ``enqueue_held`` but the channel."""
-    with connections.connection() as conn:
-        batch: PostgresEventBatch | None = None
-        try:
-            with conn.pipeline():
-                conn.execute("BEGIN")
-                inserting = conn.cursor(row_factory=dict_row)
-                use_lenient_jsonb(inserting.adapters)
-                inserting.execute(queries["enqueue_held"], params)
-                row = inserting.fetchone()
-            if row is None:
-                yield None
-                return
-            inst = instance_row(row)
-            start = event_row(
-                dict.fromkeys(_EVENT_COLUMNS)
-                | {
-                    "id": row["event_id"],
-                    "instance_id": inst.id,
-                    "event_type": "start",
-                    "enqueued_at": row["event_enqueued_at"],
-                }
-            )
-            batch = PostgresEventBatch(
-                conn, queries, channel, [inst], {inst.id: [start]}, task_floors
-            )
-            yield batch
-        except psycopg.Error:
-            conn.close()  # see PostgresEventBatch.broken
-            raise
-        finally:
-            _let_go(conn, batch)
+
+    def begin(conn: Connection) -> PostgresEventBatch | None:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            inserting = conn.cursor(row_factory=dict_row)
+            use_lenient_jsonb(inserting.adapters)
+            inserting.execute(queries["enqueue_held"], params)
+            row = inserting.fetchone()
+        if row is None:
+            return None
+        inst = instance_row(row)
+        start = event_row(
+            dict.fromkeys(_EVENT_COLUMNS)
+            | {
+                "id": row["event_id"],
+                "instance_id": inst.id,
+                "event_type": "start",
+                "enqueued_at": row["event_enqueued_at"],
+            }
+        )
+        return PostgresEventBatch(conn, queries, channel, [inst], {inst.id: [start]}, task_floors)
+
+    return _holding(connections, begin)
 
 
 _EVENT_COLUMNS = (
@@ -144,17 +127,32 @@ _EVENT_COLUMNS = (
     "signal_payload",
 )
 
+Held = TypeVar("Held", bound="PostgresEventBatch | None")
 
-def _let_go(conn: Connection, batch: PostgresEventBatch | None) -> None:
-    """End a batch's hold on its connection: roll back what was not committed."""
-    if batch is not None:
-        batch.detach()  # from here on, abort() leaves the connection alone
-        if batch.broken:
-            conn.close()
-    if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
-        # A broken connection fails this too; the pool then discards it.
-        with suppress(psycopg.Error):
-            conn.execute("ROLLBACK")
+
+@contextmanager
+def _holding(connections: Connections, begin: Callable[[Connection], Held]) -> Iterator[Held]:
+    """Borrow a pooled connection and open a batch on it with ``begin`` (which starts the
+    transaction); when the context exits, roll back what was not committed, and drop the
+    connection if a psycopg error or the batch left it broken."""
+    with connections.connection() as conn:
+        batch: PostgresEventBatch | None = None
+        try:
+            held = begin(conn)
+            batch = held
+            yield held
+        except psycopg.Error:
+            conn.close()  # see PostgresEventBatch.broken
+            raise
+        finally:
+            if batch is not None:
+                batch.detach()  # from here on, abort() leaves the connection alone
+                if batch.broken:
+                    conn.close()
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                # A broken connection fails this too; the pool then discards it.
+                with suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
 
 
 def lock_statement(queries: dict[str, LiteralString], names: int) -> LiteralString:
