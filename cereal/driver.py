@@ -561,6 +561,30 @@ class Driver(Protocol):
         waiting claimers are woken."""
         ...
 
+    def complete_tasks_held(
+        self,
+        outcomes: Sequence[TaskOutcome],
+        owner: str,
+        workflow_names: Sequence[str],
+        per_instance: int,
+    ) -> AbstractContextManager[EventBatch]:
+        """Record the outcomes as :meth:`complete_tasks` does (committed before the context
+        is entered), then hold, as :meth:`claim_events` would, the live instances of
+        ``workflow_names`` those tasks belonged to, with up to ``per_instance`` pending events
+        each, the new ``task_complete`` events included, in order.
+
+        Instances another caller holds are skipped, and only their workflows' handlers are
+        woken: the events of the instances in the batch are not announced. An instance taken
+        by another caller between the commit and the hold is skipped too (that caller sees
+        the events). No outcome may ask for a retry (:class:`~cereal.errors.CerealError`).
+        If the call raises, the outcomes may or may not be recorded: recording them again
+        with :meth:`complete_tasks` is safe, since a task reports once.
+
+        The manager's task pools hand finished tasks' outcomes to its workflow handlers
+        through this: the result and the decision it leads to cost one round trip less, and
+        no wakeup. Optional: without it, results are recorded with :meth:`complete_tasks`."""
+        ...
+
     def heartbeat_tasks(self, task_ids: Sequence[int], owner: str) -> set[int]:
         """Refresh running tasks' heartbeats; return the ids whose rows still exist."""
         ...

@@ -731,40 +731,75 @@ class MemoryDriver:
         """Turn outcomes of tasks still running for ``owner`` into ``task_complete`` events,
         or into their next attempt (``retry`` with attempts left); return their ids.
         Outcomes of tasks gone or not owned are discarded."""
+        with self._store.lock:
+            return self._complete(outcomes, owner, quiet=set())
+
+    def _complete(self, outcomes: Sequence[TaskOutcome], owner: str, quiet: set[int]) -> set[int]:
+        """:meth:`complete_tasks` with the store's lock held; the events of the ``quiet``
+        instances wake nobody."""
         results = [_checked(o.result_json, f"result of task {o.id}") for o in outcomes]
         s = self._store
         done: set[int] = set()
-        with s.lock:
-            now = s.clock()
-            wakeups: list[Wakeup] = []
-            for outcome, result in zip(outcomes, results, strict=True):
-                task = s.tasks.get(outcome.id)
-                if task is None or task.state != "running" or task.claimed_by != owner:
-                    continue
-                done.add(task.id)
-                if outcome.retry and task.retryable:
-                    task.requeue(now)
-                    wakeups.append(TasksQueued(task.task_name))
-                    continue
-                del s.tasks[task.id]
-                s.events[task.instance_id].append(
-                    _Event(
-                        s.next_id(),
-                        task.instance_id,
-                        "task_complete",
-                        now,
-                        task_name=task.task_name,
-                        task_parameters=task.parameters,
-                        task_status=outcome.status,
-                        task_error=outcome.error,
-                        task_result=result,
-                        task_attempts=task.attempt,
-                        task_route=task.route,
-                    )
-                )
+        now = s.clock()
+        wakeups: list[Wakeup] = []
+        # In task order, as PostgreSQL inserts the events.
+        for outcome, result in sorted(zip(outcomes, results, strict=True), key=_by_task):
+            task = s.tasks.get(outcome.id)
+            if task is None or task.state != "running" or task.claimed_by != owner:
+                continue
+            done.add(task.id)
+            if outcome.retry and task.retryable:
+                task.requeue(now)
+                wakeups.append(TasksQueued(task.task_name))
+                continue
+            del s.tasks[task.id]
+            s.events[task.instance_id].append(_task_complete(s, task, outcome, result, now))
+            if task.instance_id not in quiet:
                 wakeups.append(EventsPending(outcome.workflow_name))
-            s.emit(wakeups)
+        s.emit(wakeups)
         return done
+
+    @contextmanager
+    def complete_tasks_held(
+        self,
+        outcomes: Sequence[TaskOutcome],
+        owner: str,
+        workflow_names: Sequence[str],
+        per_instance: int,
+    ) -> Iterator[MemoryEventBatch]:
+        """:meth:`complete_tasks`, then hold the instances of ``workflow_names`` the recorded
+        tasks belonged to (skipping held ones) with their pending events; only the workflows
+        of the instances skipped get a wakeup."""
+        if any(o.retry for o in outcomes):
+            raise CerealError("complete_tasks_held takes no outcome asking for a retry")
+        _check_limit(per_instance, "per_instance")
+        names = set(workflow_names)
+        s = self._store
+        with s.lock:
+            owners = [s.tasks.get(o.id) for o in outcomes]
+            wanted = {
+                t.instance_id
+                for t in owners
+                if t is not None and t.state == "running" and t.claimed_by == owner
+            }
+            held = sorted(
+                i
+                for i in wanted
+                if i not in s.held_instances and s.instances[i].workflow_name in names
+            )
+            s.held_instances.update(held)
+            try:
+                self._complete(outcomes, owner, quiet=set(held))
+            except BaseException:
+                s.held_instances.difference_update(held)
+                raise
+            instances = [_instance_row(s.instances[i]) for i in held]
+            events = {i: [_event_row(e) for e in s.events[i][:per_instance]] for i in held}
+        batch = MemoryEventBatch(s, instances, events)
+        try:
+            yield batch
+        finally:
+            batch.release()
 
     def heartbeat_tasks(self, task_ids: Sequence[int], owner: str) -> set[int]:
         """Refresh running tasks' heartbeats; return the ids still running for ``owner``."""
@@ -1364,6 +1399,29 @@ class MemoryEventBatch:
             self._store.held_instances.difference_update(going)
             self._held -= going
             self._store.released.notify_all()
+
+
+def _by_task(pair: tuple[TaskOutcome, str | None]) -> int:
+    return pair[0].id
+
+
+def _task_complete(
+    s: MemoryStore, task: _Task, outcome: TaskOutcome, result: str | None, now: datetime
+) -> _Event:
+    """The ``task_complete`` event recording ``outcome`` of ``task``."""
+    return _Event(
+        s.next_id(),
+        task.instance_id,
+        "task_complete",
+        now,
+        task_name=task.task_name,
+        task_parameters=task.parameters,
+        task_status=outcome.status,
+        task_error=outcome.error,
+        task_result=result,
+        task_attempts=task.attempt,
+        task_route=task.route,
+    )
 
 
 def _start_time(task: PendingTask, now: datetime) -> datetime:

@@ -149,6 +149,25 @@ def complete_tasks(conn: psycopg.Connection) -> dict[str, Any]:
     }
 
 
+def hold_instances_of_tasks(conn: psycopg.Connection) -> dict[str, Any]:
+    return complete_tasks(conn) | {"names": ["w"]}
+
+
+def held_instances(conn: psycopg.Connection) -> dict[str, Any]:
+    """complete_tasks with the setting hold_instances_of_tasks leaves: half the instances
+    of the running tasks held."""
+    params = hold_instances_of_tasks(conn)
+    ids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT instance_id FROM tasks WHERE id = ANY(%s) ORDER BY id", (params["ids"],)
+        )
+    ]
+    held = ",".join(str(i) for i in ids[::2])
+    conn.execute("SELECT set_config('cereal.held_instances', %s, true)", (held,))
+    return params
+
+
 def complete_tasks_retrying(conn: psycopg.Connection) -> dict[str, Any]:
     return complete_tasks(conn) | {"retries": [True, False] * (ASKED // 2)}
 
@@ -245,6 +264,9 @@ STATEMENTS: dict[str, Callable[[psycopg.Connection], dict[str, Any]]] = {
     "lock_instances_of_tasks": lock_instances_of_tasks,
     "complete_tasks": complete_tasks,
     "complete_tasks_retrying": complete_tasks_retrying,
+    "hold_instances_of_tasks": hold_instances_of_tasks,
+    "complete_tasks_held": held_instances,
+    "relock_held_instances": held_instances,
     "reap_lost_tasks": reap_lost_tasks,
     "update_instances": update_instances,
     "finish_instances": finish_instances,

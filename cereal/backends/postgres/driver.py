@@ -24,7 +24,12 @@ from cereal.backends.postgres import notify, operator_views
 from cereal.backends.postgres import overview as dashboard_views
 from cereal.backends.postgres.connections import Connection, Connections, DedicatedConnection
 from cereal.backends.postgres.errors import translated
-from cereal.backends.postgres.events import PostgresEventBatch, claim_events, enqueue_held
+from cereal.backends.postgres.events import (
+    PostgresEventBatch,
+    claim_events,
+    complete_tasks_held,
+    enqueue_held,
+)
 from cereal.backends.postgres.floors import EventFloor, TaskFloors
 from cereal.backends.postgres.jsonb import use_lenient_jsonb
 from cereal.backends.postgres.listener import PostgresListener
@@ -446,6 +451,32 @@ class PostgresDriver:
                 return set()  # its workflow finished meanwhile: the result is discarded
             return set().union(*(self.complete_tasks([o], owner) for o in outcomes))
         return {r["id"] for r in rows}
+
+    def complete_tasks_held(
+        self,
+        outcomes: Sequence[TaskOutcome],
+        owner: str,
+        workflow_names: Sequence[str],
+        per_instance: int,
+    ) -> AbstractContextManager[PostgresEventBatch]:
+        """:meth:`complete_tasks`, then hold the instances of ``workflow_names`` the outcomes
+        belong to with their pending events, as :meth:`claim_events` would: one round trip.
+        Only the instances this batch does not hold get a notification."""
+        if any(o.retry for o in outcomes):
+            raise CerealError("complete_tasks_held takes no outcome asking for a retry")
+        params: dict[str, object] = {
+            "ids": [o.id for o in outcomes],
+            "statuses": [o.status for o in outcomes],
+            "errors": [o.error for o in outcomes],
+            "results": [o.result_json for o in outcomes],
+            "workflows": [o.workflow_name for o in outcomes],
+            "owner": owner,
+            "names": list(workflow_names),
+            "channel": self.channel,
+        }
+        return complete_tasks_held(
+            self._db, self._q, self.channel, self._task_floors, params, per_instance
+        )
 
     def heartbeat_tasks(self, task_ids: Sequence[int], owner: str) -> set[int]:
         """Refresh running tasks' heartbeats; return the ids that still exist.

@@ -34,7 +34,7 @@ from cereal.driver import (
 from cereal.errors import TransientDatabaseError
 from cereal.types import WorkflowInstanceInfo
 
-__all__ = ["PostgresEventBatch", "claim_events", "enqueue_held"]
+__all__ = ["PostgresEventBatch", "claim_events", "complete_tasks_held", "enqueue_held"]
 
 
 def claim_events(
@@ -111,6 +111,46 @@ def enqueue_held(
             }
         )
         return PostgresEventBatch(conn, queries, channel, [inst], {inst.id: [start]}, task_floors)
+
+    return _holding(connections, begin)
+
+
+def complete_tasks_held(
+    connections: Connections,
+    queries: dict[str, LiteralString],
+    channel: str,
+    task_floors: TaskFloors,
+    params: dict[str, Any],
+    per_instance: int,
+) -> AbstractContextManager[PostgresEventBatch]:
+    """Record finished tasks' outcomes and commit, then hold the instances they belong to
+    with their pending events, in one round trip. ``params``: those of
+    ``complete_tasks_held`` and ``names``.
+
+    The instances are locked before the results are written and again right after their
+    commit: those another session held in the first lock get a notification with the commit,
+    and one taken in between is handled by whoever took it (its lock came after the commit).
+    """
+
+    def begin(conn: Connection) -> PostgresEventBatch:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            conn.execute(queries["hold_instances_of_tasks"], params)
+            conn.execute(queries["lock_instances_of_tasks"], {"ids": params["ids"]})
+            conn.execute(queries["complete_tasks_held"], params)
+            conn.execute("COMMIT")
+            conn.execute("BEGIN")
+            locking = conn.cursor(row_factory=dict_row)
+            use_lenient_jsonb(locking.adapters)
+            locking.execute(queries["relock_held_instances"])
+            fetching = conn.cursor(row_factory=dict_row)
+            use_lenient_jsonb(fetching.adapters)
+            fetching.execute(queries["fetch_events"], {"per_instance": per_instance})
+            instances = [instance_row(r) for r in locking.fetchall() if r["id"] is not None]
+            events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
+            for e in fetching.fetchall():
+                events[e["instance_id"]].append(event_row(e))
+        return PostgresEventBatch(conn, queries, channel, instances, events, task_floors)
 
     return _holding(connections, begin)
 

@@ -516,6 +516,87 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT extract(epoch FROM min(start_after) - now())::float8 FROM tasks
         WHERE task_name = ANY(%(names)s) AND state = 'queued' AND start_after > now());
 
+-- name: hold_instances_of_tasks
+-- The first statement of complete_tasks_held: lock, as a claim would, the live instances of the
+-- given workflows that have tasks running for this owner among the finished ones, skipping
+-- those another session holds. It takes no task row lock, and waits for nobody. The ids locked
+-- go to a session setting, which complete_tasks_held reads in this transaction (it wakes
+-- nobody for their events) and relock_held_instances in the next one. The last row (id NULL)
+-- only makes sure the setting is written.
+WITH locked AS (
+    SELECT i.id
+    FROM (SELECT DISTINCT t.instance_id FROM tasks t
+          WHERE t.id = ANY(%(ids)s::bigint[])
+            AND t.state = 'running' AND t.claimed_by = %(owner)s) w
+    CROSS JOIN LATERAL (
+        SELECT i.id FROM workflow_instances i
+        WHERE i.id = w.instance_id AND i.workflow_name = ANY(%(names)s)
+        FOR NO KEY UPDATE OF i SKIP LOCKED
+    ) i
+), mark AS (
+    SELECT set_config('cereal.held_instances', coalesce(string_agg(id::text, ','), ''), false)
+               AS kept
+    FROM locked
+)
+SELECT locked.id FROM locked
+UNION ALL
+SELECT NULL FROM mark WHERE mark.kept IS NOT NULL;  -- always true: the setting is written
+
+-- name: complete_tasks_held
+-- complete_tasks, waking the handlers only for the instances hold_instances_of_tasks could not
+-- lock: the others are locked again right after the commit, by this same caller.
+WITH r AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(errors)s::text[],
+                         %(results)s::text[], %(workflows)s::text[])
+        AS r(id, status, error, result, workflow_name)
+), done AS (
+    DELETE FROM tasks t USING r
+    WHERE t.id = ANY(%(ids)s::bigint[]) AND t.id = r.id
+      AND t.state = 'running' AND t.claimed_by = %(owner)s
+    RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt,
+              t.route, r.status, r.error, r.result, r.workflow_name
+), ev AS (
+    INSERT INTO workflow_events (instance_id, event_type, workflow_name, task_id, task_name,
+                                 task_parameters, task_enqueued_at, task_status, task_error,
+                                 task_result, task_attempts, task_route)
+    SELECT instance_id, 'task_complete', workflow_name, id, task_name, parameters, enqueued_at,
+           status, error, result::jsonb, attempt, route
+    FROM done ORDER BY id
+), held AS (
+    SELECT string_to_array(nullif(current_setting('cereal.held_instances', true), ''),
+                           ',')::bigint[] AS ids
+)
+SELECT done.id, CASE WHEN done.instance_id = ANY(held.ids) THEN NULL
+                     ELSE pg_notify(%(channel)s, 'e' || done.workflow_name) END
+FROM done CROSS JOIN held;
+
+-- name: relock_held_instances
+-- The second transaction of complete_tasks_held: lock again the instances
+-- hold_instances_of_tasks locked before the commit, unless another session took one in
+-- between (it then handles the new events itself: it locked after they were committed). The
+-- ids locked go to the transaction-local setting fetch_events reads.
+WITH locked AS (
+    SELECT i.id, i.workflow_name, i.instance_name, i.parameters, i.payload, i.status,
+           i.enqueued_tasks, i.completed_tasks, i.started_at, i.trace_context
+    FROM unnest(string_to_array(nullif(current_setting('cereal.held_instances', true), ''),
+                                ',')::bigint[]) AS h(id)
+    CROSS JOIN LATERAL (
+        SELECT * FROM workflow_instances i
+        WHERE i.id = h.id
+        FOR NO KEY UPDATE OF i SKIP LOCKED
+    ) i
+    ORDER BY i.id
+), mark AS (
+    SELECT set_config('cereal.locked_instances', coalesce(string_agg(id::text, ','), ''), true)
+               AS kept
+    FROM locked
+)
+SELECT locked.* FROM locked
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM mark
+WHERE mark.kept IS NOT NULL;  -- always true: makes sure the setting is written
+
 -- name: lock_instances_of_tasks
 -- Run first in the transactions that delete task rows and then insert events for their
 -- instances (complete_tasks, reap_lost_tasks): the instances' key-share locks come before any
