@@ -26,14 +26,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cereal import instrumentation
-from cereal.driver import ClaimedTask, Driver, EventBatch, TaskClaim
+from cereal.driver import ClaimedTask, Driver, EventBatch, TaskClaim, TaskOutcome
 from cereal.errors import DatabaseError, SerializationError
 from cereal.executors import WorkflowExecutor
 from cereal.logging import get_logger
 from cereal.steps import StepOutcome, run_events
 from cereal.types import WorkflowInstanceInfo
 
-__all__ = ["CALLBACK_BUDGET", "SPREAD_DELAY", "WorkflowEventDispatcher"]
+__all__ = ["CALLBACK_BUDGET", "SPREAD_DELAY", "ResultHandover", "WorkflowEventDispatcher"]
 
 log = get_logger("cereal.workflow")
 
@@ -42,6 +42,24 @@ CALLBACK_BUDGET = 0.05
 
 SPREAD_DELAY = 0.005
 """Seconds a handler holds a full claim of one instance before another handler is brought in."""
+
+
+_Done = tuple[list[StepOutcome], list[WorkflowInstanceInfo], list[ClaimedTask]]
+"""What a handled batch committed: the outcomes, the runs finished, the tasks claimed."""
+
+
+@dataclass(frozen=True)
+class ResultHandover:
+    """How the task pools of the same manager hand finished tasks' outcomes to the handlers
+    (see :meth:`WorkflowEventDispatcher.take_result`)."""
+
+    owner: str
+    """The owner the tasks were claimed for."""
+    recorded: Callable[[list[TaskOutcome]], None]
+    """Called with the outcomes the handlers recorded."""
+    give_back: Callable[[list[TaskOutcome]], None]
+    """Called with outcomes the handlers may not have recorded; the pools record them the
+    usual way (:meth:`~cereal.driver.Driver.complete_tasks`, safe even if they were)."""
 
 
 @dataclass(eq=False)
@@ -78,6 +96,7 @@ class WorkflowEventDispatcher:
         events_per_instance: int = 64,
         reserve_tasks: Callable[[Mapping[str, int]], TaskClaim | None] | None = None,
         adopt_tasks: Callable[[TaskClaim, list[ClaimedTask], bool], None] | None = None,
+        results: ResultHandover | None = None,
     ) -> None:
         self._driver = driver
         self._executors = executors
@@ -88,6 +107,13 @@ class WorkflowEventDispatcher:
         self._on_tasks_enqueued = on_tasks_enqueued
         self._reserve_tasks = reserve_tasks
         self._adopt_tasks = adopt_tasks
+        self._handover = results if callable(getattr(driver, "complete_tasks_held", None)) else None
+        self._results: list[TaskOutcome] = []  # handed over, not taken by a handler yet
+        self._taking_results = False
+        # Every wake() counts, and sets the flag until a handler starts a claim: a handler
+        # that only recorded results claims afterwards only if either says a claim is due.
+        self._wakes = 0
+        self._claim_wanted = False
         self._batch_size = batch_size
         self._per_instance = events_per_instance
         self._cond = threading.Condition()
@@ -104,6 +130,7 @@ class WorkflowEventDispatcher:
     def start(self) -> None:
         if not self._names:
             return
+        self._taking_results = self._handover is not None
         self._signals = 1  # handle whatever is already pending at once
         for n in range(self._workers):
             thread = threading.Thread(
@@ -121,11 +148,16 @@ class WorkflowEventDispatcher:
         """
         with self._cond:
             self._stopping = True
+            self._taking_results = False
             self._cond.notify_all()
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(left)
+        with self._cond:
+            untaken, self._results = self._results, []
+        if untaken and self._handover is not None:
+            self._handover.give_back(untaken)
         with self._watch:
             self._aborted = self._closed = True
             held = [run.batch for run in self._runs]
@@ -142,9 +174,40 @@ class WorkflowEventDispatcher:
         NOTIFY echo of the same commit) cost one claim, not one each.
         """
         with self._cond:
+            self._wakes += 1
+            self._claim_wanted = True
             if self._signals == 0:
                 self._signals = 1
                 self._cond.notify()
+
+    def take_result(self, outcome: TaskOutcome) -> bool:
+        """Take a finished task's outcome to record: a handler records it, holding its
+        instance in the same round trip, and handles the event at once (no wakeup, no
+        claim). False when this dispatcher does not take it (not running, no handover, an
+        outcome asking for a retry, or a workflow handled elsewhere): the caller records it
+        itself."""
+        if outcome.retry or outcome.workflow_name not in self._executors:
+            return False
+        with self._cond:
+            if not self._taking_results:
+                return False
+            self._results.append(outcome)
+            if self._signals == 0:
+                self._signals = 1
+                self._cond.notify()
+        return True
+
+    def _take_results(self) -> list[TaskOutcome]:
+        """The outcomes handed over so far, up to a batch's worth."""
+        with self._cond:
+            if not self._results:
+                return []
+            taken = self._results[: self._batch_size]
+            del self._results[: self._batch_size]
+            more = bool(self._results)
+        if more:
+            self._spread()
+        return taken
 
     def _spread(self) -> None:
         """More work than one handler took: bring in another idle handler."""
@@ -186,14 +249,24 @@ class WorkflowEventDispatcher:
         # the handler it wakes take the next instance, and large batches still form under
         # sustained load. The size reached is shared: a handler brought in by a full batch
         # starts where the others are, and the first claim that is not full starts over.
+        # Task outcomes handed over (take_result) go first: holding their instances is the
+        # claim, and the events they record are handled in it.
         grow = self._ramp
         while not self._stopping:
+            results = self._take_results()
+            if results:
+                wakes = self._wakes
+                self._handle_results(results)
+                with self._cond:
+                    # Claim only if asked to (an event for an instance held here meanwhile
+                    # may have been skipped by the claim its wakeup led to).
+                    if not (self._results or self._claim_wanted or self._wakes != wakes):
+                        return
+                continue
+            with self._cond:
+                self._claim_wanted = False
             single = time.monotonic() < self._single_until
             limit = 1 if single else min(grow, self._batch_size)
-            failed_alone: StepOutcome | None = None
-            finished: list[WorkflowInstanceInfo] = []
-            outcomes: list[StepOutcome] = []
-            claimed: list[ClaimedTask] = []
             try:
                 with self._driver.claim_events(self._names, limit, self._per_instance) as batch:
                     if len(batch.instances) < limit:
@@ -210,42 +283,77 @@ class WorkflowEventDispatcher:
                             self._spread()
                         else:
                             run.spread_at = time.monotonic() + SPREAD_DELAY
-                    with self._watch:
-                        if self._aborted:
-                            return  # stop() gave up on this handler meanwhile
-                        self._runs.append(run)
-                        if run.spread_at is not None:
-                            self._watch.notify()
-                    try:  # registered until committed: stop() may abort the commit too
-                        outcomes = self._run_callbacks(run)
-                        if not outcomes or self._aborted:
-                            continue  # nothing left to commit here (split off, or aborted)
-                        try:
-                            finished, claimed = self._commit(batch, outcomes)
-                        except (DatabaseError, SerializationError) as exc:
-                            if self._aborted:
-                                return
-                            if _transient(exc):
-                                raise
-                            if len(outcomes) > 1:
-                                # Find the poisoned instance by committing one at a time.
-                                log.warning(
-                                    "batch commit failed; retrying instances one by one",
-                                    error=repr(exc),
-                                )
-                                self._single_until = time.monotonic() + 5.0
-                                raise
-                            failed_alone = outcomes[0]
-                            failed_alone.error = f"cannot store the decision: {exc}"
-                            raise
-                    finally:
-                        with self._watch:
-                            self._runs.remove(run)
-            except (DatabaseError, SerializationError):
-                if failed_alone is None:
+                    done = self._handle(run)
+            except _Unstorable as refused:
+                done = self._fail_unstorable(refused.outcome)
+            if done is None:
+                return  # stop() gave up on this handler meanwhile
+            self._after_commit(*done)
+
+    def _handle_results(self, results: list[TaskOutcome]) -> None:
+        """Record handed-over outcomes and hold their instances in one round trip, then
+        handle the instances' events (the new results among them) and commit."""
+        assert self._handover is not None
+        done: _Done | None = ([], [], [])
+        try:
+            with self._driver.complete_tasks_held(
+                results, self._handover.owner, self._names, self._per_instance
+            ) as batch:
+                self._handover.recorded(results)
+                if batch.instances:
+                    done = self._handle(_Run(batch, len(batch.instances)))
+        except _Unstorable as refused:
+            done = self._fail_unstorable(refused.outcome)
+        except (DatabaseError, SerializationError) as exc:
+            # Whether they were recorded is unknown: the pools record them again, which is
+            # safe (a task reports once), and report a value the database refuses.
+            self._handover.give_back(results)
+            if _transient(exc):
+                raise
+            log.debug("task results not recorded with their instances held", error=repr(exc))
+            return
+        if done is not None:
+            self._after_commit(*done)
+
+    def _handle(self, run: _Run) -> _Done | None:
+        """Run a held batch's callbacks and commit their outcomes; return them with the runs
+        finished and the tasks claimed, for :meth:`_after_commit` (empty when the watchdog
+        split the batch and let its slow instance go), or None when stop() gave up on this
+        handler meanwhile. Raises :class:`_Unstorable` for a lone decision the database
+        refuses (the caller fails its instance once the batch is let go)."""
+        batch = run.batch
+        with self._watch:
+            if self._aborted:
+                return None
+            self._runs.append(run)
+            if run.spread_at is not None:
+                self._watch.notify()
+        try:  # registered until committed: stop() may abort the commit too
+            outcomes = self._run_callbacks(run)
+            if self._aborted:
+                return None
+            if not outcomes:
+                return [], [], []  # nothing left to commit here (split off)
+            try:
+                finished, claimed = self._commit(batch, outcomes)
+            except (DatabaseError, SerializationError) as exc:
+                if self._aborted:
+                    return None
+                if _transient(exc):
                     raise
-                finished = self._fail_unstorable(failed_alone)
-            self._after_commit(outcomes, finished, claimed)
+                if len(outcomes) > 1:
+                    # Find the poisoned instance by committing one at a time.
+                    log.warning(
+                        "batch commit failed; retrying instances one by one", error=repr(exc)
+                    )
+                    self._single_until = time.monotonic() + 5.0
+                    raise
+                outcomes[0].error = f"cannot store the decision: {exc}"
+                raise _Unstorable(outcomes[0]) from exc
+        finally:
+            with self._watch:
+                self._runs.remove(run)
+        return outcomes, finished, claimed
 
     def start_held(self, batch: EventBatch) -> bool:
         """Eager start: run the callbacks of a batch the caller holds (an instance it just
@@ -403,7 +511,7 @@ class WorkflowEventDispatcher:
         except BaseException as exc:  # the watchdog must outlive any hook
             log.warning("after-commit hook failed", error=repr(exc))
 
-    def _fail_unstorable(self, outcome: StepOutcome) -> list[WorkflowInstanceInfo]:
+    def _fail_unstorable(self, outcome: StepOutcome) -> _Done:
         """A decision the database refuses fails its instance instead of looping forever."""
         inst = outcome.instance
         error = outcome.error or "cannot store the decision"
@@ -414,7 +522,7 @@ class WorkflowEventDispatcher:
             instance=inst.instance_name,
         )
         info = self._driver.fail_instance(inst.id, error)
-        return [] if info is None else [info]
+        return [outcome], [] if info is None else [info], []
 
     def _after_commit(
         self,
@@ -432,6 +540,14 @@ class WorkflowEventDispatcher:
             self._on_tasks_enqueued(names)
         if finished:
             self._on_finished(finished)
+
+
+class _Unstorable(Exception):
+    """The database refused the decision of a batch's only instance."""
+
+    def __init__(self, outcome: StepOutcome) -> None:
+        super().__init__(outcome.error)
+        self.outcome = outcome
 
 
 def _earlier(when: float | None, other: float) -> float:

@@ -27,7 +27,7 @@ from cereal.checks import (
 from cereal.checks import instance_not_found as _not_found
 from cereal.codec import check_name, describe_error, encode
 from cereal.config import ManagerConfig, count, default_driver, flag, optional_seconds
-from cereal.dispatch import WorkflowEventDispatcher
+from cereal.dispatch import ResultHandover, WorkflowEventDispatcher
 from cereal.driver import (
     Driver,
     EventsPending,
@@ -212,7 +212,11 @@ class Manager(ScheduleOperations):
             batch_size=config.event_batch_size,
             reserve_tasks=self._pools.reserve,
             adopt_tasks=self._pools.adopt,
+            results=ResultHandover(
+                self.owner, self._pools.results_recorded, self._pools.record_results
+            ),
         )
+        self._pools.hand_results_to(self._dispatcher.take_result)
         self._listener = self.driver.listener(self._on_wakeup, self._wake_all)
         self._services = [
             Heartbeat(

@@ -90,6 +90,7 @@ class TaskPools:
             uncertain=self.claims_uncertain,
         )
         self._writer = ResultWriter(driver, owner, self._written, max_batch=write_batch)
+        self._handover: Callable[[TaskOutcome], bool] | None = None
         self._watchdog = TimeoutWatchdog(self._expired)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -140,6 +141,21 @@ class TaskPools:
         self._watchdog.join(left(0.1))
         if self._async is not None:
             self._async.join(left(0.1))
+
+    def hand_results_to(self, take: Callable[[TaskOutcome], bool]) -> None:
+        """Offer each finished task's outcome to ``take`` first (the workflow handlers, which
+        record it with the decision it leads to); the writer records those it declines and
+        those given back through :meth:`record_results`."""
+        self._handover = take
+
+    def record_results(self, outcomes: list[TaskOutcome]) -> None:
+        """Record these outcomes through the writer (the handlers gave them back)."""
+        for outcome in outcomes:
+            self._writer.put(outcome)
+
+    def results_recorded(self, outcomes: list[TaskOutcome]) -> None:
+        """The handlers stored these outcomes with their decisions."""
+        self._written(outcomes, wake=False)
 
     # -- signals from other parts ------------------------------------------------------------
 
@@ -503,7 +519,7 @@ class TaskPools:
                 result_json=text,
             )
         self._report(claim, outcome, span)
-        self._writer.put(outcome)
+        self._record(outcome)
 
     def _cancel(self, claim: Claim) -> None:
         claim.task.cancelled.set()
@@ -535,11 +551,16 @@ class TaskPools:
             retry=_has_attempts_left(claim.claimed),
         )
         self._report(claim, outcome)
-        self._writer.put(outcome)
+        self._record(outcome)
 
     # -- reporting -----------------------------------------------------------------------------
 
-    def _written(self, outcomes: list[TaskOutcome]) -> None:
+    def _record(self, outcome: TaskOutcome) -> None:
+        take = self._handover
+        if take is None or not take(outcome):
+            self._writer.put(outcome)
+
+    def _written(self, outcomes: list[TaskOutcome], *, wake: bool = True) -> None:
         retried = False
         with self._cond:
             for outcome in outcomes:
@@ -549,7 +570,8 @@ class TaskPools:
                     claim.state = TaskState.REPORTED
         if retried:  # learn when the next attempt is due
             self._claimer.wake()
-        self._on_reported()
+        if wake:  # the handlers have events to handle
+            self._on_reported()
 
 
 def _has_attempts_left(row: ClaimedTask) -> bool:

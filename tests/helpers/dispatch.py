@@ -180,18 +180,29 @@ def check_slow_callback_does_not_hold_up_batch_mates(make: MakeManager) -> None:
 
 
 class HeldWhileCancelled:
-    """``on_start`` blocks until ``release`` and continues; ``on_cancel`` fails the run."""
+    """The callback named by ``hold_in`` ("start": ``on_start``; "task": ``on_task_complete``
+    of the task ``on_start`` enqueues) blocks until ``release`` and continues; ``on_cancel``
+    fails the run."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold_in: str = "start") -> None:
+        self.hold_in = hold_in
         self.release = threading.Event()
         self.entered = threading.Event()
 
-    def on_start(self, inst: WorkflowInstance, event: Any) -> Any:
+    def _hold(self, inst: WorkflowInstance) -> Any:
         self.entered.set()
         self.release.wait(30)
+        return inst.continue_with("held")
+
+    def on_start(self, inst: WorkflowInstance, event: Any) -> Any:
+        if self.hold_in == "start":
+            return self._hold(inst)
+        inst.enqueue_task("t", None)
         return inst.continue_with("started")
 
     def on_task_complete(self, inst: WorkflowInstance, event: Any) -> Any:
+        if self.hold_in == "task":
+            return self._hold(inst)
         return inst.fail("no tasks expected")
 
     def on_cancel(self, inst: WorkflowInstance, event: Any) -> Any:
@@ -199,16 +210,18 @@ class HeldWhileCancelled:
 
 
 def check_an_event_written_while_its_instance_is_held_runs_after_the_commit(
-    make: MakeManager,
+    make: MakeManager, hold_in: str = "start"
 ) -> None:
     """The cancel's wakeup reaches an idle handler, whose claim skips the held instance; the
-    handler holding it must still take the cancel once it commits, long before a poll."""
-    flow = HeldWhileCancelled()
+    handler holding it must still take the cancel once it commits, long before a poll. With
+    ``hold_in="task"`` the instance is held by the handler that recorded its task's result."""
+    flow = HeldWhileCancelled(hold_in)
     m = make(workflow_workers=4, workflow_poll_interval=60.0)
     m.register_workflow_executor(WF, flow)
+    m.register_task_executor("t", lambda task: None)
     m.start()
     m.enqueue_workflow(WF, "held")
-    assert flow.entered.wait(AWAIT), "on_start never ran"
+    assert flow.entered.wait(AWAIT), f"the {hold_in} callback never ran"
     m.cancel_workflow(WF, "held")
     time.sleep(0.5)  # the wakeups of the cancel are spent on claims that find nothing
     flow.release.set()

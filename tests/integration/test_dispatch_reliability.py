@@ -154,7 +154,8 @@ def test_a_task_claimed_by_a_commit_whose_answer_was_lost_runs_once(
     check_a_task_claimed_unseen_runs_once_as_its_first_attempt(make_manager, where)
 
 
+@pytest.mark.parametrize("hold_in", ["start", "task"])
 def test_an_event_written_while_its_instance_is_held_runs_right_after_the_commit(
-    make_manager: MakeManager,
+    make_manager: MakeManager, hold_in: str
 ) -> None:
-    check_an_event_written_while_its_instance_is_held_runs_after_the_commit(make_manager)
+    check_an_event_written_while_its_instance_is_held_runs_after_the_commit(make_manager, hold_in)

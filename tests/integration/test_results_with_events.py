@@ -1,0 +1,150 @@
+"""A finished task's result goes from the task pools to the workflow handlers of the same
+manager: a handler records it and holds its instance in one round trip
+(``Driver.complete_tasks_held``), then runs ``on_task_complete`` at once, with no wakeup and
+no claim in between. Whatever goes wrong on that path, the result is recorded the usual way
+and handled once."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from cereal import Manager, Task, WorkflowInstance, WorkflowStatus
+from cereal.errors import TransientDatabaseError
+from cereal.testing import MemoryDriver
+from tests.helpers.recorders import Flow
+from tests.helpers.timings import FAST_MANAGER_OPTIONS
+
+WF = "wf"
+AWAIT = 15.0
+
+
+class Counting:
+    """A driver forwarding to another one, counting the calls that record task results;
+    ``fail_held`` makes the next ``complete_tasks_held`` calls raise a transient error, before
+    or after the inner driver recorded the results."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.calls: Counter[str] = Counter()
+        self.fail_held: list[str] = []  # "before" or "after", one per call to fail
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def complete_tasks(self, *args: Any) -> Any:
+        with self._lock:
+            self.calls["complete_tasks"] += 1
+        return self._inner.complete_tasks(*args)
+
+    @contextmanager
+    def complete_tasks_held(self, *args: Any) -> Iterator[Any]:
+        with self._lock:
+            self.calls["complete_tasks_held"] += 1
+            failing = self.fail_held.pop(0) if self.fail_held else None
+        if failing == "before":
+            raise TransientDatabaseError("connection lost before the results were sent")
+        with self._inner.complete_tasks_held(*args) as batch:
+            if failing == "after":
+                raise TransientDatabaseError("connection lost after the results were committed")
+            yield batch
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.integration)])
+def make_counted(
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[..., tuple[Manager, Counting]]]:
+    built: list[Manager] = []
+
+    def make(**options: Any) -> tuple[Manager, Counting]:
+        if request.param == "memory":
+            inner: Any = MemoryDriver(store=request.getfixturevalue("memory_store"))
+        else:
+            from cereal.backends.postgres import PostgresDriver
+
+            inner = PostgresDriver(
+                request.getfixturevalue("pg_dsn"), schema=request.getfixturevalue("schema")
+            )
+        driver = Counting(inner)
+        manager = Manager(driver=driver, **(FAST_MANAGER_OPTIONS | options))  # type: ignore[arg-type]
+        built.append(manager)
+        return manager, driver
+
+    yield make
+    for manager in built:
+        manager.stop(timeout=10)
+        manager.driver.close()
+
+
+def doubling_flow(seen: list[Any]) -> Flow:
+    def on_start(inst: WorkflowInstance, event: Any) -> Any:
+        inst.enqueue_task("double", inst.parameters)
+        return inst.continue_with(None)
+
+    def on_task(inst: WorkflowInstance, event: Any) -> Any:
+        seen.append(event.result.value)
+        return inst.complete(event.result.value)
+
+    return Flow(on_start=on_start, on_task=on_task)
+
+
+def double(task: Task) -> int:
+    return 2 * int(task.parameters)
+
+
+def test_a_result_is_recorded_by_the_handlers_and_handled_without_a_wakeup(
+    make_counted: Callable[..., tuple[Manager, Counting]],
+) -> None:
+    # Polling every minute: only the hand-over can bring the result to on_task_complete.
+    m, driver = make_counted(workflow_poll_interval=60.0)
+    seen: list[Any] = []
+    m.register_workflow_executor(WF, doubling_flow(seen))
+    m.register_task_executor("double", double)
+    m.start()
+    for n in range(5):
+        m.enqueue_workflow(WF, f"i{n}", n)
+    for n in range(5):
+        info = m.await_workflow(WF, f"i{n}", timeout=AWAIT)
+        assert (info.status, info.result) == (WorkflowStatus.COMPLETED, 2 * n)
+    assert sorted(seen) == [0, 2, 4, 6, 8]
+    assert driver.calls["complete_tasks_held"] >= 1
+    assert driver.calls["complete_tasks"] == 0
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_failed_hand_over_records_the_result_again_and_it_is_handled_once(
+    make_counted: Callable[..., tuple[Manager, Counting]], when: str
+) -> None:
+    m, driver = make_counted()
+    driver.fail_held = [when]
+    seen: list[Any] = []
+    m.register_workflow_executor(WF, doubling_flow(seen))
+    m.register_task_executor("double", double)
+    m.start()
+    m.enqueue_workflow(WF, "a", 21)
+    info = m.await_workflow(WF, "a", timeout=AWAIT)
+    assert (info.status, info.result) == (WorkflowStatus.COMPLETED, 42)
+    assert seen == [42]  # on_task_complete ran once: the second recording was discarded
+    assert driver.calls["complete_tasks"] == 1  # the pools' writer took the result back
+
+
+def test_results_of_a_workflow_this_manager_does_not_handle_are_recorded_as_usual(
+    make_counted: Callable[..., tuple[Manager, Counting]],
+) -> None:
+    starter, _ = make_counted()
+    seen: list[Any] = []
+    starter.register_workflow_executor(WF, doubling_flow(seen))
+    worker, counted = make_counted()
+    worker.register_task_executor("double", double)
+    starter.start()
+    worker.start()
+    starter.enqueue_workflow(WF, "a", 4)
+    info = starter.await_workflow(WF, "a", timeout=AWAIT)
+    assert (info.status, info.result) == (WorkflowStatus.COMPLETED, 8)
+    assert counted.calls == Counter({"complete_tasks": 1})
