@@ -114,6 +114,11 @@ class WorkflowEventDispatcher:
         # that only recorded results claims afterwards only if either says a claim is due.
         self._wakes = 0
         self._claim_wanted = False
+        # Batches held for a handler by the caller that enqueued their instance
+        # (hand_over), each with the call that lets it go; at most one per idle handler.
+        self._handed: list[tuple[EventBatch, Callable[[], None]]] = []
+        self._idle = 0
+        self._promised = 0
         self._batch_size = batch_size
         self._per_instance = events_per_instance
         self._cond = threading.Condition()
@@ -156,8 +161,11 @@ class WorkflowEventDispatcher:
             thread.join(left)
         with self._cond:
             untaken, self._results = self._results, []
+            handed, self._handed = self._handed, []
         if untaken and self._handover is not None:
             self._handover.give_back(untaken)
+        for _, release in handed:
+            release()  # the instance's start event waits for the next claim
         with self._watch:
             self._aborted = self._closed = True
             held = [run.batch for run in self._runs]
@@ -197,6 +205,40 @@ class WorkflowEventDispatcher:
                 self._cond.notify()
         return True
 
+    def promise_handler(self) -> bool:
+        """Promise an idle handler to a batch the caller is about to hold (an instance it
+        enqueues); False when none is idle, or this dispatcher is not running. Follow with
+        :meth:`hand_over`, or :meth:`break_promise` if no batch comes."""
+        with self._cond:
+            if self._stopping or not self._threads or self._promised >= self._idle:
+                return False
+            self._promised += 1
+            return True
+
+    def break_promise(self) -> None:
+        with self._cond:
+            self._promised -= 1
+
+    def hand_over(self, batch: EventBatch, release: Callable[[], None]) -> None:
+        """Have the promised handler run ``batch``'s callbacks and commit; it calls
+        ``release`` (which ends the batch's context) once done."""
+        with self._cond:
+            stopping = self._stopping
+            if not stopping:
+                self._handed.append((batch, release))
+                if self._signals < self._workers:
+                    self._signals += 1
+                    self._cond.notify()
+        if stopping:
+            release()  # stop() began meanwhile: the start event waits for the next claim
+
+    def _take_handed(self) -> tuple[EventBatch, Callable[[], None]] | None:
+        with self._cond:
+            if not self._handed:
+                return None
+            self._promised -= 1
+            return self._handed.pop(0)
+
     def _take_results(self) -> list[TaskOutcome]:
         """The outcomes handed over so far, up to a batch's worth."""
         with self._cond:
@@ -221,7 +263,9 @@ class WorkflowEventDispatcher:
         while True:
             with self._cond:
                 if not self._signals and not self._stopping:
+                    self._idle += 1
                     self._cond.wait(self._poll_interval if poller else None)
+                    self._idle -= 1
                 if self._stopping:
                     return
                 signalled = self._signals > 0
@@ -253,14 +297,20 @@ class WorkflowEventDispatcher:
         # claim, and the events they record are handled in it.
         grow = self._ramp
         while not self._stopping:
-            results = self._take_results()
-            if results:
+            handed = self._take_handed()
+            results = [] if handed else self._take_results()
+            if handed or results:
                 wakes = self._wakes
-                self._handle_results(results)
+                if handed:
+                    self._handle_handed(*handed)
+                else:
+                    self._handle_results(results)
                 with self._cond:
                     # Claim only if asked to (an event for an instance held here meanwhile
                     # may have been skipped by the claim its wakeup led to).
-                    if not (self._results or self._claim_wanted or self._wakes != wakes):
+                    if not (
+                        self._handed or self._results or self._claim_wanted or self._wakes != wakes
+                    ):
                         return
                 continue
             with self._cond:
@@ -288,6 +338,20 @@ class WorkflowEventDispatcher:
                 done = self._fail_unstorable(refused.outcome)
             if done is None:
                 return  # stop() gave up on this handler meanwhile
+            self._after_commit(*done)
+
+    def _handle_handed(self, batch: EventBatch, release: Callable[[], None]) -> None:
+        """Run a batch handed over by :meth:`hand_over` and commit it."""
+        done: _Done | None = ([], [], [])
+        try:
+            try:
+                if batch.instances:
+                    done = self._handle(_Run(batch, len(batch.instances)))
+            finally:
+                release()
+        except _Unstorable as refused:
+            done = self._fail_unstorable(refused.outcome)
+        if done is not None:
             self._after_commit(*done)
 
     def _handle_results(self, results: list[TaskOutcome]) -> None:

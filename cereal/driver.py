@@ -486,6 +486,26 @@ class Driver(Protocol):
         ``trace_context`` is stored with every instance inserted."""
         ...
 
+    def enqueue_and_hold(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        trace_context: str | None = None,
+        *,
+        per_instance: int = 64,
+    ) -> AbstractContextManager[EventBatch | None]:
+        """:meth:`enqueue_workflow` (committed before the context is entered), then hold the
+        new instance with its pending events as :meth:`claim_events` would; None when the pair
+        is live already. No wakeup goes out: the batch is the instance's claim. The batch is
+        empty if another caller took the instance between the commit and the hold; leaving
+        the context without a commit lets the instance go, its start event pending.
+
+        A running manager enqueues this way when one of its handlers is idle, and hands the
+        batch to that handler: ``on_start`` runs with no wakeup and no claim before it.
+        Optional: without it, the manager enqueues with :meth:`enqueue_workflow`."""
+        ...
+
     def enqueue_held(
         self,
         workflow_name: str,

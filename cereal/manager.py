@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from contextlib import ExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -367,18 +368,52 @@ class Manager(ScheduleOperations):
         check_name("instance_name", instance_name)
         params = encode(parameters, f"parameters of workflow {workflow_name!r}")
         with tracing.enqueue_span(workflow_name, instance_name) as span:
-            eager = self._start_eagerly(workflow_name, instance_name, params, span.context)
+            handled = self._start_eagerly(workflow_name, instance_name, params, span.context)
+            if handled is None:
+                handled = self._enqueue_to_handler(
+                    workflow_name, instance_name, params, span.context
+                )
             inserted = (
                 self.driver.enqueue_workflow(
                     workflow_name, instance_name, params, trace_context=span.context
                 )
-                if eager is None
-                else eager
+                if handled is None
+                else handled
             )
             if not inserted:
                 raise instance_exists(workflow_name, instance_name)
-        if eager is None and self._dispatcher is not None and workflow_name in self._workflows:
+        if handled is None and self._dispatcher is not None and workflow_name in self._workflows:
             self._dispatcher.wake()
+
+    def _enqueue_to_handler(
+        self, workflow_name: str, instance_name: str, params: str | None, trace: str | None
+    ) -> bool | None:
+        """Enqueue an instance of a workflow this manager handles and hold it for an idle
+        handler, which runs ``on_start`` at once (no wakeup, no claim): True once handed
+        over, False if the pair is live. None: enqueue as usual (no idle handler, not this
+        manager's workflow, not running, or a driver without ``enqueue_and_hold``)."""
+        hold = getattr(self.driver, "enqueue_and_hold", None)
+        dispatcher = self._dispatcher
+        if (
+            hold is None
+            or dispatcher is None
+            or self._state != "started"
+            or workflow_name not in self._workflows
+            or not dispatcher.promise_handler()
+        ):
+            return None
+        stack = ExitStack()
+        try:
+            batch = stack.enter_context(hold(workflow_name, instance_name, params, trace))
+        except BaseException:
+            dispatcher.break_promise()
+            raise
+        if batch is None or not batch.instances:
+            stack.close()
+            dispatcher.break_promise()
+            return batch is not None
+        dispatcher.hand_over(batch, stack.close)
+        return True
 
     def _start_eagerly(
         self, workflow_name: str, instance_name: str, params: str | None, trace: str | None

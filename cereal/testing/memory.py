@@ -491,6 +491,38 @@ class MemoryDriver:
         return skipped
 
     @contextmanager
+    def enqueue_and_hold(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        trace_context: str | None = None,
+        *,
+        per_instance: int = 64,
+    ) -> Iterator[MemoryEventBatch | None]:
+        """Enqueue an instance, then hold it with its pending events (None if the pair is
+        live); no wakeup goes out."""
+        _check_limit(per_instance, "per_instance")
+        params = _checked(parameters_json, "parameters")
+        s = self._store
+        with s.lock:
+            inst_id = s.insert_instance(
+                (workflow_name, instance_name), params, s.clock(), trace_context
+            )
+            if inst_id is None:
+                batch = None
+            else:
+                s.held_instances.add(inst_id)
+                inst = s.instances[inst_id]
+                events = [_event_row(e) for e in s.events[inst_id][:per_instance]]
+                batch = MemoryEventBatch(s, [_instance_row(inst)], {inst_id: events})
+        try:
+            yield batch
+        finally:
+            if batch is not None:
+                batch.release()
+
+    @contextmanager
     def enqueue_held(
         self,
         workflow_name: str,

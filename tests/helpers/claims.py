@@ -58,26 +58,32 @@ class Runs:
 
 def lose_the_commit_answer(manager: Manager) -> list[int]:
     """The first workflow commit that claims tasks commits, then fails as if the connection
-    had dropped before its answer came back."""
+    had dropped before its answer came back (whether the batch was claimed, or held for a
+    handler by the enqueue)."""
     lost: list[int] = []
-    real_claim = manager.driver.claim_events
 
-    @contextmanager
-    def claim_events(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        with real_claim(*args, **kwargs) as batch:
-            real = batch.commit_claiming
+    def losing(real_hold: Any) -> Any:
+        @contextmanager
+        def hold(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            with real_hold(*args, **kwargs) as batch:
+                if batch is not None:
+                    real = batch.commit_claiming
 
-            def commit_claiming(outcomes: Any, claim: Any) -> Any:
-                result = real(outcomes, claim)
-                if not lost and result[1]:
-                    lost.append(len(result[1]))
-                    raise TransientDatabaseError("connection lost during COMMIT (injected)")
-                return result
+                    def commit_claiming(outcomes: Any, claim: Any) -> Any:
+                        result = real(outcomes, claim)
+                        if not lost and result[1]:
+                            lost.append(len(result[1]))
+                            raise TransientDatabaseError("connection lost during COMMIT (injected)")
+                        return result
 
-            batch.commit_claiming = commit_claiming  # type: ignore[method-assign]
-            yield batch
+                    batch.commit_claiming = commit_claiming
+                yield batch
 
-    manager.driver.claim_events = claim_events  # type: ignore[method-assign]
+        return hold
+
+    driver: Any = manager.driver
+    driver.claim_events = losing(driver.claim_events)
+    driver.enqueue_and_hold = losing(driver.enqueue_and_hold)
     return lost
 
 

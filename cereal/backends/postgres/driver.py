@@ -28,6 +28,7 @@ from cereal.backends.postgres.events import (
     PostgresEventBatch,
     claim_events,
     complete_tasks_held,
+    enqueue_and_hold,
     enqueue_held,
 )
 from cereal.backends.postgres.floors import EventFloor, TaskFloors
@@ -312,6 +313,27 @@ class PostgresDriver:
         bulk = BulkEnqueue.of(items)
         params = bulk.params(trace_context, self.channel)
         return bulk.not_enqueued([] if params is None else self._rows("enqueue_workflows", params))
+
+    def enqueue_and_hold(
+        self,
+        workflow_name: str,
+        instance_name: str,
+        parameters_json: str | None,
+        trace_context: str | None = None,
+        *,
+        per_instance: int = 64,
+    ) -> AbstractContextManager[PostgresEventBatch | None]:
+        """Enqueue and commit an instance, then hold it with its start event as a claim
+        would (None if the pair is live): one round trip, no notification."""
+        params = {
+            "workflow_name": workflow_name,
+            "instance_name": instance_name,
+            "parameters": parameters_json,
+            "trace_context": trace_context,
+        }
+        return enqueue_and_hold(
+            self._db, self._q, self.channel, self._task_floors, params, per_instance
+        )
 
     def enqueue_held(
         self,

@@ -34,7 +34,13 @@ from cereal.driver import (
 from cereal.errors import TransientDatabaseError
 from cereal.types import WorkflowInstanceInfo
 
-__all__ = ["PostgresEventBatch", "claim_events", "complete_tasks_held", "enqueue_held"]
+__all__ = [
+    "PostgresEventBatch",
+    "claim_events",
+    "complete_tasks_held",
+    "enqueue_and_hold",
+    "enqueue_held",
+]
 
 
 def claim_events(
@@ -150,6 +156,42 @@ def complete_tasks_held(
             events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
             for e in fetching.fetchall():
                 events[e["instance_id"]].append(event_row(e))
+        return PostgresEventBatch(conn, queries, channel, instances, events, task_floors)
+
+    return _holding(connections, begin)
+
+
+def enqueue_and_hold(
+    connections: Connections,
+    queries: dict[str, LiteralString],
+    channel: str,
+    task_floors: TaskFloors,
+    params: dict[str, Any],
+    per_instance: int,
+) -> AbstractContextManager[PostgresEventBatch | None]:
+    """Enqueue an instance and commit, then lock it again with its events, in one round trip
+    (None when the pair is live). No notification: the batch is the instance's claim.
+    ``params``: those of ``enqueue_holding``."""
+
+    def begin(conn: Connection) -> PostgresEventBatch | None:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            inserting = conn.execute(queries["enqueue_holding"], params)
+            conn.execute("COMMIT")
+            conn.execute("BEGIN")
+            locking = conn.cursor(row_factory=dict_row)
+            use_lenient_jsonb(locking.adapters)
+            locking.execute(queries["relock_held_instances"])
+            fetching = conn.cursor(row_factory=dict_row)
+            use_lenient_jsonb(fetching.adapters)
+            fetching.execute(queries["fetch_events"], {"per_instance": per_instance})
+            row = inserting.fetchone()
+            instances = [instance_row(r) for r in locking.fetchall() if r["id"] is not None]
+            events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
+            for e in fetching.fetchall():
+                events[e["instance_id"]].append(event_row(e))
+        if row is None or row[0] is None:
+            return None
         return PostgresEventBatch(conn, queries, channel, instances, events, task_floors)
 
     return _holding(connections, begin)

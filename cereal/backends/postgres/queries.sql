@@ -24,6 +24,23 @@ WITH inserted AS (
 )
 SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM inserted;
 
+-- name: enqueue_holding
+-- enqueue_workflow for enqueue_and_hold, which locks the new instance again right after the
+-- commit: no notification (nobody else needs waking), and the id goes to the session setting
+-- relock_held_instances reads (written empty when the pair is live).
+WITH inserted AS (
+    INSERT INTO workflow_instances (workflow_name, instance_name, parameters, trace_context)
+    VALUES (%(workflow_name)s, %(instance_name)s, %(parameters)s::jsonb, %(trace_context)s)
+    ON CONFLICT ON CONSTRAINT workflow_instances_name DO NOTHING
+    RETURNING id, workflow_name
+), start_event AS (
+    INSERT INTO workflow_events (instance_id, event_type, workflow_name)
+    SELECT id, 'start', workflow_name FROM inserted
+)
+SELECT (SELECT id FROM inserted) AS id,
+       set_config('cereal.held_instances', coalesce((SELECT id::text FROM inserted), ''), false)
+           AS held;
+
 -- name: enqueue_held
 -- enqueue_workflow for a manager that runs on_start itself (eager start): the instance and its
 -- start event stay in the caller's open transaction, which holds them as a claim would (no
@@ -571,10 +588,11 @@ SELECT done.id, CASE WHEN done.instance_id = ANY(held.ids) THEN NULL
 FROM done CROSS JOIN held;
 
 -- name: relock_held_instances
--- The second transaction of complete_tasks_held: lock again the instances
--- hold_instances_of_tasks locked before the commit, unless another session took one in
--- between (it then handles the new events itself: it locked after they were committed). The
--- ids locked go to the transaction-local setting fetch_events reads.
+-- The second transaction of complete_tasks_held and enqueue_and_hold: lock again the
+-- instances hold_instances_of_tasks locked (or enqueue_holding inserted) before the commit,
+-- unless another session took one in between (it then handles the new events itself: it
+-- locked after they were committed). The ids locked go to the transaction-local setting
+-- fetch_events reads.
 WITH locked AS (
     SELECT i.id, i.workflow_name, i.instance_name, i.parameters, i.payload, i.status,
            i.enqueued_tasks, i.completed_tasks, i.started_at, i.trace_context

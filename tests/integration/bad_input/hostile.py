@@ -84,12 +84,24 @@ names = st.one_of(
 )
 
 
+class Nested(list[Any]):
+    """The outermost list of a deeply nested value, with a short repr: printing the value
+    itself, as Hypothesis does for a failing example, would exceed the recursion limit."""
+
+    def __init__(self, inner: Any, depth: int, leaf: Any) -> None:
+        super().__init__([inner])
+        self.depth, self.leaf = depth, leaf
+
+    def __repr__(self) -> str:
+        return f"nest({self.depth}, {self.leaf!r})"
+
+
 def nest(depth: int, leaf: Any = 0) -> Any:
     """``depth`` levels of alternating lists and objects around ``leaf``."""
     value = leaf
-    for level in range(depth):
+    for level in range(depth - 1):
         value = [value] if level % 2 else {"k": value}
-    return value
+    return Nested(value, depth, leaf)
 
 
 def circular() -> list[Any]:

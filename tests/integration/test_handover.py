@@ -1,8 +1,14 @@
-"""A finished task's result goes from the task pools to the workflow handlers of the same
-manager: a handler records it and holds its instance in one round trip
-(``Driver.complete_tasks_held``), then runs ``on_task_complete`` at once, with no wakeup and
-no claim in between. Whatever goes wrong on that path, the result is recorded the usual way
-and handled once."""
+"""Work that a manager produces for its own workflow handlers goes to them directly.
+
+- A finished task's result: a handler records it and holds its instance in one round trip
+  (``Driver.complete_tasks_held``), then runs ``on_task_complete`` at once.
+- An instance enqueued through the manager while one of its handlers is idle: the enqueue
+  commits it and holds it in one round trip (``Driver.enqueue_and_hold``), and that handler
+  runs ``on_start`` at once.
+
+Neither waits for a notification or a claim. Whatever goes wrong on the way, the work is
+recorded the usual way and handled once.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from typing import Any
 import pytest
 
 from cereal import Manager, Task, WorkflowInstance, WorkflowStatus
-from cereal.errors import TransientDatabaseError
+from cereal.errors import TransientDatabaseError, WorkflowInstanceExistsError
 from cereal.testing import MemoryDriver
 from tests.helpers.recorders import Flow
 from tests.helpers.timings import FAST_MANAGER_OPTIONS
@@ -37,6 +43,16 @@ class Counting:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+    def enqueue_workflow(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self.calls["enqueue_workflow"] += 1
+        return self._inner.enqueue_workflow(*args, **kwargs)
+
+    def enqueue_and_hold(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self.calls["enqueue_and_hold"] += 1
+        return self._inner.enqueue_and_hold(*args, **kwargs)
 
     def complete_tasks(self, *args: Any) -> Any:
         with self._lock:
@@ -60,17 +76,21 @@ class Counting:
 def make_counted(
     request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., tuple[Manager, Counting]]]:
+    """Factory of started-later managers, each on a ``Counting`` driver over this test's
+    storage (one memory store, or one PostgreSQL schema)."""
     built: list[Manager] = []
+    if request.param == "memory":
+        store = request.getfixturevalue("memory_store")
+    else:  # set up before this fixture, so torn down after its managers stop
+        dsn, schema = request.getfixturevalue("pg_dsn"), request.getfixturevalue("schema")
 
     def make(**options: Any) -> tuple[Manager, Counting]:
         if request.param == "memory":
-            inner: Any = MemoryDriver(store=request.getfixturevalue("memory_store"))
+            inner: Any = MemoryDriver(store=store)
         else:
             from cereal.backends.postgres import PostgresDriver
 
-            inner = PostgresDriver(
-                request.getfixturevalue("pg_dsn"), schema=request.getfixturevalue("schema")
-            )
+            inner = PostgresDriver(dsn, schema=schema)
         driver = Counting(inner)
         manager = Manager(driver=driver, **(FAST_MANAGER_OPTIONS | options))  # type: ignore[arg-type]
         built.append(manager)
@@ -80,6 +100,13 @@ def make_counted(
     for manager in built:
         manager.stop(timeout=10)
         manager.driver.close()
+
+
+def settled(m: Manager) -> None:
+    """Run one workflow through ``m`` (started, with ``Flow`` registered as WF), so that its
+    handlers are up and idle afterwards."""
+    m.enqueue_workflow(WF, "warm-up", None)
+    m.await_workflow(WF, "warm-up", timeout=AWAIT)
 
 
 def doubling_flow(seen: list[Any]) -> Flow:
@@ -148,3 +175,55 @@ def test_results_of_a_workflow_this_manager_does_not_handle_are_recorded_as_usua
     info = starter.await_workflow(WF, "a", timeout=AWAIT)
     assert (info.status, info.result) == (WorkflowStatus.COMPLETED, 8)
     assert counted.calls == Counter({"complete_tasks": 1})
+
+
+def test_an_enqueue_hands_the_instance_to_an_idle_handler(
+    make_counted: Callable[..., tuple[Manager, Counting]],
+) -> None:
+    m, driver = make_counted(workflow_poll_interval=60.0)
+    threads: list[int] = []
+
+    def on_start(inst: WorkflowInstance, event: Any) -> Any:
+        threads.append(threading.get_ident())
+        if inst.instance_name == "stays":
+            return inst.continue_with("live")
+        return inst.complete(inst.parameters)
+
+    m.register_workflow_executor(WF, Flow(on_start=on_start))
+    m.start()
+    settled(m)
+    before = Counter(driver.calls)
+    m.enqueue_workflow(WF, "a", 1)
+    info = m.await_workflow(WF, "a", timeout=AWAIT)
+    assert (info.status, info.result) == (WorkflowStatus.COMPLETED, 1)
+    assert threads and threading.get_ident() not in threads  # a handler ran it
+    assert driver.calls - before == Counter({"enqueue_and_hold": 1})
+    m.enqueue_workflow(WF, "stays")
+    with pytest.raises(WorkflowInstanceExistsError):
+        m.enqueue_workflow(WF, "stays")
+
+
+def test_with_every_handler_busy_an_enqueue_goes_through_the_queue(
+    make_counted: Callable[..., tuple[Manager, Counting]],
+) -> None:
+    m, driver = make_counted(workflow_workers=1)
+    entered, release = threading.Event(), threading.Event()
+
+    def on_start(inst: WorkflowInstance, event: Any) -> Any:
+        if inst.instance_name == "blocker":
+            entered.set()
+            release.wait(AWAIT)
+        return inst.complete(inst.instance_name)
+
+    m.register_workflow_executor(WF, Flow(on_start=on_start))
+    m.start()
+    settled(m)
+    m.enqueue_workflow(WF, "blocker")
+    assert entered.wait(AWAIT)
+    before = Counter(driver.calls)
+    m.enqueue_workflow(WF, "queued")  # the only handler is busy
+    assert driver.calls - before == Counter({"enqueue_workflow": 1})
+    release.set()
+    for name in ("blocker", "queued"):
+        info = m.await_workflow(WF, name, timeout=AWAIT)
+        assert (info.status, info.result) == (WorkflowStatus.COMPLETED, name)
