@@ -10,6 +10,9 @@ from cereal.logging import get_logger
 
 __all__ = ["PeriodicService"]
 
+_jitter = random.Random()
+"""The services' own generator: the application's global random state is left alone."""
+
 
 class PeriodicService:
     """Runs :meth:`run_once` in its own thread until stopped.
@@ -69,5 +72,5 @@ class PeriodicService:
             if delay is None:
                 delay = self.interval
             if self.jitter:
-                delay = max(0.0, delay - random.uniform(0, self.jitter))
+                delay = max(0.0, delay - _jitter.uniform(0, self.jitter))
             self._wake.wait(delay)
