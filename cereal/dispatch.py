@@ -5,6 +5,12 @@ commit the decisions.
 every instance's pending events in order, and commit all the outcomes in one transaction.
 Events of one instance are never handled concurrently; different instances are.
 
+Work of the same manager skips the claim. The task pools hand over finished tasks' outcomes
+(:meth:`~WorkflowEventDispatcher.take_result`): a handler records them and locks their
+instances in one round trip. ``enqueue_workflow`` hands over an instance it stored and locked
+(:meth:`~WorkflowEventDispatcher.hand_over`) to a handler it found idle. Either way the work is
+committed before the lock is taken, so a failure anywhere leaves an ordinary pending event.
+
 A handler whose claim came back full brings in another idle handler: there is probably more
 work. After a full claim of a single instance it waits :data:`SPREAD_DELAY` first, and does
 not if that instance is done by then: at a low rate, every instance fills its claim of one,
