@@ -154,8 +154,8 @@ def hold_instances_of_tasks(conn: psycopg.Connection) -> dict[str, Any]:
 
 
 def held_instances(conn: psycopg.Connection) -> dict[str, Any]:
-    """complete_tasks with the setting hold_instances_of_tasks leaves: half the instances
-    of the running tasks held."""
+    """complete_tasks with the settings hold_instances_of_tasks leaves: half the instances
+    of the running tasks held (their events wake nobody), half not."""
     params = hold_instances_of_tasks(conn)
     ids = [
         r[0]
@@ -164,7 +164,11 @@ def held_instances(conn: psycopg.Connection) -> dict[str, Any]:
         )
     ]
     held = ",".join(str(i) for i in ids[::2])
-    conn.execute("SELECT set_config('cereal.held_instances', %s, true)", (held,))
+    conn.execute(
+        "SELECT set_config('cereal.held_instances', %s, true),"
+        " set_config('cereal.quiet_instances', %s, true)",
+        (held, held),
+    )
     return params
 
 
@@ -262,10 +266,9 @@ def by_name(conn: psycopg.Connection) -> dict[str, Any]:
 STATEMENTS: dict[str, Callable[[psycopg.Connection], dict[str, Any]]] = {
     "claim_tasks": claim_tasks,
     "lock_instances_of_tasks": lock_instances_of_tasks,
-    "complete_tasks": complete_tasks,
+    "complete_tasks": held_instances,
     "complete_tasks_retrying": complete_tasks_retrying,
     "hold_instances_of_tasks": hold_instances_of_tasks,
-    "complete_tasks_held": held_instances,
     "relock_held_instances": held_instances,
     "reap_lost_tasks": reap_lost_tasks,
     "update_instances": update_instances,

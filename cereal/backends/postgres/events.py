@@ -130,8 +130,8 @@ def complete_tasks_held(
     per_instance: int,
 ) -> AbstractContextManager[PostgresEventBatch]:
     """Record finished tasks' outcomes and commit, then hold the instances they belong to
-    with their pending events, in one round trip. ``params``: those of
-    ``complete_tasks_held`` and ``names``.
+    with their pending events, in one round trip. ``params``: those of ``complete_tasks``
+    and ``names``.
 
     The instances are locked before the results are written and again right after their
     commit: those another session held in the first lock get a notification with the commit,
@@ -143,7 +143,7 @@ def complete_tasks_held(
             conn.execute("BEGIN")
             conn.execute(queries["hold_instances_of_tasks"], params)
             conn.execute(queries["lock_instances_of_tasks"], {"ids": params["ids"]})
-            conn.execute(queries["complete_tasks_held"], params)
+            conn.execute(queries["complete_tasks"], params)
             conn.execute("COMMIT")
             conn.execute("BEGIN")
             locking = conn.cursor(row_factory=dict_row)

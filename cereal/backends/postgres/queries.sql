@@ -534,12 +534,13 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
         WHERE task_name = ANY(%(names)s) AND state = 'queued' AND start_after > now());
 
 -- name: hold_instances_of_tasks
--- The first statement of complete_tasks_held: lock, as a claim would, the live instances of the
--- given workflows that have tasks running for this owner among the finished ones, skipping
--- those another session holds. It takes no task row lock, and waits for nobody. The ids locked
--- go to a session setting, which complete_tasks_held reads in this transaction (it wakes
--- nobody for their events) and relock_held_instances in the next one. The last row (id NULL)
--- only makes sure the setting is written.
+-- The first statement of complete_tasks_held (events.py): lock, as a claim would, the live
+-- instances of the given workflows that have tasks running for this owner among the finished
+-- ones, skipping those another session holds. It takes no task row lock, and waits for nobody.
+-- The ids locked go to two settings: cereal.quiet_instances for this transaction
+-- (complete_tasks wakes nobody for their events) and cereal.held_instances for the session
+-- (relock_held_instances reads it in the next transaction). The last row (id NULL) only makes
+-- sure both are written.
 WITH locked AS (
     SELECT i.id
     FROM (SELECT DISTINCT t.instance_id FROM tasks t
@@ -551,47 +552,20 @@ WITH locked AS (
         FOR NO KEY UPDATE OF i SKIP LOCKED
     ) i
 ), mark AS (
-    SELECT set_config('cereal.held_instances', coalesce(string_agg(id::text, ','), ''), false)
-               AS kept
-    FROM locked
+    SELECT set_config('cereal.held_instances', ids, false) AS held,
+           set_config('cereal.quiet_instances', ids, true) AS quiet
+    FROM (SELECT coalesce(string_agg(id::text, ','), '') AS ids FROM locked) l
 )
 SELECT locked.id FROM locked
 UNION ALL
-SELECT NULL FROM mark WHERE mark.kept IS NOT NULL;  -- always true: the setting is written
-
--- name: complete_tasks_held
--- complete_tasks, waking the handlers only for the instances hold_instances_of_tasks could not
--- lock: the others are locked again right after the commit, by this same caller.
-WITH r AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(errors)s::text[],
-                         %(results)s::text[], %(workflows)s::text[])
-        AS r(id, status, error, result, workflow_name)
-), done AS (
-    DELETE FROM tasks t USING r
-    WHERE t.id = ANY(%(ids)s::bigint[]) AND t.id = r.id
-      AND t.state = 'running' AND t.claimed_by = %(owner)s
-    RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt,
-              t.route, r.status, r.error, r.result, r.workflow_name
-), ev AS (
-    INSERT INTO workflow_events (instance_id, event_type, workflow_name, task_id, task_name,
-                                 task_parameters, task_enqueued_at, task_status, task_error,
-                                 task_result, task_attempts, task_route)
-    SELECT instance_id, 'task_complete', workflow_name, id, task_name, parameters, enqueued_at,
-           status, error, result::jsonb, attempt, route
-    FROM done ORDER BY id
-), held AS (
-    SELECT string_to_array(nullif(current_setting('cereal.held_instances', true), ''),
-                           ',')::bigint[] AS ids
-)
-SELECT done.id, CASE WHEN done.instance_id = ANY(held.ids) THEN NULL
-                     ELSE pg_notify(%(channel)s, 'e' || done.workflow_name) END
-FROM done CROSS JOIN held;
+SELECT NULL FROM mark
+WHERE mark.held IS NOT NULL AND mark.quiet IS NOT NULL;  -- always true: both are written
 
 -- name: relock_held_instances
--- The second transaction of complete_tasks_held and enqueue_and_hold: lock again the
--- instances hold_instances_of_tasks locked (or enqueue_holding inserted) before the commit,
--- unless another session took one in between (it then handles the new events itself: it
--- locked after they were committed). The ids locked go to the transaction-local setting
+-- The second transaction of complete_tasks_held and enqueue_and_hold (events.py): lock
+-- again the instances hold_instances_of_tasks locked (or enqueue_holding inserted) before the
+-- commit, unless another session took one in between (it then handles the new events itself:
+-- it locked after they were committed). The ids locked go to the transaction-local setting
 -- fetch_events reads.
 WITH locked AS (
     SELECT i.id, i.workflow_name, i.instance_name, i.parameters, i.payload, i.status,
@@ -640,7 +614,9 @@ FOR KEY SHARE OF i;
 -- name: complete_tasks
 -- Record finished tasks as task_complete events and wake the event handlers of their
 -- workflows, in one statement. A task whose row is gone (its workflow finished, or it was
--- reported lost) is discarded: each task reports exactly once.
+-- reported lost) is discarded: each task reports exactly once. The instances this
+-- transaction listed in cereal.quiet_instances (hold_instances_of_tasks: it locks them again
+-- right after the commit, to handle their events itself) wake nobody.
 WITH r AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(errors)s::text[],
                          %(results)s::text[], %(workflows)s::text[])
@@ -658,8 +634,13 @@ WITH r AS (
     SELECT instance_id, 'task_complete', workflow_name, id, task_name, parameters, enqueued_at,
            status, error, result::jsonb, attempt, route
     FROM done ORDER BY id
+), quiet AS (
+    SELECT string_to_array(nullif(current_setting('cereal.quiet_instances', true), ''),
+                           ',')::bigint[] AS ids
 )
-SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM done;
+SELECT done.id, CASE WHEN done.instance_id = ANY(quiet.ids) THEN NULL
+                     ELSE pg_notify(%(channel)s, 'e' || done.workflow_name) END
+FROM done CROSS JOIN quiet;
 
 -- name: complete_tasks_retrying
 -- complete_tasks for a batch where some outcomes ask for a retry: a row whose stored policy
