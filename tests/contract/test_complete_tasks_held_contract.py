@@ -8,12 +8,13 @@ out, whatever becomes of it.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import pytest
 
-from cereal.driver import Driver, EventBatch, EventsPending, StepOutcome, TaskOutcome, Wakeup
+from cereal.driver import Driver, EventBatch, EventsPending, StepOutcome, TaskOutcome
 from cereal.errors import CerealError, SerializationError
 from cereal.types import WorkflowStatus
 from cereal.workflow import PendingTask
@@ -24,9 +25,10 @@ from tests.contract.test_driver_contract import (
     events_of,
     in_thread,
     js,
+    listening,
     require,
     start,
-    with_tasks,
+    step,
 )
 from tests.helpers.waiting import wait_for
 
@@ -69,11 +71,11 @@ def continuing(batch: EventBatch) -> list[StepOutcome]:
     ]
 
 
-def running(d: Driver, name: str, *task_names: str) -> list[int]:
-    """A running instance with these tasks claimed by OWNER; their ids."""
-    with_tasks(d, name, *task_names)
-    limits = {t: task_names.count(t) for t in task_names}
-    claimed, _ = d.claim_tasks(limits, OWNER)
+def running(d: Driver, name: str, *task_names: str, workflow: str = W) -> list[int]:
+    """A running instance of ``workflow`` with these tasks claimed by OWNER; their ids."""
+    start(d, name, workflow=workflow)
+    step(d, name, tasks=[PendingTask(t, js({"n": t})) for t in task_names], workflow=workflow)
+    claimed, _ = d.claim_tasks(dict(Counter(task_names)), OWNER)
     return [t.id for t in claimed if t.instance_name == name]
 
 
@@ -165,26 +167,12 @@ def test_tasks_of_other_owners_other_workflows_or_gone_hold_nothing(
     d = contract_driver
     (gone,) = running(d, "a", "t")
     d.kill_workflow(W, "a", "killed")
-    start(d, "b", workflow="other")
-    with claim(d, "other") as batch:
-        (inst,) = batch.instances
-        batch.commit(
-            [
-                StepOutcome(
-                    instance=inst,
-                    consumed=[e.id for e in batch.events[inst.id]],
-                    status=WorkflowStatus.RUNNING,
-                    enqueued_tasks=1,
-                    tasks=[PendingTask("v", js(1))],
-                )
-            ]
-        )
-    (elsewhere,), _ = d.claim_tasks({"v": 1}, OWNER)
+    (elsewhere,) = running(d, "b", "v", workflow="other")
     (foreign,) = running(d, "c", "t")
     with held(d, [ok(gone), ok(foreign)], owner="intruder") as batch:
         assert batch.instances == []
     assert d.heartbeat_tasks([foreign], OWNER) == {foreign}  # not the intruder's to report
-    with held(d, [TaskOutcome(elsewhere.id, "other", "success", result_json=js(9))]) as batch:
+    with held(d, [TaskOutcome(elsewhere, "other", "success", result_json=js(9))]) as batch:
         assert batch.instances == []  # a workflow not named: recorded, not held
     assert d.has_events(["other"])
     assert results_of_workflow(d, "other", "b") == [("task_complete", 9)]
@@ -236,32 +224,15 @@ def test_only_the_instances_not_held_wake_their_workflows_handlers(
 ) -> None:
     d = contract_driver
     (mine,) = running(d, "a", "t")
-    start(d, "b", workflow="other")
-    with claim(d, "other") as batch:
-        (inst,) = batch.instances
-        batch.commit(
-            [
-                StepOutcome(
-                    instance=inst,
-                    consumed=[e.id for e in batch.events[inst.id]],
-                    status=WorkflowStatus.RUNNING,
-                    enqueued_tasks=1,
-                    tasks=[PendingTask("v", js(1))],
-                )
-            ]
-        )
-    (theirs,), _ = d.claim_tasks({"v": 1}, OWNER)
-    got: list[Wakeup] = []
-    ready: list[int] = []
-    listener = twin_driver.listener(got.append, lambda: ready.append(1))
-    listener.start()
-    try:
-        wait_for(lambda: ready == [1], what="the listener is listening")
-        with held(d, [ok(mine), TaskOutcome(theirs.id, "other", "success")]) as batch:
+    (theirs,) = running(d, "b", "v", workflow="other")
+    (later,) = running(d, "c", "t")
+    with listening(twin_driver) as got:
+        with held(d, [ok(mine), TaskOutcome(theirs, "other", "success")]) as batch:
             batch.commit(completing(batch))
         wait_for(lambda: EventsPending("other") in got, what="the other workflow woken")
         d.cancel_workflow("other", "b")  # a later wakeup: everything before it has arrived
         wait_for(lambda: got.count(EventsPending("other")) == 2, what="the cancel's wakeup")
         assert EventsPending(W) not in got
-    finally:
-        listener.stop()
+        # The silence was this batch's: recording a result the usual way wakes its workflow.
+        d.complete_tasks([ok(later)], OWNER)
+        wait_for(lambda: EventsPending(W) in got, what="the usual wakeup")

@@ -132,6 +132,21 @@ def events_of(d: Driver, name: str, workflow: str = W) -> list[Any]:
         return batch.events[inst[0].id] if inst else []
 
 
+@contextmanager
+def listening(d: Driver) -> Iterator[list[Wakeup]]:
+    """The wakeups a listener of ``d`` receives from the moment it listens until the block
+    ends."""
+    got: list[Wakeup] = []
+    ready: list[int] = []
+    listener = d.listener(got.append, lambda: ready.append(1))
+    listener.start()
+    try:
+        wait_for(lambda: ready == [1], what="the listener is listening")
+        yield got
+    finally:
+        listener.stop()
+
+
 def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     out: list[Any] = []
     thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)

@@ -12,10 +12,18 @@ from contextlib import contextmanager
 
 import pytest
 
-from cereal.driver import Driver, EventBatch, EventsPending, StepOutcome, Wakeup
+from cereal.driver import Driver, EventBatch, EventsPending, StepOutcome
 from cereal.errors import SerializationError
 from cereal.types import WorkflowStatus
-from tests.contract.test_driver_contract import W, claim, in_thread, js, require, start
+from tests.contract.test_driver_contract import (
+    W,
+    claim,
+    in_thread,
+    js,
+    listening,
+    require,
+    start,
+)
 from tests.helpers.waiting import wait_for
 
 
@@ -103,17 +111,10 @@ def test_no_wakeup_goes_out_for_the_held_instance(
     contract_driver: Driver, twin_driver: Driver
 ) -> None:
     d = contract_driver
-    got: list[Wakeup] = []
-    ready: list[int] = []
-    listener = twin_driver.listener(got.append, lambda: ready.append(1))
-    listener.start()
-    try:
-        wait_for(lambda: ready == [1], what="the listener is listening")
+    with listening(twin_driver) as got:
         with holding(d, "a") as batch:
             assert batch is not None
             batch.commit(continuing(batch))
         start(d, "later", workflow="other")  # a later wakeup: everything before it arrived
         wait_for(lambda: EventsPending("other") in got, what="the later wakeup")
         assert EventsPending(W) not in got
-    finally:
-        listener.stop()
