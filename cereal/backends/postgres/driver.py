@@ -231,16 +231,8 @@ class PostgresDriver:
         trace_context: str | None = None,
     ) -> bool:
         """Insert a live instance with its start event; False if the pair is live."""
-        rows = self._rows(
-            "enqueue_workflow",
-            {
-                "workflow_name": workflow_name,
-                "instance_name": instance_name,
-                "parameters": parameters_json,
-                "trace_context": trace_context,
-                "channel": self.channel,
-            },
-        )
+        params = _enqueue_params(workflow_name, instance_name, parameters_json, trace_context)
+        rows = self._rows("enqueue_workflow", params | {"channel": self.channel})
         return bool(rows)
 
     def cancel_workflow(self, workflow_name: str, instance_name: str) -> bool:
@@ -325,12 +317,7 @@ class PostgresDriver:
     ) -> AbstractContextManager[PostgresEventBatch | None]:
         """Enqueue and commit an instance, then hold it with its start event as a claim
         would (None if the pair is live): one round trip, no notification."""
-        params = {
-            "workflow_name": workflow_name,
-            "instance_name": instance_name,
-            "parameters": parameters_json,
-            "trace_context": trace_context,
-        }
+        params = _enqueue_params(workflow_name, instance_name, parameters_json, trace_context)
         return enqueue_and_hold(
             self._db, self._q, self.channel, self._task_floors, params, per_instance
         )
@@ -345,12 +332,7 @@ class PostgresDriver:
         """Insert a live instance with its start event and hold it as a batch of one (None
         if the pair is live). Other sessions see nothing until the batch commits; leaving
         the context without a commit stores nothing. Eager start runs ``on_start`` on it."""
-        params = {
-            "workflow_name": workflow_name,
-            "instance_name": instance_name,
-            "parameters": parameters_json,
-            "trace_context": trace_context,
-        }
+        params = _enqueue_params(workflow_name, instance_name, parameters_json, trace_context)
         return enqueue_held(self._db, self._q, self.channel, self._task_floors, params)
 
     # -- workflow events ---------------------------------------------------------------------
@@ -439,15 +421,7 @@ class PostgresDriver:
         attempts left; return the ids that were still live."""
         if not outcomes:
             return set()
-        params: dict[str, object] = {
-            "ids": [o.id for o in outcomes],
-            "statuses": [o.status for o in outcomes],
-            "errors": [o.error for o in outcomes],
-            "results": [o.result_json for o in outcomes],
-            "workflows": [o.workflow_name for o in outcomes],
-            "owner": owner,
-            "channel": self.channel,
-        }
+        params = self._outcome_params(outcomes, owner)
         # Batches without retries (the common case) keep the plain statement.
         query = "complete_tasks"
         if any(o.retry for o in outcomes):
@@ -486,19 +460,22 @@ class PostgresDriver:
         Only the instances this batch does not hold get a notification."""
         if any(o.retry for o in outcomes):
             raise CerealError("complete_tasks_held takes no outcome asking for a retry")
-        params: dict[str, object] = {
+        params = self._outcome_params(outcomes, owner) | {"names": list(workflow_names)}
+        return complete_tasks_held(
+            self._db, self._q, self.channel, self._task_floors, params, per_instance
+        )
+
+    def _outcome_params(self, outcomes: Sequence[TaskOutcome], owner: str) -> dict[str, object]:
+        """The parameters of ``complete_tasks`` for these outcomes."""
+        return {
             "ids": [o.id for o in outcomes],
             "statuses": [o.status for o in outcomes],
             "errors": [o.error for o in outcomes],
             "results": [o.result_json for o in outcomes],
             "workflows": [o.workflow_name for o in outcomes],
             "owner": owner,
-            "names": list(workflow_names),
             "channel": self.channel,
         }
-        return complete_tasks_held(
-            self._db, self._q, self.channel, self._task_floors, params, per_instance
-        )
 
     def heartbeat_tasks(self, task_ids: Sequence[int], owner: str) -> set[int]:
         """Refresh running tasks' heartbeats; return the ids that still exist.
@@ -704,3 +681,15 @@ class PostgresDriver:
 
 class _InstanceGone(Exception):
     """An outcome's instance finished while the outcomes were being recorded."""
+
+
+def _enqueue_params(
+    workflow_name: str, instance_name: str, parameters_json: str | None, trace_context: str | None
+) -> dict[str, object]:
+    """The parameters the statements enqueuing one instance share."""
+    return {
+        "workflow_name": workflow_name,
+        "instance_name": instance_name,
+        "parameters": parameters_json,
+        "trace_context": trace_context,
+    }

@@ -69,18 +69,11 @@ def claim_events(
         used = floor.params()
         with conn.pipeline():
             conn.execute("BEGIN")
-            locking = conn.cursor(row_factory=dict_row)
-            use_lenient_jsonb(locking.adapters)  # a value we cannot decode fails its instance
-            locking.execute(statement, {"names": names, "name": names[0], "limit": limit, **used})
-            fetching = conn.cursor(row_factory=dict_row)
-            use_lenient_jsonb(fetching.adapters)
-            fetching.execute(queries["fetch_events"], {"per_instance": per_instance})
+            params = {"names": names, "name": names[0], "limit": limit, **used}
+            locking, fetching = _lock(conn, queries, statement, params, per_instance)
             rows = locking.fetchall()
             floor.update(used, rows[-1])  # the last row reports the floor
-            instances = [instance_row(r) for r in rows if r["id"] is not None]
-            events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
-            for e in fetching.fetchall():
-                events[e["instance_id"]].append(event_row(e))
+            instances, events = _locked(rows, fetching)
         return PostgresEventBatch(conn, queries, channel, instances, events, task_floors)
 
     return _holding(connections, begin)
@@ -145,17 +138,7 @@ def complete_tasks_held(
             conn.execute(queries["lock_instances_of_tasks"], {"ids": params["ids"]})
             conn.execute(queries["complete_tasks"], params)
             conn.execute("COMMIT")
-            conn.execute("BEGIN")
-            locking = conn.cursor(row_factory=dict_row)
-            use_lenient_jsonb(locking.adapters)
-            locking.execute(queries["relock_held_instances"])
-            fetching = conn.cursor(row_factory=dict_row)
-            use_lenient_jsonb(fetching.adapters)
-            fetching.execute(queries["fetch_events"], {"per_instance": per_instance})
-            instances = [instance_row(r) for r in locking.fetchall() if r["id"] is not None]
-            events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
-            for e in fetching.fetchall():
-                events[e["instance_id"]].append(event_row(e))
+            instances, events = _relock(conn, queries, per_instance)
         return PostgresEventBatch(conn, queries, channel, instances, events, task_floors)
 
     return _holding(connections, begin)
@@ -178,23 +161,54 @@ def enqueue_and_hold(
             conn.execute("BEGIN")
             inserting = conn.execute(queries["enqueue_holding"], params)
             conn.execute("COMMIT")
-            conn.execute("BEGIN")
-            locking = conn.cursor(row_factory=dict_row)
-            use_lenient_jsonb(locking.adapters)
-            locking.execute(queries["relock_held_instances"])
-            fetching = conn.cursor(row_factory=dict_row)
-            use_lenient_jsonb(fetching.adapters)
-            fetching.execute(queries["fetch_events"], {"per_instance": per_instance})
+            instances, events = _relock(conn, queries, per_instance)
             row = inserting.fetchone()
-            instances = [instance_row(r) for r in locking.fetchall() if r["id"] is not None]
-            events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
-            for e in fetching.fetchall():
-                events[e["instance_id"]].append(event_row(e))
         if row is None or row[0] is None:
             return None
         return PostgresEventBatch(conn, queries, channel, instances, events, task_floors)
 
     return _holding(connections, begin)
+
+
+def _lock(
+    conn: Connection,
+    queries: dict[str, LiteralString],
+    statement: LiteralString,
+    params: dict[str, Any],
+    per_instance: int,
+) -> tuple[psycopg.Cursor[dict[str, Any]], psycopg.Cursor[dict[str, Any]]]:
+    """Queue, in the open pipeline, a statement locking instances (it lists them for
+    fetch_events) and fetch_events after it; return their cursors. A value that cannot be
+    decoded fails its instance instead of the batch."""
+    locking = conn.cursor(row_factory=dict_row)
+    use_lenient_jsonb(locking.adapters)
+    locking.execute(statement, params)
+    fetching = conn.cursor(row_factory=dict_row)
+    use_lenient_jsonb(fetching.adapters)
+    fetching.execute(queries["fetch_events"], {"per_instance": per_instance})
+    return locking, fetching
+
+
+def _locked(
+    rows: list[dict[str, Any]], fetching: psycopg.Cursor[dict[str, Any]]
+) -> tuple[list[InstanceRow], dict[int, list[EventRow]]]:
+    """The instances of a locking statement's ``rows`` (a row without an id is not one: it
+    carries the floor, or only makes sure a setting was written), with their events."""
+    instances = [instance_row(r) for r in rows if r["id"] is not None]
+    events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
+    for e in fetching.fetchall():
+        events[e["instance_id"]].append(event_row(e))
+    return instances, events
+
+
+def _relock(
+    conn: Connection, queries: dict[str, LiteralString], per_instance: int
+) -> tuple[list[InstanceRow], dict[int, list[EventRow]]]:
+    """In a new transaction of the open pipeline, lock again the instances held before the
+    commit (relock_held_instances) and read their events."""
+    conn.execute("BEGIN")
+    locking, fetching = _lock(conn, queries, queries["relock_held_instances"], {}, per_instance)
+    return _locked(locking.fetchall(), fetching)
 
 
 _EVENT_COLUMNS = (
