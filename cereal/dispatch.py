@@ -365,16 +365,20 @@ class WorkflowEventDispatcher:
         handle the instances' events (the new results among them) and commit."""
         assert self._handover is not None
         done: _Done | None = ([], [], [])
+        opened = False
         try:
             with self._driver.complete_tasks_held(
                 results, self._handover.owner, self._names, self._per_instance
             ) as batch:
+                opened = True
                 self._handover.recorded(results)
                 if batch.instances:
                     done = self._handle(_Run(batch, len(batch.instances)))
         except _Unstorable as refused:
             done = self._fail_unstorable(refused.outcome)
         except (DatabaseError, SerializationError) as exc:
+            if opened:
+                raise  # the batch's own failure (the results are stored), as after a claim
             # Whether they were recorded is unknown: the pools record them again, which is
             # safe (a task reports once), and report a value the database refuses.
             self._handover.give_back(results)

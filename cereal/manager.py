@@ -393,14 +393,8 @@ class Manager(ScheduleOperations):
         over, False if the pair is live. None: enqueue as usual (no idle handler, not this
         manager's workflow, not running, or a driver without ``enqueue_and_hold``)."""
         hold = getattr(self.driver, "enqueue_and_hold", None)
-        dispatcher = self._dispatcher
-        if (
-            hold is None
-            or dispatcher is None
-            or self._state != "started"
-            or workflow_name not in self._workflows
-            or not dispatcher.promise_handler()
-        ):
+        dispatcher = self._running_dispatcher(workflow_name)
+        if hold is None or dispatcher is None or not dispatcher.promise_handler():
             return None
         stack = ExitStack()
         try:
@@ -422,19 +416,19 @@ class Manager(ScheduleOperations):
         (True), or find the pair live (False). None: enqueue as usual (not eager, not this
         manager's workflow, not running, or the eager commit failed for good)."""
         hold = getattr(self.driver, "enqueue_held", None)
-        dispatcher = self._dispatcher
-        if (
-            not self.config.eager_start
-            or hold is None
-            or dispatcher is None
-            or self._state != "started"
-            or workflow_name not in self._workflows
-        ):
+        dispatcher = self._running_dispatcher(workflow_name)
+        if not self.config.eager_start or hold is None or dispatcher is None:
             return None
         with hold(workflow_name, instance_name, params, trace) as batch:
             if batch is None:
                 return False
             return True if dispatcher.start_held(batch) else None
+
+    def _running_dispatcher(self, workflow_name: str) -> WorkflowEventDispatcher | None:
+        """The event dispatcher, while this manager runs and handles ``workflow_name``."""
+        if self._state != "started" or workflow_name not in self._workflows:
+            return None
+        return self._dispatcher
 
     def cancel_workflow(self, workflow_name: str, instance_name: str) -> None:
         """Deliver a cancel event to the executor's ``on_cancel``, which decides."""

@@ -144,7 +144,7 @@ class TaskPools:
 
     def hand_results_to(self, take: Callable[[TaskOutcome], bool]) -> None:
         """Offer each finished task's outcome to ``take`` first (the workflow handlers, which
-        record it with the decision it leads to); the writer records those it declines and
+        record it and handle its event at once); the writer records those it declines and
         those given back through :meth:`record_results`."""
         self._handover = take
 
@@ -154,7 +154,8 @@ class TaskPools:
             self._writer.put(outcome)
 
     def results_recorded(self, outcomes: list[TaskOutcome]) -> None:
-        """The handlers stored these outcomes with their decisions."""
+        """The handlers recorded these outcomes (they need no wakeup: the handlers hold
+        their instances)."""
         self._written(outcomes, wake=False)
 
     # -- signals from other parts ------------------------------------------------------------
