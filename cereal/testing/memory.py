@@ -785,7 +785,8 @@ class MemoryDriver:
                 wakeups.append(TasksQueued(task.task_name))
                 continue
             del s.tasks[task.id]
-            s.events[task.instance_id].append(_task_complete(s, task, outcome, result, now))
+            event = _task_complete(s, task, outcome.status, outcome.error, result, now)
+            s.events[task.instance_id].append(event)
             if task.instance_id not in quiet:
                 wakeups.append(EventsPending(outcome.workflow_name))
         s.emit(wakeups)
@@ -904,20 +905,7 @@ class MemoryDriver:
                     wakeups.append(TasksQueued(task.task_name))
                     continue
                 del s.tasks[task.id]
-                s.events[task.instance_id].append(
-                    _Event(
-                        s.next_id(),
-                        task.instance_id,
-                        "task_complete",
-                        now,
-                        task_name=task.task_name,
-                        task_parameters=task.parameters,
-                        task_status="lost",
-                        task_error=error,
-                        task_attempts=task.attempt,
-                        task_route=task.route,
-                    )
-                )
+                s.events[task.instance_id].append(_task_complete(s, task, "lost", error, None, now))
                 wakeups.append(EventsPending(s.instances[task.instance_id].workflow_name))
             s.emit(wakeups)
         return len(lost)
@@ -1438,9 +1426,14 @@ def _by_task(pair: tuple[TaskOutcome, str | None]) -> int:
 
 
 def _task_complete(
-    s: MemoryStore, task: _Task, outcome: TaskOutcome, result: str | None, now: datetime
+    s: MemoryStore,
+    task: _Task,
+    status: str,
+    error: str | None,
+    result: str | None,
+    now: datetime,
 ) -> _Event:
-    """The ``task_complete`` event recording ``outcome`` of ``task``."""
+    """The ``task_complete`` event recording how ``task`` ended."""
     return _Event(
         s.next_id(),
         task.instance_id,
@@ -1448,8 +1441,8 @@ def _task_complete(
         now,
         task_name=task.task_name,
         task_parameters=task.parameters,
-        task_status=outcome.status,
-        task_error=outcome.error,
+        task_status=status,
+        task_error=error,
         task_result=result,
         task_attempts=task.attempt,
         task_route=task.route,
