@@ -25,6 +25,7 @@ from cereal.errors import TransientDatabaseError, WorkflowInstanceExistsError
 from cereal.testing import MemoryDriver
 from tests.helpers.recorders import Flow
 from tests.helpers.timings import FAST_MANAGER_OPTIONS
+from tests.helpers.waiting import wait_for
 
 WF = "wf"
 AWAIT = 15.0
@@ -158,7 +159,10 @@ def test_a_failed_hand_over_records_the_result_again_and_it_is_handled_once(
     info = m.await_workflow(WF, "a", timeout=AWAIT)
     assert (info.status, info.result) == (WorkflowStatus.COMPLETED, 42)
     assert seen == [42]  # on_task_complete ran once: the second recording was discarded
-    assert driver.calls["complete_tasks"] == 1  # the pools' writer took the result back
+    # The pools' writer takes the result back; with "after" the stored result may be handled
+    # before the writer gets to it.
+    wait_for(lambda: driver.calls["complete_tasks"], what="the writer recording the result")
+    assert driver.calls["complete_tasks"] == 1
 
 
 def test_results_of_a_workflow_this_manager_does_not_handle_are_recorded_as_usual(
