@@ -16,10 +16,11 @@ from cereal.backends.postgres.queries import load_queries
 from tests.helpers.waiting import wait_for
 
 
-def dead_rows(driver: PostgresDriver, schema: str, table: str) -> int:
+def vacuum_count(driver: PostgresDriver, schema: str, table: str) -> int:
+    """How many times VACUUM was run on the table by a session (not by autovacuum)."""
     with driver.connection() as conn:
         row = conn.execute(
-            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
             (schema, table),
         ).fetchone()
     return 0 if row is None else int(row[0])
@@ -37,12 +38,17 @@ def test_queue_tables_with_enough_dead_rows_are_vacuumed(
 ) -> None:
     finish_instances(driver, 40)
     assert driver.vacuum_queues(10**9) == []  # not enough dead rows
-    vacuumed = wait_for(
+    assert vacuum_count(driver, schema, "workflow_instances") == 0
+    touched = wait_for(
         lambda: driver.vacuum_queues(20), timeout=15, what="the statistics to count the rows"
     )
-    assert "workflow_instances" in vacuumed
-    assert set(vacuumed) <= {"workflow_instances", "workflow_events", "tasks"}
-    assert dead_rows(driver, schema, "workflow_instances") < 20
+    assert "workflow_instances" in touched
+    assert set(touched) <= {"workflow_instances", "workflow_events", "tasks"}
+    # Whether VACUUM can remove the dead rows depends on the oldest snapshot on the whole
+    # server (other sessions, other tests); what the manager controls is that it ran.
+    assert wait_for(
+        lambda: vacuum_count(driver, schema, "workflow_instances"), what="the vacuum counted"
+    )
 
 
 def test_one_session_per_schema_vacuums_at_a_time(driver: PostgresDriver, schema: str) -> None:
