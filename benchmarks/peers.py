@@ -16,8 +16,11 @@ Workloads:
   ``on_start`` enqueues a task -> the task starts; pgqueuer: enqueue -> the job handler
   starts) at a steady low rate, by default and with ``eager_start`` (``on_start`` runs in
   the enqueuing thread and its commit claims the task), against the same pgqueuer run;
-- F1: the floors of the server: the raw one-row commit rate of one client, and a batched
-  dequeue loop (``DELETE ... LIMIT 100 FOR UPDATE SKIP LOCKED RETURNING``) over a plain table.
+- F1: the floors of the server: the raw one-row commit rate of one client, a batched
+  dequeue loop (``DELETE ... LIMIT 100 FOR UPDATE SKIP LOCKED RETURNING``) over a plain table,
+  and cereal's own statements for P1's and P2's workflows driven 100 instances at a time by
+  one thread straight through the driver (no manager, no callbacks, no threads): what the
+  rows cereal writes per workflow cost the server, the bound for any manager on this schema.
 
 For each drain the commits and WAL bytes per item are read from the server's statistics
 (``pg_stat_database``, ``pg_current_wal_lsn()``), and cereal's statements per item are
@@ -56,6 +59,9 @@ from cereal import (
     WorkflowInstanceInfo,
 )
 from cereal.backends.postgres import PostgresDriver
+from cereal.driver import StepOutcome, TaskClaim, TaskOutcome
+from cereal.types import WorkflowStatus
+from cereal.workflow import PendingTask
 
 __all__ = ["PEER_MISSING", "main", "peer_available"]
 
@@ -471,6 +477,64 @@ def dequeue_floor(server: Server, rows: int) -> float:
     return taken / took
 
 
+def statement_floor(server: Server, items: int, with_task: bool) -> float:
+    """Workflows per second through cereal's statements alone: one thread claims the start
+    events of 100 instances, commits them (complete, or one task each, claimed by the commit
+    as a free worker would be), records the tasks' results and commits the completions, 100
+    at a time. No manager, callback or wakeup is involved: this is what the rows cereal
+    writes for such a workflow cost the server."""
+    driver = PostgresDriver(server.cereal_dsn, schema="floor_" + uuid.uuid4().hex[:8])
+    try:
+        for first in range(0, items, 5000):
+            names = range(first, min(items, first + 5000))
+            driver.enqueue_workflows([("wf", f"i{i}", None) for i in names])
+        owner, done = "floor", 0
+        claim = TaskClaim(owner, {"noop": 100})
+        start = time.perf_counter()
+        while done < items:
+            with driver.claim_events(["wf"], 100, 64) as batch:
+                if not batch.instances:
+                    raise RuntimeError("the statement floor found no pending start event")
+                steps = [_floor_step(batch.events[i.id], i, with_task) for i in batch.instances]
+                if not with_task:
+                    done += len(batch.commit(steps))
+                    continue
+                _, claimed = batch.commit_claiming(steps, claim)
+            driver.complete_tasks(
+                [TaskOutcome(t.id, "wf", "success", result_json="null") for t in claimed], owner
+            )
+            with driver.claim_events(["wf"], 100, 64) as batch:
+                steps = [
+                    _floor_step(batch.events[i.id], i, False, completed=1) for i in batch.instances
+                ]
+                done += len(batch.commit(steps))
+        return items / (time.perf_counter() - start)
+    finally:
+        driver.close()
+
+
+def _floor_step(events: Any, instance: Any, with_task: bool, completed: int = 0) -> StepOutcome:
+    consumed = [e.id for e in events]
+    if with_task:
+        return StepOutcome(
+            instance,
+            consumed=consumed,
+            status=WorkflowStatus.RUNNING,
+            enqueued_tasks=1,
+            tasks=[PendingTask("noop", None)],
+            handled=1,
+        )
+    return StepOutcome(
+        instance,
+        consumed=consumed,
+        status=WorkflowStatus.COMPLETED,
+        enqueued_tasks=completed,
+        completed_tasks=completed,
+        result_json="null",
+        handled=1,
+    )
+
+
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -533,6 +597,8 @@ def run(
     floors: dict[str, list[float]] = {
         "raw commit rate, 1 client": [],
         "batched dequeue floor (100 per commit)": [],
+        "cereal statements, P1 workflow (100/batch)": [],
+        "cereal statements, P2 workflow (100/batch)": [],
     }
     costs: dict[str, list[Cost]] = {}
 
@@ -545,6 +611,12 @@ def run(
         floors["raw commit rate, 1 client"].append(raw_commit_rate(server, sizes.floor_commits))
         floors["batched dequeue floor (100 per commit)"].append(
             dequeue_floor(server, sizes.floor_rows)
+        )
+        floors["cereal statements, P1 workflow (100/batch)"].append(
+            statement_floor(server, sizes.p1, False)
+        )
+        floors["cereal statements, P2 workflow (100/batch)"].append(
+            statement_floor(server, sizes.p2, True)
         )
 
         def cereal_p1() -> None:

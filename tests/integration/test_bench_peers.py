@@ -51,4 +51,6 @@ def test_peers_tiny_run_reports_cereal_figures_for_every_workload(pg_dsn: str) -
         assert float(median.group(1)) > 0
     assert "(peer skipped)" in out.stdout
     assert re.search(r"raw commit rate, 1 client\s+[1-9]", out.stdout)
+    assert re.search(r"cereal statements, P1 workflow \(100/batch\)\s+[1-9]", out.stdout)
+    assert re.search(r"cereal statements, P2 workflow \(100/batch\)\s+[1-9]", out.stdout)
     assert re.search(r"cereal P1\s+[0-9.]+\s+[0-9]+\s+[0-9.]+", out.stdout)
