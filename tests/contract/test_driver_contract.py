@@ -1177,6 +1177,33 @@ def test_a_listener_is_told_of_every_kind_of_change(
         listener.stop()
 
 
+def test_a_commit_finishing_many_instances_announces_every_one(contract_driver: Driver) -> None:
+    d = contract_driver
+    for n in range(60):
+        start(d, f"i{n}")
+    with listening(d) as got:
+        with claim(d) as batch:
+            finished = {inst.id for inst in batch.instances}
+            batch.commit(
+                [
+                    StepOutcome(
+                        instance=inst,
+                        consumed=[e.id for e in batch.events[inst.id]],
+                        status=WorkflowStatus.COMPLETED if n % 2 else WorkflowStatus.FAILED,
+                        result_json=js(n) if n % 2 else None,
+                        error=None if n % 2 else "no",
+                    )
+                    for n, inst in enumerate(batch.instances)
+                ]
+            )
+        assert len(finished) == 60
+
+        def announced() -> set[int]:
+            return {w.instance_id for w in list(got) if isinstance(w, InstanceFinished)}
+
+        wait_for(lambda: announced() == finished, what="every finished instance announced")
+
+
 def test_recent_failures_lists_failed_runs_newest_first(contract_driver: Driver) -> None:
     d = contract_driver
     require(d, "recent_failures")

@@ -27,6 +27,7 @@ from cereal import (
 )
 from cereal.errors import WorkflowInstanceNotFoundError
 from tests.helpers.processes import program
+from tests.helpers.recorders import Flow
 from tests.helpers.waiting import wait_for
 
 MakeManager = Callable[..., Manager]
@@ -348,3 +349,29 @@ def test_cancel_racing_the_instance_finishing_raises_not_found(
     assert isinstance(error, WorkflowInstanceNotFoundError), repr(error)
     with pytest.raises(WorkflowInstanceNotFoundError):
         manager.get_workflow_instance("w", "i1")
+
+
+def test_runs_finished_by_one_commit_are_announced_together(
+    make_manager: MakeManager, pg_dsn: str
+) -> None:
+    # Every listening session receives every notification: one per finished run would cost
+    # each of them a wakeup per run.
+    manager = make_manager(**SLOW_POLLS)
+    manager.register_workflow_executor("w", Flow(on_start=lambda inst, ev: inst.complete(None)))
+    names = [f"i{n}" for n in range(300)]
+    manager.enqueue_workflows([("w", name, None) for name in names])
+    payloads: list[str] = []
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(manager.driver.channel)))
+        manager.start()
+        for name in names:
+            manager.await_workflow("w", name, timeout=30)
+        manager.driver.notify(["f-end"])  # an unknown payload, sent after every finish
+        for note in conn.notifies(timeout=10):
+            if note.payload == "f-end":
+                break
+            if note.payload.startswith("f"):
+                payloads.append(note.payload)
+    ids = [int(i) for payload in payloads for i in payload[1:].split(",")]
+    assert len(ids) == len(set(ids)) == len(names)
+    assert len(payloads) < len(names) / 4, f"{len(payloads)} notifications for {len(names)} runs"

@@ -18,7 +18,18 @@ from cereal.errors import DatabaseError, SerializationError, TransientDatabaseEr
     [EventsPending("orders"), TasksQueued("send-mail"), InstanceFinished(42), SchedulesChanged()],
 )
 def test_wakeups_round_trip_through_their_payload(wakeup: Wakeup) -> None:
-    assert notify.decode(notify.encode(wakeup)) == wakeup
+    assert notify.decode(notify.encode(wakeup)) == [wakeup]
+
+
+def test_finished_instances_share_payloads_that_postgres_accepts() -> None:
+    ids = list(range(10**9, 10**9 + 3000))
+    payloads = notify.encode_finished(ids)
+    assert 1 < len(payloads) < 10
+    assert all(len(p.encode()) < 8000 for p in payloads)
+    decoded = [w for p in payloads for w in notify.decode(p)]
+    assert decoded == [InstanceFinished(i) for i in ids]
+    assert notify.encode_finished([7]) == ["f7"]
+    assert notify.encode_finished([]) == []
 
 
 def test_payloads_use_one_letter_kinds() -> None:
@@ -28,9 +39,12 @@ def test_payloads_use_one_letter_kinds() -> None:
     assert notify.encode(SchedulesChanged()) == "s"
 
 
-@pytest.mark.parametrize("payload", ["", "x", "fabc", "f", "f-1", "f\u00b2", "f\u0663", "f1 "])
+@pytest.mark.parametrize(
+    "payload",
+    ["", "x", "fabc", "f", "f-1", "f\u00b2", "f\u0663", "f1 ", "f1,", "f,1", "f1,,2", "f1,x"],
+)
 def test_unknown_payloads_are_ignored(payload: str) -> None:
-    assert notify.decode(payload) is None
+    assert notify.decode(payload) == []
 
 
 TRANSIENT = [

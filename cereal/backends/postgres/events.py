@@ -25,7 +25,6 @@ from cereal.backends.postgres.rows import claimed_task, event_row, instance_row,
 from cereal.driver import (
     ClaimedTask,
     EventRow,
-    InstanceFinished,
     InstanceRow,
     StepOutcome,
     TaskClaim,
@@ -400,8 +399,7 @@ class PostgresEventBatch:
         notes = sorted(
             # insert_tasks_claiming wakes the claimers of the tasks it leaves queued
             {notify.encode(TasksQueued(t.name)) for _, t, _ in tasks if not claiming}
-            | {notify.encode(InstanceFinished(o.instance.id)) for o in done}
-        )
+        ) + notify.encode_finished(o.instance.id for o in done)
         with conn.pipeline():
             if consumed:
                 conn.execute(q["delete_events"], {"ids": consumed})

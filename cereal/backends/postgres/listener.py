@@ -73,10 +73,9 @@ class PostgresListener:
                 sock.close()
 
     def _deliver(self, payload: str) -> None:
-        """Hand one payload's wakeup over; nothing a payload holds may end the loop."""
+        """Hand one payload's wakeups over; nothing a payload holds may end the loop."""
         try:
-            wakeup = notify.decode(payload)
-            if wakeup is not None:
+            for wakeup in notify.decode(payload):
                 self._on_wakeup(wakeup)
         except Exception as exc:
             log.error("handling a notification failed", payload=payload[:100], error=repr(exc))
