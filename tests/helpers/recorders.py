@@ -110,3 +110,34 @@ class TaskLog:
         with self._lock:
             self.runs.append(task.parameters)
         return self._result(task)
+
+
+class Gate:
+    """A task function that blocks until opened, tracking how many runs are inside at once
+    and the order they came in. ``gate(task)`` passes ``task.parameters`` through;
+    ``gate.call(value)`` is the same run as a call of no arguments."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self._lock = threading.Lock()
+        self.inside = 0
+        self.most_inside = 0
+        self.ran: list[Any] = []
+
+    def __call__(self, task: Task) -> Any:
+        return self._through(task.parameters)
+
+    def call(self, value: Any) -> Callable[[], Any]:
+        return lambda: self._through(value)
+
+    def _through(self, value: Any) -> Any:
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.ran.append(value)
+        try:
+            self.open.wait(10)
+            return value
+        finally:
+            with self._lock:
+                self.inside -= 1

@@ -19,6 +19,7 @@ from cereal.testing import MemoryDriver
 from cereal.types import Task, WorkflowStatus
 from cereal.workflow import PendingTask
 from tests.helpers.memory import Reported, queue_tasks, queued_and_claimed, reported
+from tests.helpers.recorders import Gate
 from tests.helpers.waiting import wait_for
 
 OWNER = "pools-under-test"
@@ -64,29 +65,6 @@ def start_pools(driver: CountingDriver) -> Iterator[Callable[..., TaskPools]]:
 def wait_for_reports(driver: MemoryDriver, instance_id: int, count: int) -> list[Reported]:
     wait_for(lambda: len(reported(driver, instance_id)) == count, what=f"{count} outcomes")
     return reported(driver, instance_id)
-
-
-class Gate:
-    """A task function that blocks until opened, tracking how many runs are inside at once."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-        self._lock = threading.Lock()
-        self.inside = 0
-        self.most_inside = 0
-        self.ran: list[Any] = []
-
-    def __call__(self, task: Task) -> Any:
-        with self._lock:
-            self.inside += 1
-            self.most_inside = max(self.most_inside, self.inside)
-            self.ran.append(task.parameters)
-        try:
-            self.open.wait(10)
-            return task.parameters
-        finally:
-            with self._lock:
-                self.inside -= 1
 
 
 def test_no_more_tasks_of_a_name_are_claimed_than_it_has_workers(

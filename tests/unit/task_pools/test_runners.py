@@ -5,13 +5,13 @@ queued run."""
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import pytest
 
 from cereal.task_pools.runners import SyncRunners
 from cereal.task_pools.state import TaskRegistration
 from tests.helpers.logs import capture_logs
+from tests.helpers.recorders import Gate
 from tests.helpers.waiting import wait_for
 
 
@@ -23,39 +23,16 @@ def workers_of(name: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(f"cereal-{name}_")]
 
 
-class Gate:
-    """Calls that record when they run and block until released."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.lock = threading.Lock()
-        self.running = 0
-        self.most = 0
-        self.order: list[int] = []
-
-    def call(self, n: int) -> Any:
-        def run() -> None:
-            with self.lock:
-                self.running += 1
-                self.most = max(self.most, self.running)
-                self.order.append(n)
-            self.release.wait(10)
-            with self.lock:
-                self.running -= 1
-
-        return run
-
-
 def test_at_most_workers_calls_run_at_once_and_the_rest_wait_in_order() -> None:
     pool, gate = runners(3), Gate()
     for n in range(10):
         pool.submit("t", gate.call(n))
-    wait_for(lambda: gate.running == 3, what="three calls running")
-    assert sorted(gate.order) == [0, 1, 2]
-    gate.release.set()
-    wait_for(lambda: len(gate.order) == 10, what="every call run")
-    assert gate.most == 3
-    assert gate.order[3:] == list(range(3, 10))
+    wait_for(lambda: gate.inside == 3, what="three calls running")
+    assert sorted(gate.ran) == [0, 1, 2]
+    gate.open.set()
+    wait_for(lambda: len(gate.ran) == 10, what="every call run")
+    assert gate.most_inside == 3
+    assert gate.ran[3:] == list(range(3, 10))
     pool.shutdown()
 
 
@@ -74,12 +51,12 @@ def test_after_shutdown_queued_calls_run_new_ones_are_refused_and_threads_exit()
     pool, gate = runners(1, "closing"), Gate()
     pool.submit("closing", gate.call(0))
     pool.submit("closing", gate.call(1))
-    wait_for(lambda: gate.running == 1, what="the first call running")
+    wait_for(lambda: gate.inside == 1, what="the first call running")
     pool.shutdown()
     with pytest.raises(RuntimeError, match="'closing' are shut down"):
         pool.submit("closing", gate.call(2))
-    gate.release.set()
-    wait_for(lambda: gate.order == [0, 1], what="the queued call run")
+    gate.open.set()
+    wait_for(lambda: gate.ran == [0, 1], what="the queued call run")
     wait_for(lambda: not workers_of("closing"), what="the worker thread gone")
 
 
