@@ -190,6 +190,15 @@ def test_an_instance_whose_callback_runs_long_brings_in_another_handler(
     assert driver.claimed[:2] == [1, 1]
 
 
+@pytest.fixture
+def no_splits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A callback budget no callback overruns. On a busy machine a trivial callback can be
+    descheduled past the real one, and its batch is then split and the rest claimed again:
+    the claim sizes some tests count would change."""
+    monkeypatch.setattr(dispatch, "CALLBACK_BUDGET", 60.0)
+
+
+@pytest.mark.usefixtures("no_splits")
 def test_a_backlog_is_claimed_in_growing_batches_of_at_most_batch_size(
     driver: ObservedDriver, finished: Finished, start_dispatcher: Callable[..., Any]
 ) -> None:
@@ -202,6 +211,7 @@ def test_a_backlog_is_claimed_in_growing_batches_of_at_most_batch_size(
     assert max(driver.claimed) == 8 and sum(driver.claimed) == 40
 
 
+@pytest.mark.usefixtures("no_splits")
 def test_a_backlog_after_the_last_one_drained_starts_again_from_one_instance(
     driver: ObservedDriver, finished: Finished, start_dispatcher: Callable[..., Any]
 ) -> None:
