@@ -32,10 +32,13 @@ PREFETCH_BELOW = 0.05
 PREFETCH_FACTOR = 3
 """How many tasks per worker to claim ahead at least (at most PREFETCH_FACTOR *
 PREFETCH_BELOW seconds of queued work per worker)."""
-PREFETCH_MAX = 32
+PREFETCH_MAX = 128
 """Shorter runs are claimed further ahead, as many as fit in those seconds of queued work per
 worker, up to this many per task name (or PREFETCH_FACTOR per worker, if more): one worker
-running millisecond tasks then takes them by the dozen, not three at a time."""
+running millisecond tasks then takes them a hundred at a time, not three, and a claim's fixed
+cost is shared by that many. What waits stays within those seconds of work (128 runs of
+1 ms at most for one worker); it is also what a crash of the process leaves to be reported
+lost without having started."""
 
 
 class TaskPools:

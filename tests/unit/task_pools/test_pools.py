@@ -199,14 +199,15 @@ def test_a_single_worker_claims_millisecond_tasks_by_the_dozen(
     start_pools(t=(work, 1, None))
     wait_for(lambda: len(reported(driver, warm)) == 5, what="the warm-up tasks")
     # Runs of microseconds: PREFETCH_MAX tasks fit in the queued-work budget of one worker.
-    queue_tasks(driver, "t", ["block"] + ["later"] * 60, instance_name="main")
+    later = PREFETCH_MAX + 30
+    queue_tasks(driver, "t", ["block"] + ["later"] * later, instance_name="main")
     assert started.wait(5)
     try:
         wait_for(
             lambda: queued_and_claimed(driver, "t")[1] == 1 + PREFETCH_MAX,
             what="tasks claimed ahead",
         )
-        assert queued_and_claimed(driver, "t") == (60 - PREFETCH_MAX, 1 + PREFETCH_MAX)
+        assert queued_and_claimed(driver, "t") == (later - PREFETCH_MAX, 1 + PREFETCH_MAX)
     finally:
         release.set()
 
