@@ -307,15 +307,18 @@ class WorkflowEventDispatcher:
             results = [] if handed else self._take_results()
             if handed or results:
                 wakes = self._wakes
-                if handed:
-                    self._handle_handed(*handed)
-                else:
-                    self._handle_results(results)
+                more = self._handle_handed(*handed) if handed else self._handle_results(results)
                 with self._cond:
                     # Claim only if asked to (an event for an instance held here meanwhile
-                    # may have been skipped by the claim its wakeup led to).
+                    # may have been skipped by the claim its wakeup led to), or if an
+                    # instance may have events past those fetched: results recorded while
+                    # their instance was held woke nobody.
                     if not (
-                        self._handed or self._results or self._claim_wanted or self._wakes != wakes
+                        more
+                        or self._handed
+                        or self._results
+                        or self._claim_wanted
+                        or self._wakes != wakes
                     ):
                         return
                 continue
@@ -346,8 +349,9 @@ class WorkflowEventDispatcher:
                 return  # stop() gave up on this handler meanwhile
             self._after_commit(*done)
 
-    def _handle_handed(self, batch: EventBatch, release: Callable[[], None]) -> None:
-        """Run a batch handed over by :meth:`hand_over` and commit it."""
+    def _handle_handed(self, batch: EventBatch, release: Callable[[], None]) -> bool:
+        """Run a batch handed over by :meth:`hand_over` and commit it; True when an
+        instance may have events left past those fetched."""
         done: _Done | None = ([], [], [])
         try:
             try:
@@ -359,19 +363,27 @@ class WorkflowEventDispatcher:
             done = self._fail_unstorable(refused.outcome)
         if done is not None:
             self._after_commit(*done)
+        return self._fetch_was_full(batch)
 
-    def _handle_results(self, results: list[TaskOutcome]) -> None:
+    def _fetch_was_full(self, batch: EventBatch) -> bool:
+        """Whether an instance of ``batch`` had as many events as one fetch takes."""
+        per = self._per_instance
+        return any(len(batch.events.get(inst.id, ())) >= per for inst in batch.instances)
+
+    def _handle_results(self, results: list[TaskOutcome]) -> bool:
         """Record handed-over outcomes and hold their instances in one round trip, then
-        handle the instances' events (the new results among them) and commit."""
+        handle the instances' events (the new results among them) and commit; True when an
+        instance may have events left past those fetched."""
         assert self._handover is not None
         done: _Done | None = ([], [], [])
-        opened = False
+        opened = more = False
         try:
             with self._driver.complete_tasks_held(
                 results, self._handover.owner, self._names, self._per_instance
             ) as batch:
                 opened = True
                 self._handover.recorded(results)
+                more = self._fetch_was_full(batch)
                 if batch.instances:
                     done = self._handle(_Run(batch, len(batch.instances)))
         except _Unstorable as refused:
@@ -385,9 +397,10 @@ class WorkflowEventDispatcher:
             if _transient(exc):
                 raise
             log.debug("task results not recorded with their instances held", error=repr(exc))
-            return
+            return False
         if done is not None:
             self._after_commit(*done)
+        return more
 
     def _handle(self, run: _Run) -> _Done | None:
         """Run a held batch's callbacks and commit their outcomes; return them with the runs

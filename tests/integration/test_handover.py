@@ -40,6 +40,7 @@ class Counting:
         self._inner = inner
         self.calls: Counter[str] = Counter()
         self.fail_held: list[str] = []  # "before" or "after", one per call to fail
+        self.held_sizes: list[int] = []  # outcomes passed to each complete_tasks_held call
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
@@ -64,6 +65,7 @@ class Counting:
     def complete_tasks_held(self, *args: Any) -> Iterator[Any]:
         with self._lock:
             self.calls["complete_tasks_held"] += 1
+            self.held_sizes.append(len(args[0]))
             failing = self.fail_held.pop(0) if self.fail_held else None
         if failing == "before":
             raise TransientDatabaseError("connection lost before the results were sent")
@@ -231,3 +233,51 @@ def test_with_every_handler_busy_an_enqueue_goes_through_the_queue(
     for name in ("blocker", "queued"):
         info = m.await_workflow(WF, name, timeout=AWAIT)
         assert (info.status, info.result) == (WorkflowStatus.COMPLETED, name)
+
+
+def test_a_hand_over_of_more_results_than_one_fetch_of_events_handles_them_all(
+    make_counted: Callable[..., tuple[Manager, Counting]],
+) -> None:
+    # The only handler is busy while 100 results of one instance queue up; it then records
+    # them in one hand-over, though one fetch takes 64 events per instance. (That nothing
+    # waits for a poll even with no wakeup pending is checked on the dispatcher itself, in
+    # tests/unit/dispatch.)
+    m, driver = make_counted(workflow_workers=1, workflow_poll_interval=60.0)
+    fanned, entered = threading.Event(), threading.Event()
+    release, go = threading.Event(), threading.Event()
+    tasks, ran, lock = 100, [0], threading.Lock()
+
+    def on_start(inst: WorkflowInstance, event: Any) -> Any:
+        if inst.instance_name == "blocker":
+            entered.set()
+            release.wait(AWAIT)
+            return inst.complete(None)
+        for n in range(tasks):
+            inst.enqueue_task("gated", n)
+        fanned.set()
+        return inst.continue_with(None)
+
+    def on_task(inst: WorkflowInstance, event: Any) -> Any:
+        if inst.total_completed_tasks == tasks:
+            return inst.complete(inst.total_completed_tasks)
+        return inst.continue_with(None)
+
+    def gated(task: Task) -> Any:
+        go.wait(AWAIT)
+        with lock:
+            ran[0] += 1
+        return task.parameters
+
+    m.register_workflow_executor(WF, Flow(on_start=on_start, on_task=on_task))
+    m.register_task_executor("gated", gated, workers=4)
+    m.start()
+    m.enqueue_workflow(WF, "fan")
+    assert fanned.wait(AWAIT)
+    m.enqueue_workflow(WF, "blocker")
+    assert entered.wait(AWAIT)  # the only handler is busy from here on
+    go.set()
+    wait_for(lambda: ran[0] == tasks, what="every task run")
+    release.set()
+    info = m.await_workflow(WF, "fan", timeout=AWAIT)
+    assert (info.status, info.result) == (WorkflowStatus.COMPLETED, tasks)
+    assert max(driver.held_sizes) > 64, driver.held_sizes  # one hand-over past one fetch

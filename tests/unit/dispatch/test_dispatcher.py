@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cereal import Decision, WorkflowInstance, WorkflowStatus, dispatch
-from cereal.dispatch import WorkflowEventDispatcher
+from cereal.dispatch import ResultHandover, WorkflowEventDispatcher
 from cereal.driver import TaskOutcome
 from cereal.errors import TransientDatabaseError
 from cereal.executors import WorkflowExecutor
@@ -294,3 +294,31 @@ def test_stop_lets_the_callback_in_flight_finish_and_commit(
         WorkflowStatus.COMPLETED,
         "committed",
     )
+
+
+def test_results_past_one_fetch_of_events_are_handled_without_a_wakeup(
+    driver: ObservedDriver, finished: Finished, start_dispatcher: Callable[..., Any]
+) -> None:
+    # Handed-over results are recorded with their instance held, so they wake nobody. A
+    # handler that records ten results but fetches three events per instance must look
+    # again for the other seven, not leave them to the next poll (a minute away).
+    instance_id = queue_tasks(driver, "t", list(range(10)), workflow_name=WF, instance_name="a")
+    claimed, _ = driver.claim_tasks({"t": 10}, "me")
+    assert {c.instance_id for c in claimed} == {instance_id} and len(claimed) == 10
+
+    def on_task(inst: WorkflowInstance, ev: Any) -> Decision:
+        if inst.total_completed_tasks == 10:
+            return inst.complete(inst.total_completed_tasks)
+        return inst.continue_with()
+
+    dispatcher = start_dispatcher(
+        Flow(on_task=on_task),
+        poll_interval=60,
+        events_per_instance=3,
+        results=ResultHandover("me", lambda outcomes: None, lambda outcomes: None),
+    )
+    with dispatcher._cond:  # handed over together: one signal, and one batch for the handler
+        for task in claimed:
+            assert dispatcher.take_result(TaskOutcome(task.id, WF, "success", result_json="1"))
+    wait_for(lambda: finished.names() == ["a"], timeout=10, what="the instance to finish")
+    assert finished.runs[0].result == 10
