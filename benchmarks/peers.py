@@ -59,7 +59,7 @@ from cereal import (
     WorkflowInstanceInfo,
 )
 from cereal.backends.postgres import PostgresDriver
-from cereal.driver import StepOutcome, TaskClaim, TaskOutcome
+from cereal.driver import EventBatch, InstanceRow, StepOutcome, TaskClaim, TaskOutcome
 from cereal.types import WorkflowStatus
 from cereal.workflow import PendingTask
 
@@ -495,7 +495,7 @@ def statement_floor(server: Server, items: int, with_task: bool) -> float:
             with driver.claim_events(["wf"], 100, 64) as batch:
                 if not batch.instances:
                     raise RuntimeError("the statement floor found no pending start event")
-                steps = [_floor_step(batch.events[i.id], i, with_task) for i in batch.instances]
+                steps = [_floor_step(batch, i, with_task) for i in batch.instances]
                 if not with_task:
                     done += len(batch.commit(steps))
                     continue
@@ -504,17 +504,17 @@ def statement_floor(server: Server, items: int, with_task: bool) -> float:
                 [TaskOutcome(t.id, "wf", "success", result_json="null") for t in claimed], owner
             )
             with driver.claim_events(["wf"], 100, 64) as batch:
-                steps = [
-                    _floor_step(batch.events[i.id], i, False, completed=1) for i in batch.instances
-                ]
+                steps = [_floor_step(batch, i, False) for i in batch.instances]
                 done += len(batch.commit(steps))
         return items / (time.perf_counter() - start)
     finally:
         driver.close()
 
 
-def _floor_step(events: Any, instance: Any, with_task: bool, completed: int = 0) -> StepOutcome:
-    consumed = [e.id for e in events]
+def _floor_step(batch: EventBatch, instance: InstanceRow, with_task: bool) -> StepOutcome:
+    """What a workflow's callback decides for ``instance``'s events: enqueue one task and go
+    on, or complete with every task it enqueued back."""
+    consumed = [e.id for e in batch.events[instance.id]]
     if with_task:
         return StepOutcome(
             instance,
@@ -528,8 +528,8 @@ def _floor_step(events: Any, instance: Any, with_task: bool, completed: int = 0)
         instance,
         consumed=consumed,
         status=WorkflowStatus.COMPLETED,
-        enqueued_tasks=completed,
-        completed_tasks=completed,
+        enqueued_tasks=instance.enqueued_tasks,
+        completed_tasks=instance.enqueued_tasks,
         result_json="null",
         handled=1,
     )

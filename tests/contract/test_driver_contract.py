@@ -133,11 +133,11 @@ def events_of(d: Driver, name: str, workflow: str = W) -> list[Any]:
 
 
 @contextmanager
-def listening(d: Driver) -> Iterator[list[Wakeup]]:
+def listening(d: Driver, connects: list[int] | None = None) -> Iterator[list[Wakeup]]:
     """The wakeups a listener of ``d`` receives from the moment it listens until the block
-    ends."""
+    ends; ``connects`` gets a 1 each time the listener (re)connects."""
     got: list[Wakeup] = []
-    ready: list[int] = []
+    ready: list[int] = [] if connects is None else connects
     listener = d.listener(got.append, lambda: ready.append(1))
     listener.start()
     try:
@@ -1137,12 +1137,8 @@ def test_a_listener_is_told_of_every_kind_of_change(
     contract_driver: Driver, twin_driver: Driver
 ) -> None:
     d = contract_driver
-    got: list[Wakeup] = []
     reconnects: list[int] = []
-    listener = twin_driver.listener(got.append, lambda: reconnects.append(1))
-    listener.start()
-    try:
-        wait_for(lambda: reconnects == [1], what="reconnects == [1]")
+    with listening(twin_driver, reconnects) as got:
         start(d, "a")
         wait_for(lambda: bool(got), what="bool(got)")
         if isinstance(got[0], str):
@@ -1173,8 +1169,6 @@ def test_a_listener_is_told_of_every_kind_of_change(
             d.insert_schedule(W, "s", None, "FREQ=DAILY", False, None)
             wait_for(lambda: SchedulesChanged() in got, what="SchedulesChanged() in got")
         assert reconnects == [1]
-    finally:
-        listener.stop()
 
 
 def test_a_commit_finishing_many_instances_announces_every_one(contract_driver: Driver) -> None:
