@@ -77,6 +77,7 @@ class TaskPools:
         # Recent run time per sync task name (None until one finished): decides prefetching.
         self._run_time: dict[str, float | None] = dict.fromkeys(registrations)
         self._claims: dict[int, Claim] = {}
+        self._claims_of: Counter[int] = Counter()  # claims kept per instance id
         self._uncertain_at: float | None = None  # see claims_uncertain()
         self._sync = SyncRunners(registrations)
         self._async = AsyncRunner() if any(reg.is_async for reg in registrations.values()) else None
@@ -190,7 +191,7 @@ class TaskPools:
         task_ids = set(task_ids)
         with self._cond:
             self._drop_unstarted(task_ids)
-            claims = [self._claims.pop(t) for t in task_ids if t in self._claims]
+            claims = [c for c in map(self._pop_claim, task_ids) if c is not None]
             for claim in claims:
                 claim.state = TaskState.REPORTED
         for claim in claims:
@@ -220,11 +221,33 @@ class TaskPools:
             self.forget(gone & set(self.unreported()), reason)
 
     def instance_finished(self, instance_id: int) -> None:
-        """The instance may have finished: stop its tasks once the database confirms that
-        their rows are gone."""
+        """The instance may have finished: stop its tasks still running once the database
+        confirms that their rows are gone. (A task whose outcome is decided has nothing left
+        to stop: its outcome is discarded when it is recorded.)"""
         with self._cond:
-            ids = [t for t, c in self._claims.items() if c.claimed.instance_id == instance_id]
+            if not self._claims_of.get(instance_id):
+                return
+            ids = [
+                t
+                for t, c in self._claims.items()
+                if c.claimed.instance_id == instance_id and c.state.active
+            ]
         self.confirm_gone(ids, "workflow finished")
+
+    def _put_claim(self, claim: Claim) -> None:
+        """Keep ``claim`` (lock held)."""
+        self._claims[claim.claimed.id] = claim
+        self._claims_of[claim.claimed.instance_id] += 1
+
+    def _pop_claim(self, task_id: int) -> Claim | None:
+        """Drop the claim of ``task_id``, if kept (lock held); return it."""
+        claim = self._claims.pop(task_id, None)
+        if claim is not None:
+            iid = claim.claimed.instance_id
+            self._claims_of[iid] -= 1
+            if not self._claims_of[iid]:
+                del self._claims_of[iid]
+        return claim
 
     def _drop_unstarted(self, task_ids: set[int]) -> list[int]:
         """Take claimed tasks that have not started out of the pool (lock held); they will
@@ -235,7 +258,7 @@ class TaskPools:
             if claim is None or claim.state is not TaskState.CLAIMED:
                 continue
             claim.state = TaskState.REPORTED
-            del self._claims[tid]
+            self._pop_claim(tid)
             self._busy[claim.task.name] -= 1
             dropped.append(tid)
         if dropped:
@@ -300,7 +323,7 @@ class TaskPools:
                 # those that have not started) whenever it comes.
                 for _, c, _ in prepared:
                     self._busy[c.task.name] += 1
-                    self._claims[c.claimed.id] = c
+                    self._put_claim(c)
             self._cond.notify_all()
         if back:
             self._release(back)
@@ -370,7 +393,7 @@ class TaskPools:
             return
         reg, claim, run_async = self._prepare(row)
         with self._cond:
-            self._claims[row.id] = claim
+            self._put_claim(claim)
         self._start(reg, claim, run_async)
 
     def _unrunnable(self, row: ClaimedTask) -> bool:
@@ -425,7 +448,7 @@ class TaskPools:
         except RuntimeError:  # shut down: stop() gave up waiting for this claim
             with self._cond:
                 if self._claims.get(row.id) is claim:  # not handed back by stop() meanwhile
-                    del self._claims[row.id]
+                    self._pop_claim(row.id)
                     self._busy[row.task_name] -= 1
                     self._cond.notify_all()
             log.warning("task claimed while stopping; it will be reported lost", task_id=row.id)
@@ -569,7 +592,7 @@ class TaskPools:
         with self._cond:
             for outcome in outcomes:
                 retried = retried or outcome.retry
-                claim = self._claims.pop(outcome.id, None)
+                claim = self._pop_claim(outcome.id)
                 if claim is not None:
                     claim.state = TaskState.REPORTED
         if retried:  # learn when the next attempt is due

@@ -237,6 +237,33 @@ def test_heartbeats_keep_running_tasks_and_forget_drops_tasks_whose_rows_are_gon
     assert driver.writes == []
 
 
+def test_a_finished_instance_hint_checks_only_its_tasks_still_running(
+    driver: CountingDriver, start_pools: Callable[..., TaskPools]
+) -> None:
+    checked: list[list[int]] = []
+    heartbeat = driver.heartbeat_tasks
+
+    def counting_heartbeat(task_ids: Any, owner: str) -> set[int]:
+        checked.append(list(task_ids))
+        return heartbeat(task_ids, owner)
+
+    driver.heartbeat_tasks = counting_heartbeat  # type: ignore[method-assign]
+    gate = Gate()
+    pools = start_pools(quick=(lambda task: 1, 1, None), slow=(gate, 1, None))
+    held: list[Any] = []
+    pools.hand_results_to(lambda outcome: held.append(outcome) or True)  # never recorded
+    decided = queue_tasks(driver, "quick", [1], instance_name="decided")
+    running = queue_tasks(driver, "slow", [2], instance_name="running")
+    wait_for(lambda: len(held) == 1 and gate.inside == 1, what="one outcome, one task running")
+    pools.instance_finished(decided)  # its task returned: nothing to stop or check
+    pools.instance_finished(running + decided + 1000)  # no task of this process
+    assert checked == []
+    pools.instance_finished(running)  # a wrong hint: the row is there, the task runs on
+    assert len(checked) == 1 and len(checked[0]) == 1
+    assert len(pools.unreported()) == 2
+    gate.open.set()
+
+
 def claim_in_commit(
     driver: MemoryDriver, pools: TaskPools, task_name: str, parameters: list[Any], name: str
 ) -> list[Any]:
