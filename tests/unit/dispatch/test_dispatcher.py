@@ -322,3 +322,57 @@ def test_results_past_one_fetch_of_events_are_handled_without_a_wakeup(
             assert dispatcher.take_result(TaskOutcome(task.id, WF, "success", result_json="1"))
     wait_for(lambda: finished.names() == ["a"], timeout=10, what="the instance to finish")
     assert finished.runs[0].result == 10
+
+
+def test_results_a_commit_recorded_are_reported_as_recorded(
+    driver: ObservedDriver, finished: Finished, start_dispatcher: Callable[..., Any]
+) -> None:
+    queue_tasks(driver, "t", [0, 1], workflow_name=WF, instance_name="a")
+    claimed, _ = driver.claim_tasks({"t": 2}, "me")
+    recorded: list[TaskOutcome] = []
+    given: list[TaskOutcome] = []
+
+    def on_task(inst: WorkflowInstance, ev: Any) -> Decision:
+        if inst.total_completed_tasks == 2:
+            return inst.complete(2)
+        return inst.continue_with()
+
+    dispatcher = start_dispatcher(
+        Flow(on_task=on_task), results=ResultHandover("me", recorded.extend, given.extend)
+    )
+    for task in claimed:
+        assert dispatcher.take_result(TaskOutcome(task.id, WF, "success", result_json="1"))
+    wait_for(lambda: finished.names() == ["a"], timeout=10, what="the instance to finish")
+    wait_for(lambda: len(recorded) == 2, timeout=5, what="both reported recorded")
+    assert sorted(o.id for o in recorded) == sorted(t.id for t in claimed)
+    assert given == []
+
+
+def test_a_stop_that_gives_up_on_a_batch_of_results_gives_them_back_once(
+    driver: ObservedDriver, start_dispatcher: Callable[..., Any], no_splits: None
+) -> None:
+    queue_tasks(driver, "t", [0], workflow_name=WF, instance_name="a")
+    (task,), _ = driver.claim_tasks({"t": 1}, "me")
+    entered, go_on = threading.Event(), threading.Event()
+    recorded: list[TaskOutcome] = []
+    given: list[TaskOutcome] = []
+
+    def on_task(inst: WorkflowInstance, ev: Any) -> Decision:
+        entered.set()
+        go_on.wait(10)
+        return inst.complete("too late")
+
+    dispatcher = start_dispatcher(
+        Flow(on_task=on_task), results=ResultHandover("me", recorded.extend, given.extend)
+    )
+    assert dispatcher.take_result(TaskOutcome(task.id, WF, "success", result_json="1"))
+    assert entered.wait(5)
+    dispatcher.stop(0.1)
+    # Nothing recorded it: the task is running again, and its outcome goes back to the pools.
+    assert [o.id for o in given] == [task.id] and recorded == []
+    assert driver.heartbeat_tasks([task.id], "me") == {task.id}
+    go_on.set()
+    time.sleep(0.2)  # the abandoned handler returns; its commit is refused
+    assert [o.id for o in given] == [task.id] and recorded == []
+    info = driver.get_workflow_instance(WF, "a")
+    assert info is not None and info.is_running
