@@ -597,7 +597,8 @@ WITH r AS (
 ), ordered AS (
     SELECT * FROM done WHERE held ORDER BY id
 )
-SELECT nextval(pg_get_serial_sequence('workflow_events', 'id')) AS id, instance_id,
+SELECT nextval((SELECT pg_get_serial_sequence('workflow_events', 'id'))::regclass) AS id,
+       instance_id,
        now() AS enqueued_at, id AS task_id, task_name, parameters::text AS task_parameters,
        enqueued_at AS task_enqueued_at, status AS task_status, error AS task_error,
        result::jsonb::text AS task_result, attempt AS task_attempts, route AS task_route
