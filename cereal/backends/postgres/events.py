@@ -20,8 +20,14 @@ from cereal.backends.postgres import notify
 from cereal.backends.postgres.connections import Connection, Connections
 from cereal.backends.postgres.errors import translate
 from cereal.backends.postgres.floors import EventFloor, TaskFloors
-from cereal.backends.postgres.jsonb import loads_lenient, use_lenient_jsonb
-from cereal.backends.postgres.rows import claimed_task, event_row, instance_row, loads
+from cereal.backends.postgres.jsonb import use_lenient_jsonb
+from cereal.backends.postgres.rows import (
+    claimed_task,
+    event_row,
+    instance_row,
+    loads,
+    result_event,
+)
 from cereal.driver import (
     ClaimedTask,
     EventRow,
@@ -152,9 +158,11 @@ def complete_tasks_held(
         for row in taken:
             if row["id"] is None:
                 continue  # recorded as an event: its instance is not in the batch
-            carried[row["id"]] = row | {"workflow_name": workflows[row["instance_id"]]}
-            if row["instance_id"] not in full:  # else it waits behind events not fetched
-                events[row["instance_id"]].append(_result_event(row))
+            instance_id = row["instance_id"]
+            row["workflow_name"] = workflows[instance_id]  # for store_results
+            carried[row["id"]] = row
+            if instance_id not in full:  # else it waits behind events not fetched
+                events[instance_id].append(result_event(row))
         batch = PostgresEventBatch(
             conn, queries, channel, instances, events, task_floors, carried=carried
         )
@@ -162,20 +170,6 @@ def complete_tasks_held(
         return batch
 
     return _holding(connections, begin)
-
-
-def _result_event(row: dict[str, Any]) -> EventRow:
-    """The event of a take_results row (its parameters and result are JSON text)."""
-    return event_row(
-        row
-        | {
-            "event_type": "task_complete",
-            "task_parameters": loads_lenient(row["task_parameters"]),
-            "task_result": loads_lenient(row["task_result"]),
-            "signal_name": None,
-            "signal_payload": None,
-        }
-    )
 
 
 def enqueue_and_hold(
