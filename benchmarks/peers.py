@@ -480,10 +480,9 @@ def dequeue_floor(server: Server, rows: int) -> float:
 def statement_floor(server: Server, items: int, with_task: bool) -> float:
     """Workflows per second through cereal's statements alone: one thread claims the start
     events of 100 instances, commits them (complete, or one task each, claimed by the commit
-    as a free worker would be), then holds the instances with the tasks' results and commits
-    the completions, as the manager's handlers do with results handed over, 100 at a time.
-    No manager, callback or wakeup is involved: this is what the rows cereal writes for such
-    a workflow cost the server."""
+    as a free worker would be), records the tasks' results and commits the completions, 100
+    at a time. No manager, callback or wakeup is involved: this is what the rows cereal
+    writes for such a workflow cost the server."""
     driver = PostgresDriver(server.cereal_dsn, schema="floor_" + uuid.uuid4().hex[:8])
     try:
         for first in range(0, items, 5000):
@@ -501,8 +500,10 @@ def statement_floor(server: Server, items: int, with_task: bool) -> float:
                     done += len(batch.commit(steps))
                     continue
                 _, claimed = batch.commit_claiming(steps, claim)
-            results = [TaskOutcome(t.id, "wf", "success", result_json="null") for t in claimed]
-            with driver.complete_tasks_held(results, owner, ["wf"], 64) as batch:
+            driver.complete_tasks(
+                [TaskOutcome(t.id, "wf", "success", result_json="null") for t in claimed], owner
+            )
+            with driver.claim_events(["wf"], 100, 64) as batch:
                 steps = [_floor_step(batch, i, False) for i in batch.instances]
                 done += len(batch.commit(steps))
         return items / (time.perf_counter() - start)

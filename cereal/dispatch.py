@@ -6,13 +6,10 @@ every instance's pending events in order, and commit all the outcomes in one tra
 Events of one instance are never handled concurrently; different instances are.
 
 Work of the same manager skips the claim. The task pools hand over finished tasks' outcomes
-(:meth:`~WorkflowEventDispatcher.take_result`): a handler locks their instances and takes the
-outcomes as events in one round trip, and the commit of the decisions records them; if that
-commit never happens, the outcomes go back to the pools, whose tasks are still running, to be
-recorded the usual way. ``enqueue_workflow`` hands over an instance it stored and locked
-(:meth:`~WorkflowEventDispatcher.hand_over`) to a handler it found idle; the instance is
-committed before the lock is taken. So a failure anywhere leaves an ordinary pending event or
-a running task whose outcome its process records.
+(:meth:`~WorkflowEventDispatcher.take_result`): a handler records them and locks their
+instances in one round trip. ``enqueue_workflow`` hands over an instance it stored and locked
+(:meth:`~WorkflowEventDispatcher.hand_over`) to a handler it found idle. Either way the work is
+committed before the lock is taken, so a failure anywhere leaves an ordinary pending event.
 
 A handler whose claim came back full brings in another idle handler: there is probably more
 work. After a full claim of a single instance it waits :data:`SPREAD_DELAY` first, and does
@@ -22,11 +19,8 @@ and the extra claim would only compete with the first handler's commit.
 Two rules keep one callback from harming others. An instance whose callbacks run longer than
 :data:`CALLBACK_BUDGET` is split off its batch by a watchdog thread: the finished batch-mates
 are committed, the ones not yet started are released for idle handlers, and the slow one stays
-locked alone. The split also records the task outcomes the batch carries, so a handed-over
-result waits at most that long for a commit, even in a batch of one. And ``stop(timeout)``
-aborts the batches still held when the timeout expires: their locks go at once, nothing their
-callbacks decide afterwards is written, and the task outcomes they carried go back to the
-pools.
+locked alone. And ``stop(timeout)`` aborts the batches still held when the timeout expires:
+their locks go at once and nothing their callbacks decide afterwards is written.
 """
 
 from __future__ import annotations
@@ -90,12 +84,6 @@ class _Run:
     split_error: Exception | None = None
     spread_at: float | None = None
     """When to bring in another handler if this batch is still held (a full claim of one)."""
-    results: list[TaskOutcome] = field(default_factory=list)
-    """Outcomes handed over with the batch (complete_tasks_held)."""
-    carried: frozenset[int] = frozenset()
-    """Ids of the tasks among ``results`` whose outcomes the batch carries."""
-    settled: bool = False
-    """Whether the pools were told what became of the carried outcomes."""
 
 
 class WorkflowEventDispatcher:
@@ -186,12 +174,11 @@ class WorkflowEventDispatcher:
             release()  # the instance's start event waits for the next claim
         with self._watch:
             self._aborted = self._closed = True
-            held = list(self._runs)
+            held = [run.batch for run in self._runs]
             self._watch.notify_all()
-        for run in held:
+        for batch in held:
             log.warning("stop timed out with a workflow callback running; abandoning its batch")
-            run.batch.abort()
-            self._settle(run)  # its handler may never return: its results go back now
+            batch.abort()
 
     def wake(self) -> None:
         """New events may be pending: have one idle handler look.
@@ -384,65 +371,36 @@ class WorkflowEventDispatcher:
         return any(len(batch.events.get(inst.id, ())) >= per for inst in batch.instances)
 
     def _handle_results(self, results: list[TaskOutcome]) -> bool:
-        """Hold the instances of handed-over outcomes with their events in one round trip,
-        handle them (the new results among them) and commit, which records the results (also
-        those of instances held elsewhere, as events for their holders); True when an instance
-        may have events left past those fetched. Outcomes the batch does not carry (their task
-        is gone), and all of them if it never commits, go back to the pools to record."""
-        handover = self._handover
-        assert handover is not None
+        """Record handed-over outcomes and hold their instances in one round trip, then
+        handle the instances' events (the new results among them) and commit; True when an
+        instance may have events left past those fetched."""
+        assert self._handover is not None
         done: _Done | None = ([], [], [])
-        run: _Run | None = None
-        more = False
+        opened = more = False
         try:
             with self._driver.complete_tasks_held(
-                results, handover.owner, self._names, self._per_instance
+                results, self._handover.owner, self._names, self._per_instance
             ) as batch:
-                carried = batch.carried_tasks
-                run = _Run(batch, len(batch.instances), results=results, carried=carried)
-                if len(carried) < len(results):
-                    handover.give_back([r for r in results if r.id not in carried])
-                # Events appended after the fetch may make this true needlessly: one more claim.
+                opened = True
+                self._handover.recorded(results)
                 more = self._fetch_was_full(batch)
                 if batch.instances:
-                    done = self._handle(run)
-                elif carried:
-                    batch.commit([])  # outcomes of instances held elsewhere: recorded
+                    done = self._handle(_Run(batch, len(batch.instances)))
         except _Unstorable as refused:
-            self._settle(run)
             done = self._fail_unstorable(refused.outcome)
         except (DatabaseError, SerializationError) as exc:
-            if run is not None:
-                raise  # the batch's own failure; the finally gives its results back
-            # Nothing was held: the pools record them, and report a value the database
-            # refuses.
-            handover.give_back(results)
+            if opened:
+                raise  # the batch's own failure (the results are stored), as after a claim
+            # Whether they were recorded is unknown: the pools record them again, which is
+            # safe (a task reports once), and report a value the database refuses.
+            self._handover.give_back(results)
             if _transient(exc):
                 raise
-            log.debug("task results not taken with their instances held", error=repr(exc))
+            log.debug("task results not recorded with their instances held", error=repr(exc))
             return False
-        finally:
-            self._settle(run)
         if done is not None:
             self._after_commit(*done)
         return more
-
-    def _settle(self, run: _Run | None) -> None:
-        """Once a batch of handed-over outcomes is over (or abandoned by stop), tell the pools
-        which outcomes its commit recorded, or give them back to record: once per batch."""
-        if run is None or self._handover is None:
-            return
-        with self._watch:
-            if run.settled:
-                return
-            run.settled = True
-        carried = [r for r in run.results if r.id in run.carried]
-        if not carried:
-            return
-        if getattr(run.batch, "results_stored", False):
-            self._handover.recorded(carried)
-        else:
-            self._handover.give_back(carried)
 
     def _handle(self, run: _Run) -> _Done | None:
         """Run a held batch's callbacks and commit their outcomes; return them with the runs
@@ -551,7 +509,7 @@ class WorkflowEventDispatcher:
                 if self._aborted:
                     return []
                 run.since = time.monotonic()
-                if index == 0 and (run.instances > 1 or run.carried):
+                if index == 0 and run.instances > 1:
                     self._watch.notify()  # a batch to watch over
             try:
                 outcome = run_events(
@@ -598,7 +556,7 @@ class WorkflowEventDispatcher:
                                 spread += 1
                             else:
                                 wake_at = _earlier(wake_at, run.spread_at)
-                        if run.split or (run.instances < 2 and not run.carried):
+                        if run.split or run.instances < 2:
                             continue
                         # Between two instances: the next one starts without a notify.
                         at = (now if run.since is None else run.since) + CALLBACK_BUDGET

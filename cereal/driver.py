@@ -46,7 +46,6 @@ __all__ = [
     "InstanceWatch",
     "Listener",
     "Overview",
-    "ResultBatch",
     "ScheduleChange",
     "SchedulesChanged",
     "SchemaStatus",
@@ -198,15 +197,6 @@ class EventBatch(Protocol):
         way either completes before this returns or is cancelled. Harmless twice or after the
         batch ended."""
         ...
-
-
-class ResultBatch(EventBatch, Protocol):
-    """An :class:`EventBatch` of :meth:`Driver.complete_tasks_held`."""
-
-    carried_tasks: frozenset[int]
-    """Ids of the tasks whose outcomes the batch carries as events."""
-    results_stored: bool
-    """Whether a commit or split recorded the carried outcomes (False until one succeeds)."""
 
 
 # -- tasks --------------------------------------------------------------------------------------
@@ -597,28 +587,22 @@ class Driver(Protocol):
         owner: str,
         workflow_names: Sequence[str],
         per_instance: int,
-    ) -> AbstractContextManager[ResultBatch]:
-        """Hold, as :meth:`claim_events` would, the live instances of ``workflow_names`` whose
-        tasks, running for ``owner``, the outcomes report, with up to ``per_instance``
-        pending events each, followed by those outcomes as ``task_complete`` events in task
-        order (after the pending events only when all of them were fetched).
+    ) -> AbstractContextManager[EventBatch]:
+        """Record the outcomes as :meth:`complete_tasks` does (committed before the context
+        is entered), then hold, as :meth:`claim_events` would, the live instances of
+        ``workflow_names`` those tasks belonged to, with up to ``per_instance`` pending events
+        each, the new ``task_complete`` events included, in order.
 
-        Instances another caller holds, and those of other workflows, are not in the batch.
-        The batch carries the outcome of every task still running for ``owner``
-        (:attr:`ResultBatch.carried_tasks`), and its first commit or split records them all,
-        in the same transaction as the decisions: an event an outcome consumes is done with,
-        every other one of an instance in the batch is stored as a pending event (waking
-        nobody), and those of the other instances are stored as :meth:`complete_tasks` stores
-        them (waking their handlers). A batch without instances records them with
-        ``commit([])``. Until then nothing is recorded; if the batch never commits, the tasks
-        are running for ``owner`` again. The outcomes not carried (their task is gone) are
-        not touched. No outcome may ask for a retry (:class:`~cereal.errors.CerealError`); a
-        result the database refuses raises before anything is held.
+        Instances another caller holds are skipped, and only their workflows' handlers are
+        woken: the events of the instances in the batch are not announced. An instance taken
+        by another caller between the commit and the hold is skipped too (that caller sees
+        the events). No outcome may ask for a retry (:class:`~cereal.errors.CerealError`).
+        If the call raises, the outcomes may or may not be recorded: recording them again
+        with :meth:`complete_tasks` is safe, since a task reports once.
 
         The manager's task pools hand finished tasks' outcomes to its workflow handlers
-        through this: a result and the decision it leads to are one transaction, with no
-        wakeup, no claim and no event row. Optional: without it, results are recorded with
-        :meth:`complete_tasks`."""
+        through this: the result and the decision it leads to cost one round trip less, and
+        no wakeup. Optional: without it, results are recorded with :meth:`complete_tasks`."""
         ...
 
     def heartbeat_tasks(self, task_ids: Sequence[int], owner: str) -> set[int]:

@@ -764,10 +764,11 @@ class MemoryDriver:
         or into their next attempt (``retry`` with attempts left); return their ids.
         Outcomes of tasks gone or not owned are discarded."""
         with self._store.lock:
-            return self._complete(outcomes, owner)
+            return self._complete(outcomes, owner, quiet=set())
 
-    def _complete(self, outcomes: Sequence[TaskOutcome], owner: str) -> set[int]:
-        """:meth:`complete_tasks` with the store's lock held."""
+    def _complete(self, outcomes: Sequence[TaskOutcome], owner: str, quiet: set[int]) -> set[int]:
+        """:meth:`complete_tasks` with the store's lock held; the events of the ``quiet``
+        instances wake nobody."""
         results = [_checked(o.result_json, f"result of task {o.id}") for o in outcomes]
         s = self._store
         done: set[int] = set()
@@ -786,7 +787,8 @@ class MemoryDriver:
             del s.tasks[task.id]
             event = _task_complete(s, task, outcome.status, outcome.error, result, now)
             s.events[task.instance_id].append(event)
-            wakeups.append(EventsPending(outcome.workflow_name))
+            if task.instance_id not in quiet:
+                wakeups.append(EventsPending(outcome.workflow_name))
         s.emit(wakeups)
         return done
 
@@ -798,15 +800,12 @@ class MemoryDriver:
         workflow_names: Sequence[str],
         per_instance: int,
     ) -> Iterator[MemoryEventBatch]:
-        """Hold the instances of ``workflow_names`` the finished tasks belonged to (skipping
-        held ones) with their pending events and the tasks' outcomes as events after them.
-        The task rows go at once; the batch's first commit stores the events it does not
-        consume (waking the handlers of the instances it did not hold), and a batch that
-        never commits puts the tasks back."""
+        """:meth:`complete_tasks`, then hold the instances of ``workflow_names`` the recorded
+        tasks belonged to (skipping held ones) with their pending events; only the workflows
+        of the instances skipped get a wakeup."""
         if any(o.retry for o in outcomes):
             raise CerealError("complete_tasks_held takes no outcome asking for a retry")
         _check_limit(per_instance, "per_instance")
-        results = [_checked(o.result_json, f"result of task {o.id}") for o in outcomes]
         names = set(workflow_names)
         s = self._store
         with s.lock:
@@ -822,23 +821,14 @@ class MemoryDriver:
                 if i not in s.held_instances and s.instances[i].workflow_name in names
             )
             s.held_instances.update(held)
-            now = s.clock()
-            carried: dict[int, tuple[_Task, _Event]] = {}
-            # In task order, as PostgreSQL numbers the events.
-            for outcome, result in sorted(zip(outcomes, results, strict=True), key=_by_task):
-                task = s.tasks.get(outcome.id)
-                if task is None or task.state != "running" or task.claimed_by != owner:
-                    continue
-                del s.tasks[task.id]
-                event = _task_complete(s, task, outcome.status, outcome.error, result, now)
-                carried[event.id] = (task, event)
+            try:
+                self._complete(outcomes, owner, quiet=set(held))
+            except BaseException:
+                s.held_instances.difference_update(held)
+                raise
             instances = [_instance_row(s.instances[i]) for i in held]
             events = {i: [_event_row(e) for e in s.events[i][:per_instance]] for i in held}
-            delivered = {i for i in held if len(s.events[i]) < per_instance}
-            for _, event in carried.values():
-                if event.instance_id in delivered:
-                    events[event.instance_id].append(_event_row(event))
-        batch = MemoryEventBatch(s, instances, events, carried)
+        batch = MemoryEventBatch(s, instances, events)
         try:
             yield batch
         finally:
@@ -1297,23 +1287,15 @@ class MemoryEventBatch:
         store: MemoryStore,
         instances: list[InstanceRow],
         events: dict[int, list[EventRow]],
-        carried: dict[int, tuple[_Task, _Event]] | None = None,
     ) -> None:
         self._store = store
         self.instances = instances
         self.events = events
         self._held = {inst.id for inst in instances}
         self._aborted = False
-        self._carried = carried or {}
-        """Outcomes of finished tasks not stored yet (complete_tasks_held), by event id, with
-        the task rows they replace."""
-        self._batch_ids = frozenset(self._held)
-        self.carried_tasks = frozenset(task.id for task, _ in self._carried.values())
-        self.results_stored = False
 
     def commit(self, outcomes: Sequence[StepOutcome]) -> list[WorkflowInstanceInfo]:
         """Apply every outcome at once and let the instances go; return the finished runs.
-        The first commit (or split) stores the carried outcomes its outcomes do not consume.
 
         A value that cannot be stored raises :class:`SerializationError` before anything is
         written (the instances stay held until the context exits)."""
@@ -1342,7 +1324,6 @@ class MemoryEventBatch:
         """Let the instances go and refuse any later commit."""
         with self._store.lock:
             self._aborted = True
-            self._restore_carried()
             self._release_locked()
 
     def _apply(
@@ -1419,48 +1400,18 @@ class MemoryEventBatch:
                         claimed.append(_claimed_task(added, inst))
                     else:
                         wakeups.append(TasksQueued(task.name))
-            wakeups += self._store_carried(outcomes)
             self._release_locked(keep)
             s.emit(wakeups)
         return finished, claimed
-
-    def _store_carried(self, outcomes: Sequence[StepOutcome]) -> list[Wakeup]:
-        """Store the carried events of live instances that ``outcomes`` did not consume;
-        return the wakeups of those of instances the batch did not hold."""
-        s = self._store
-        handled = {eid for o in outcomes for eid in o.consumed}
-        wakeups: list[Wakeup] = []
-        for eid, (_, event) in self._carried.items():
-            inst = s.instances.get(event.instance_id)
-            if eid in handled or inst is None:
-                continue
-            pending = s.events[event.instance_id]
-            pending.append(event)
-            pending.sort(key=lambda e: e.id)
-            if event.instance_id not in self._batch_ids:
-                wakeups.append(EventsPending(inst.workflow_name))
-        self._carried = {}
-        self.results_stored = True
-        return wakeups
 
     def holds(self, instance_id: int) -> bool:
         """Whether the batch still holds the instance (not committed, split off or let go)."""
         return instance_id in self._held
 
     def release(self) -> None:
-        """Let the instances go (discarding uncommitted work, and putting back the tasks whose
-        outcomes were never stored); harmless after commit."""
+        """Let the instances go (discarding uncommitted work); harmless after commit."""
         with self._store.lock:
-            self._restore_carried()
             self._release_locked()
-
-    def _restore_carried(self) -> None:
-        """Nothing was committed: the carried outcomes' tasks are running again."""
-        s = self._store
-        for task, _ in self._carried.values():
-            if task.instance_id in s.instances:
-                s.tasks[task.id] = task
-        self._carried = {}
 
     def _release_locked(self, keep: int | None = None) -> None:
         going = self._held - {keep}

@@ -149,14 +149,14 @@ def complete_tasks(conn: psycopg.Connection) -> dict[str, Any]:
     }
 
 
-def hold_results(conn: psycopg.Connection) -> dict[str, Any]:
+def hold_instances_of_tasks(conn: psycopg.Connection) -> dict[str, Any]:
     return complete_tasks(conn) | {"names": ["w"]}
 
 
 def held_instances(conn: psycopg.Connection) -> dict[str, Any]:
-    """take_results with the setting hold_results leaves: half the instances of the running
-    tasks held, half not."""
-    params = hold_results(conn)
+    """complete_tasks with the settings hold_instances_of_tasks leaves: half the instances
+    of the running tasks held (their events wake nobody), half not."""
+    params = hold_instances_of_tasks(conn)
     ids = [
         r[0]
         for r in conn.execute(
@@ -166,7 +166,7 @@ def held_instances(conn: psycopg.Connection) -> dict[str, Any]:
     held = ",".join(str(i) for i in ids[::2])
     conn.execute(
         "SELECT set_config('cereal.held_instances', %s, true),"
-        " set_config('cereal.locked_instances', %s, true)",
+        " set_config('cereal.quiet_instances', %s, true)",
         (held, held),
     )
     return params
@@ -266,10 +266,9 @@ def by_name(conn: psycopg.Connection) -> dict[str, Any]:
 STATEMENTS: dict[str, Callable[[psycopg.Connection], dict[str, Any]]] = {
     "claim_tasks": claim_tasks,
     "lock_instances_of_tasks": lock_instances_of_tasks,
-    "complete_tasks": complete_tasks,
+    "complete_tasks": held_instances,
     "complete_tasks_retrying": complete_tasks_retrying,
-    "hold_results": hold_results,
-    "take_results": held_instances,
+    "hold_instances_of_tasks": hold_instances_of_tasks,
     "relock_held_instances": held_instances,
     "reap_lost_tasks": reap_lost_tasks,
     "update_instances": update_instances,

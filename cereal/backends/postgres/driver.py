@@ -455,9 +455,9 @@ class PostgresDriver:
         workflow_names: Sequence[str],
         per_instance: int,
     ) -> AbstractContextManager[PostgresEventBatch]:
-        """Hold the instances of ``workflow_names`` the outcomes belong to with their pending
-        events and the outcomes as events, in one round trip (see
-        :meth:`cereal.driver.Driver.complete_tasks_held`): the batch's commit records them."""
+        """:meth:`complete_tasks`, then hold the instances of ``workflow_names`` the outcomes
+        belong to with their pending events, as :meth:`claim_events` would: one round trip.
+        Only the instances this batch does not hold get a notification."""
         if any(o.retry for o in outcomes):
             raise CerealError("complete_tasks_held takes no outcome asking for a retry")
         params = self._outcome_params(outcomes, owner) | {"names": list(workflow_names)}

@@ -21,13 +21,7 @@ from cereal.backends.postgres.connections import Connection, Connections
 from cereal.backends.postgres.errors import translate
 from cereal.backends.postgres.floors import EventFloor, TaskFloors
 from cereal.backends.postgres.jsonb import use_lenient_jsonb
-from cereal.backends.postgres.rows import (
-    claimed_task,
-    event_row,
-    instance_row,
-    loads,
-    result_event,
-)
+from cereal.backends.postgres.rows import claimed_task, event_row, instance_row, loads
 from cereal.driver import (
     ClaimedTask,
     EventRow,
@@ -127,47 +121,24 @@ def complete_tasks_held(
     params: dict[str, Any],
     per_instance: int,
 ) -> AbstractContextManager[PostgresEventBatch]:
-    """Hold the instances finished tasks belong to with their pending events, followed by
-    those tasks' outcomes as ``task_complete`` events, in one round trip. ``params``: those
-    of ``complete_tasks`` and ``names``.
+    """Record finished tasks' outcomes and commit, then hold the instances they belong to
+    with their pending events, in one round trip. ``params``: those of ``complete_tasks``
+    and ``names``.
 
-    The task rows are deleted in the batch's transaction. The events of the instances held
-    are not written: the commit stores those its outcomes do not consume (see
-    :meth:`PostgresEventBatch.commit`). Those of other instances are written as
-    ``complete_tasks`` writes them. Until the commit nothing is recorded, and a rollback
-    leaves the tasks running for their owner.
+    The instances are locked before the results are written and again right after their
+    commit: those another session held in the first lock get a notification with the commit,
+    and one taken in between is handled by whoever took it (its lock came after the commit).
     """
 
     def begin(conn: Connection) -> PostgresEventBatch:
         with conn.pipeline():
             conn.execute("BEGIN")
-            locking = conn.cursor(row_factory=dict_row)
-            use_lenient_jsonb(locking.adapters)
-            locking.execute(queries["hold_results"], params)
+            conn.execute(queries["hold_instances_of_tasks"], params)
             conn.execute(queries["lock_instances_of_tasks"], {"ids": params["ids"]})
-            taking = conn.cursor(row_factory=dict_row)
-            taking.execute(queries["take_results"], params)
-            fetching = conn.cursor(row_factory=dict_row)
-            use_lenient_jsonb(fetching.adapters)
-            fetching.execute(queries["fetch_events"], {"per_instance": per_instance})
-            instances, events = _locked(locking.fetchall(), fetching)
-            taken = taking.fetchall()
-        workflows = {inst.id: inst.workflow_name for inst in instances}
-        full = {i for i, pending in events.items() if len(pending) >= per_instance}
-        carried: dict[int, dict[str, Any]] = {}
-        for row in taken:
-            if row["id"] is None:
-                continue  # recorded as an event: its instance is not in the batch
-            instance_id = row["instance_id"]
-            row["workflow_name"] = workflows[instance_id]  # for store_results
-            carried[row["id"]] = row
-            if instance_id not in full:  # else it waits behind events not fetched
-                events[instance_id].append(result_event(row))
-        batch = PostgresEventBatch(
-            conn, queries, channel, instances, events, task_floors, carried=carried
-        )
-        batch.carried_tasks = frozenset(row["task_id"] for row in taken)
-        return batch
+            conn.execute(queries["complete_tasks"], params)
+            conn.execute("COMMIT")
+            instances, events = _relock(conn, queries, per_instance)
+        return PostgresEventBatch(conn, queries, channel, instances, events, task_floors)
 
     return _holding(connections, begin)
 
@@ -306,8 +277,6 @@ class PostgresEventBatch:
         instances: list[InstanceRow],
         events: dict[int, list[EventRow]],
         task_floors: TaskFloors,
-        *,
-        carried: dict[int, dict[str, Any]] | None = None,
     ) -> None:
         self._conn = conn
         self._task_floors = task_floors
@@ -316,11 +285,6 @@ class PostgresEventBatch:
         self.instances = instances
         self.events = events
         self.broken = False
-        self._carried = carried or {}
-        """Task outcomes the batch carries as events not stored yet (complete_tasks_held),
-        by event id."""
-        self.carried_tasks = frozenset(row["task_id"] for row in self._carried.values())
-        self.results_stored = False
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._busy = False  # a commit or split is using the connection
@@ -330,11 +294,7 @@ class PostgresEventBatch:
         may be out of step with the server, so the connection is not reused."""
 
     def commit(self, outcomes: Sequence[StepOutcome]) -> list[WorkflowInstanceInfo]:
-        """Write every outcome and commit; return the runs that finished.
-
-        The task outcomes a batch of :func:`complete_tasks_held` carries are recorded by the
-        first commit (or split): an event an outcome consumed is done with, and every other
-        one of a live instance is stored as a pending event."""
+        """Write every outcome and commit; return the runs that finished."""
         ended, _, _ = self._guarded(outcomes, None, None)
         return self._finished(outcomes, ended)
 
@@ -433,15 +393,7 @@ class PostgresEventBatch:
         q, conn = self._q, self._conn
         going = [o for o in outcomes if not o.finished]
         done = [o for o in outcomes if o.finished]
-        unstored = self._carried
-        consumed = [eid for o in going for eid in o.consumed if eid not in unstored]
-        handled = {eid for o in outcomes for eid in o.consumed}
-        ended_ids = {o.instance.id for o in done}
-        store = [
-            row
-            for eid, row in unstored.items()
-            if eid not in handled and row["instance_id"] not in ended_ids
-        ]
+        consumed = [eid for o in going for eid in o.consumed]
         tasks = [(o.instance.id, t, c) for o in going for t, c in o.traced_tasks()]
         claiming = [n for n, k in claim.limits.items() if k > 0] if claim and tasks else []
         notes = sorted(
@@ -461,8 +413,6 @@ class PostgresEventBatch:
                         "completed": [o.completed_tasks for o in going],
                     },
                 )
-            if store:
-                conn.execute(q["store_results"], _stored_params(store))
             taking = None
             if tasks:
                 rows = {
@@ -520,28 +470,7 @@ class PostgresEventBatch:
                 kept = locked is not None and still is not None and bool(still[0])
             taken = [] if taking is None else [r for r in taking.fetchall() if r["id"] is not None]
             self._task_floors.claimed((r["task_name"], r["start_after"]) for r in taken)
-        self._carried = {}
-        self.results_stored = True
-        return ended, kept, _claimed(taken, going)
-
-
-def _stored_params(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """The parameters of store_results for these take_results rows."""
-    return {
-        "ids": [r["id"] for r in rows],
-        "instance_ids": [r["instance_id"] for r in rows],
-        "workflows": [r["workflow_name"] for r in rows],
-        "enqueued_ats": [r["enqueued_at"] for r in rows],
-        "task_ids": [r["task_id"] for r in rows],
-        "task_names": [r["task_name"] for r in rows],
-        "task_parameters": [r["task_parameters"] for r in rows],
-        "task_enqueued_ats": [r["task_enqueued_at"] for r in rows],
-        "statuses": [r["task_status"] for r in rows],
-        "errors": [r["task_error"] for r in rows],
-        "results": [r["task_result"] for r in rows],
-        "attempts": [r["task_attempts"] for r in rows],
-        "routes": [r["task_route"] for r in rows],
-    }
+            return ended, kept, _claimed(taken, going)
 
 
 def _claimed(rows: list[dict[str, Any]], going: Sequence[StepOutcome]) -> list[ClaimedTask]:

@@ -25,7 +25,7 @@ from psycopg.pq import Format
 
 from cereal.errors import DatabaseError
 
-__all__ = ["Undecodable", "loads_lenient", "use_lenient_jsonb", "use_strict_jsonb"]
+__all__ = ["Undecodable", "use_lenient_jsonb", "use_strict_jsonb"]
 
 
 class Undecodable:
@@ -92,14 +92,3 @@ def use_lenient_jsonb(adapters: AdaptersMap) -> None:
     """Decode ``jsonb`` with :class:`LenientJsonbLoader` in this connection or cursor."""
     adapters.register_loader("jsonb", LenientJsonbLoader)
     adapters.register_loader("jsonb", LenientJsonbBinaryLoader)
-
-
-def loads_lenient(text: str | None) -> Any:
-    """Decode JSON text a statement returned as ``text`` as :class:`LenientJsonbLoader`
-    decodes ``jsonb``: None for SQL NULL, :class:`Undecodable` for what cannot be decoded."""
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        return Undecodable(_why(exc))

@@ -533,105 +533,38 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT extract(epoch FROM min(start_after) - now())::float8 FROM tasks
         WHERE task_name = ANY(%(names)s) AND state = 'queued' AND start_after > now());
 
--- name: hold_results
+-- name: hold_instances_of_tasks
 -- The first statement of complete_tasks_held (events.py): lock, as a claim would, the live
 -- instances of the given workflows that have tasks running for this owner among the finished
--- ones, skipping those another session holds, and list them in the transaction-local setting
--- that take_results and fetch_events read. The last row (id NULL) only makes sure the
--- setting is written.
+-- ones, skipping those another session holds. It takes no task row lock, and waits for nobody.
+-- The ids locked go to two settings: cereal.quiet_instances for this transaction
+-- (complete_tasks wakes nobody for their events) and cereal.held_instances for the session
+-- (relock_held_instances reads it in the next transaction). The last row (id NULL) only makes
+-- sure both are written.
 WITH locked AS (
-    SELECT i.id, i.workflow_name, i.instance_name, i.parameters, i.payload, i.status,
-           i.enqueued_tasks, i.completed_tasks, i.started_at, i.trace_context
+    SELECT i.id
     FROM (SELECT DISTINCT t.instance_id FROM tasks t
           WHERE t.id = ANY(%(ids)s::bigint[])
             AND t.state = 'running' AND t.claimed_by = %(owner)s) w
     CROSS JOIN LATERAL (
-        SELECT * FROM workflow_instances i
+        SELECT i.id FROM workflow_instances i
         WHERE i.id = w.instance_id AND i.workflow_name = ANY(%(names)s)
         FOR NO KEY UPDATE OF i SKIP LOCKED
     ) i
-    ORDER BY i.id
 ), mark AS (
-    SELECT set_config('cereal.locked_instances', coalesce(string_agg(id::text, ','), ''), true)
-               AS kept
-    FROM locked
+    SELECT set_config('cereal.held_instances', ids, false) AS held,
+           set_config('cereal.quiet_instances', ids, true) AS quiet
+    FROM (SELECT coalesce(string_agg(id::text, ','), '') AS ids FROM locked) l
 )
-SELECT locked.* FROM locked
+SELECT locked.id FROM locked
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-FROM mark
-WHERE mark.kept IS NOT NULL;  -- always true: makes sure the setting is written
-
--- name: take_results
--- The third statement of complete_tasks_held, after hold_results and lock_instances_of_tasks:
--- delete the finished tasks running for this owner. Those of the instances hold_results
--- locked come back as the task_complete events they become, numbered from the events' own
--- sequence in task order, and nothing is written for them to workflow_events: the batch's
--- commit either consumes such an event (its instance's decision) or stores it
--- (store_results). Those of other instances are recorded as complete_tasks records them, and
--- their handlers are woken when the batch commits; they come back with a NULL id. If the
--- transaction rolls back, every one of these tasks is running again, for the owner to report.
--- Parameters and result come back as text, normalised by jsonb as a stored event's would be:
--- store_results needs them as they were, and the client decodes them once.
-WITH r AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(errors)s::text[],
-                         %(results)s::text[], %(workflows)s::text[])
-        AS r(id, status, error, result, workflow_name)
-), done AS (
-    DELETE FROM tasks t USING r
-    WHERE t.id = ANY(%(ids)s::bigint[]) AND t.id = r.id
-      AND t.state = 'running' AND t.claimed_by = %(owner)s
-    RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt,
-              t.route, r.status, r.error, r.result, r.workflow_name,
-              coalesce(t.instance_id = ANY(string_to_array(
-                  nullif(current_setting('cereal.locked_instances', true), ''), ',')::bigint[]),
-                  false) AS held  -- false, not NULL, with no instance held
-), elsewhere AS (
-    INSERT INTO workflow_events (instance_id, event_type, workflow_name, task_id, task_name,
-                                 task_parameters, task_enqueued_at, task_status, task_error,
-                                 task_result, task_attempts, task_route)
-    SELECT instance_id, 'task_complete', workflow_name, id, task_name, parameters, enqueued_at,
-           status, error, result::jsonb, attempt, route
-    FROM done WHERE NOT held ORDER BY id
-    RETURNING task_id, workflow_name
-), ordered AS (
-    SELECT * FROM done WHERE held ORDER BY id
-)
-SELECT nextval((SELECT pg_get_serial_sequence('workflow_events', 'id'))::regclass) AS id,
-       instance_id,
-       now() AS enqueued_at, id AS task_id, task_name, parameters::text AS task_parameters,
-       enqueued_at AS task_enqueued_at, status AS task_status, error AS task_error,
-       result::jsonb::text AS task_result, attempt AS task_attempts, route AS task_route
-FROM ordered
-UNION ALL
-SELECT NULL, NULL, NULL, task_id, NULL, pg_notify(%(channel)s, 'e' || workflow_name)::text,
-       NULL, NULL, NULL, NULL, NULL, NULL
-FROM elsewhere;
-
--- name: store_results
--- The events take_results returned that the batch's commit does not consume (their instance
--- is let go, or had more events pending than one fetch): written as complete_tasks would
--- have, with the ids they were handed out with. No wakeup: the handler that let them go
--- brings in another, or claims again itself.
-INSERT INTO workflow_events (id, instance_id, event_type, workflow_name, enqueued_at, task_id,
-                             task_name, task_parameters, task_enqueued_at, task_status,
-                             task_error, task_result, task_attempts, task_route)
-OVERRIDING SYSTEM VALUE
-SELECT e.id, e.instance_id, 'task_complete', e.workflow_name, e.enqueued_at, e.task_id,
-       e.task_name, e.task_parameters::jsonb, e.task_enqueued_at, e.task_status, e.task_error,
-       e.task_result::jsonb, e.task_attempts, e.task_route
-FROM unnest(%(ids)s::bigint[], %(instance_ids)s::bigint[], %(workflows)s::text[],
-            %(enqueued_ats)s::timestamptz[], %(task_ids)s::bigint[], %(task_names)s::text[],
-            %(task_parameters)s::text[], %(task_enqueued_ats)s::timestamptz[],
-            %(statuses)s::text[], %(errors)s::text[], %(results)s::text[],
-            %(attempts)s::int[], %(routes)s::text[])
-     AS e(id, instance_id, workflow_name, enqueued_at, task_id, task_name, task_parameters,
-          task_enqueued_at, task_status, task_error, task_result, task_attempts, task_route)
-ORDER BY e.id;
+SELECT NULL FROM mark
+WHERE mark.held IS NOT NULL AND mark.quiet IS NOT NULL;  -- always true: both are written
 
 -- name: relock_held_instances
--- The second transaction of enqueue_and_hold (events.py): lock again the instances
--- enqueue_holding inserted before the commit, unless another session took one in between (it then handles the new events itself:
+-- The second transaction of complete_tasks_held and enqueue_and_hold (events.py): lock
+-- again the instances hold_instances_of_tasks locked (or enqueue_holding inserted) before the
+-- commit, unless another session took one in between (it then handles the new events itself:
 -- it locked after they were committed). The ids locked go to the transaction-local setting
 -- fetch_events reads.
 WITH locked AS (
@@ -681,7 +614,9 @@ FOR KEY SHARE OF i;
 -- name: complete_tasks
 -- Record finished tasks as task_complete events and wake the event handlers of their
 -- workflows, in one statement. A task whose row is gone (its workflow finished, or it was
--- reported lost) is discarded: each task reports exactly once.
+-- reported lost) is discarded: each task reports exactly once. The instances this
+-- transaction listed in cereal.quiet_instances (hold_instances_of_tasks: it locks them again
+-- right after the commit, to handle their events itself) wake nobody.
 WITH r AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(errors)s::text[],
                          %(results)s::text[], %(workflows)s::text[])
@@ -699,8 +634,13 @@ WITH r AS (
     SELECT instance_id, 'task_complete', workflow_name, id, task_name, parameters, enqueued_at,
            status, error, result::jsonb, attempt, route
     FROM done ORDER BY id
+), quiet AS (
+    SELECT string_to_array(nullif(current_setting('cereal.quiet_instances', true), ''),
+                           ',')::bigint[] AS ids
 )
-SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM done;
+SELECT done.id, CASE WHEN done.instance_id = ANY(quiet.ids) THEN NULL
+                     ELSE pg_notify(%(channel)s, 'e' || done.workflow_name) END
+FROM done CROSS JOIN quiet;
 
 -- name: complete_tasks_retrying
 -- complete_tasks for a batch where some outcomes ask for a retry: a row whose stored policy

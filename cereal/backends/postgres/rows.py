@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cereal.backends.postgres.jsonb import Undecodable, loads_lenient
+from cereal.backends.postgres.jsonb import Undecodable
 from cereal.driver import ClaimedTask, EventRow, InstanceRow
 from cereal.types import Schedule, WorkflowInstanceInfo, WorkflowStatus
 
@@ -23,7 +23,6 @@ __all__ = [
     "listed_info",
     "live_info",
     "loads",
-    "result_event",
     "schedule",
 ]
 
@@ -81,28 +80,6 @@ def event_row(e: Row) -> EventRow:
             _undecodable("task parameters", e["task_parameters"]),
             _undecodable("task result", e["task_result"]),
             _undecodable("signal payload", e["signal_payload"]),
-        ),
-    )
-
-
-def result_event(r: Row) -> EventRow:
-    """The ``task_complete`` event of a take_results row, whose parameters and result are
-    JSON text."""
-    parameters, result = loads_lenient(r["task_parameters"]), loads_lenient(r["task_result"])
-    return EventRow(
-        id=r["id"],
-        instance_id=r["instance_id"],
-        kind="task_complete",
-        enqueued_at=r["enqueued_at"],
-        task_name=r["task_name"],
-        task_parameters=_decoded(parameters),
-        task_status=r["task_status"],
-        task_error=r["task_error"],
-        task_result=_decoded(result),
-        task_attempts=r["task_attempts"] or 1,
-        task_route=r["task_route"],
-        problem=_problems(
-            _undecodable("task parameters", parameters), _undecodable("task result", result)
         ),
     )
 
