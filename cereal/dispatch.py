@@ -453,7 +453,7 @@ class WorkflowEventDispatcher:
                 self._executors[inst.workflow_name],
                 inst,
                 batch.events[inst.id],
-                log.bind(workflow=inst.workflow_name, instance=inst.instance_name),
+                log,
             )
             for inst in batch.instances
         ]
@@ -516,7 +516,7 @@ class WorkflowEventDispatcher:
                     self._executors[inst.workflow_name],
                     inst,
                     run.batch.events[inst.id],
-                    log.bind(workflow=inst.workflow_name, instance=inst.instance_name),
+                    log,
                 )
             finally:
                 with self._watch:

@@ -108,9 +108,14 @@ def run_events(
     """Deliver ``events`` in order and return the combined outcome.
 
     Stops at the first decision that finishes the instance; later events are left to be
-    deleted with the instance.
+    deleted with the instance. What goes wrong is logged through ``log``, bound to the
+    instance's names (only then: most batches log nothing).
     """
-    log = log or get_logger("cereal.workflow")
+    base = log or get_logger("cereal.workflow")
+
+    def bound() -> Logger:
+        return base.bind(workflow=instance.workflow_name, instance=instance.instance_name)
+
     out = StepOutcome(
         instance=instance,
         payload_json=None,
@@ -119,7 +124,7 @@ def run_events(
         completed_tasks=instance.completed_tasks,
     )
     if instance.problem is not None:
-        log.error("workflow instance cannot be decoded; failing it", error=instance.problem)
+        bound().error("workflow instance cannot be decoded; failing it", error=instance.problem)
         _finish(out, WorkflowStatus.FAILED, error=instance.problem)
         return out
     payload = instance.payload
@@ -137,7 +142,7 @@ def run_events(
             if out.status is WorkflowStatus.STARTING:
                 break  # never before on_start: the signal waits for a later batch
             if not handles_signals(executor):
-                log.warning(
+                bound().warning(
                     "signal discarded: the workflow executor has no on_signal",
                     signal=event.signal_name,
                     event_id=event.id,
@@ -162,7 +167,7 @@ def run_events(
         except BaseException as exc:
             # User code: CancelledError, SystemExit, KeyboardInterrupt and the like fail the
             # instance like any exception; letting them out would kill the handler thread.
-            log.warning(
+            bound().warning(
                 "workflow callback raised",
                 callback=callback,
                 event_id=event.id,

@@ -112,3 +112,19 @@ def test_signal_callback_that_raises_fails_the_instance() -> None:
     out = run_events(SignalSub(on_signal=on_signal), row(), [signal(5)])
     assert out.status is WorkflowStatus.FAILED
     assert out.error == "KeyError: 'missing'"
+
+
+def test_what_goes_wrong_is_logged_with_the_instance_names(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cereal")
+
+    def on_signal(inst: Any, ev: Any) -> Any:
+        raise RuntimeError("boom")
+
+    run_events(Sub(), row(), [signal(5, "nudge")])
+    run_events(SignalSub(on_signal=on_signal), row(), [signal(6, "poke")])
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert all("workflow='wf'" in m and "instance='inst'" in m for m in messages), messages
+    assert "workflow callback raised" in messages[1] and "boom" in messages[1]
