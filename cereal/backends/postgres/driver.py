@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 
 from cereal.backends.postgres import notify, operator_views
 from cereal.backends.postgres import overview as dashboard_views
+from cereal.backends.postgres.arrays import int_array, text_array
 from cereal.backends.postgres.connections import Connection, Connections, DedicatedConnection
 from cereal.backends.postgres.errors import translated
 from cereal.backends.postgres.events import (
@@ -466,13 +467,14 @@ class PostgresDriver:
         )
 
     def _outcome_params(self, outcomes: Sequence[TaskOutcome], owner: str) -> dict[str, object]:
-        """The parameters of ``complete_tasks`` for these outcomes."""
+        """The parameters of ``complete_tasks`` for these outcomes (arrays as literals, see
+        :mod:`~cereal.backends.postgres.arrays`)."""
         return {
-            "ids": [o.id for o in outcomes],
-            "statuses": [o.status for o in outcomes],
-            "errors": [o.error for o in outcomes],
-            "results": [o.result_json for o in outcomes],
-            "workflows": [o.workflow_name for o in outcomes],
+            "ids": int_array(o.id for o in outcomes),
+            "statuses": text_array(o.status for o in outcomes),
+            "errors": text_array(o.error for o in outcomes),
+            "results": text_array(o.result_json for o in outcomes),
+            "workflows": text_array(o.workflow_name for o in outcomes),
             "owner": owner,
             "channel": self.channel,
         }

@@ -17,6 +17,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from cereal.backends.postgres import notify
+from cereal.backends.postgres.arrays import float_array, int_array, text_array, timestamp_array
 from cereal.backends.postgres.connections import Connection, Connections
 from cereal.backends.postgres.errors import translate
 from cereal.backends.postgres.floors import EventFloor, TaskFloors
@@ -402,27 +403,27 @@ class PostgresEventBatch:
         ) + notify.encode_finished(o.instance.id for o in done)
         with conn.pipeline():
             if consumed:
-                conn.execute(q["delete_events"], {"ids": consumed})
+                conn.execute(q["delete_events"], {"ids": int_array(consumed)})
             if going:
                 conn.execute(
                     q["update_instances"],
                     {
-                        "ids": [o.instance.id for o in going],
-                        "payloads": [o.payload_json for o in going],
-                        "enqueued": [o.enqueued_tasks for o in going],
-                        "completed": [o.completed_tasks for o in going],
+                        "ids": int_array(o.instance.id for o in going),
+                        "payloads": text_array(o.payload_json for o in going),
+                        "enqueued": int_array(o.enqueued_tasks for o in going),
+                        "completed": int_array(o.completed_tasks for o in going),
                     },
                 )
             taking = None
             if tasks:
                 rows = {
-                    "instance_ids": [i for i, _, _ in tasks],
-                    "names": [t.name for _, t, _ in tasks],
-                    "parameters": [t.parameters_json for _, t, _ in tasks],
-                    "start_ats": [t.start_at for _, t, _ in tasks],
-                    "delays": [t.delay for _, t, _ in tasks],
-                    "trace_contexts": [c for _, _, c in tasks],
-                    "routes": [t.route for _, t, _ in tasks],
+                    "instance_ids": int_array(i for i, _, _ in tasks),
+                    "names": text_array(t.name for _, t, _ in tasks),
+                    "parameters": text_array(t.parameters_json for _, t, _ in tasks),
+                    "start_ats": timestamp_array(t.start_at for _, t, _ in tasks),
+                    "delays": float_array(t.delay for _, t, _ in tasks),
+                    "trace_contexts": text_array(c for _, _, c in tasks),
+                    "routes": text_array(t.route for _, t, _ in tasks),
                 }
                 if claiming and claim is not None:
                     policies = [claim.first_attempt(n) for n in claiming]
@@ -449,10 +450,10 @@ class PostgresEventBatch:
                 cur.execute(
                     q["finish_instances"],
                     {
-                        "ids": [o.instance.id for o in done],
-                        "statuses": [o.status.value for o in done],
-                        "results": [o.result_json for o in done],
-                        "errors": [o.error for o in done],
+                        "ids": int_array(o.instance.id for o in done),
+                        "statuses": text_array(o.status.value for o in done),
+                        "results": text_array(o.result_json for o in done),
+                        "errors": text_array(o.error for o in done),
                     },
                 )
             if notes:

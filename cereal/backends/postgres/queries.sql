@@ -381,7 +381,7 @@ CROSS JOIN LATERAL (
 ORDER BY e.instance_id, e.id;
 
 -- name: delete_events
-DELETE FROM workflow_events WHERE id = ANY(%(ids)s);
+DELETE FROM workflow_events WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: update_instances
 -- Store the state of instances that continue.
