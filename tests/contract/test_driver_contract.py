@@ -772,6 +772,88 @@ def test_complete_tasks_records_results_only_for_the_owner_of_a_running_task(
     assert d.complete_tasks([], OWNER) == set()
 
 
+def test_each_outcome_of_a_batch_reaches_its_own_task_in_any_order(
+    contract_driver: Driver,
+) -> None:
+    d = contract_driver
+    for n in range(12):
+        with_tasks(d, f"i{n}", "t")
+    claimed, _ = d.claim_tasks({"t": 12}, OWNER)
+    assert len(claimed) == 12
+    outcomes = [
+        TaskOutcome(task.id, W, "success", None, js({"from": task.instance_name}))
+        if n % 3
+        else TaskOutcome(task.id, W, TaskStatus.FAILED, error=f"no {task.instance_name}")
+        for n, task in enumerate(claimed)
+    ]
+    shuffled = outcomes[1::2] + outcomes[::2]  # neither task nor instance order
+    assert d.complete_tasks(shuffled, OWNER) == {t.id for t in claimed}
+    for n, task in enumerate(claimed):
+        (event,) = events_of(d, task.instance_name)
+        want = (
+            ("success", None, {"from": task.instance_name})
+            if n % 3
+            else (
+                "failed",
+                f"no {task.instance_name}",
+                None,
+            )
+        )
+        assert (event.task_status, event.task_error, event.task_result) == want
+
+
+def test_one_commit_stores_each_instances_own_state_and_outcome(contract_driver: Driver) -> None:
+    d = contract_driver
+    for n in range(12):
+        start(d, f"i{n}")
+    with claim(d) as batch:
+        instances = sorted(batch.instances, key=lambda i: i.instance_name, reverse=True)
+        batch.commit(
+            [
+                StepOutcome(
+                    instance=inst,
+                    consumed=[e.id for e in batch.events[inst.id]],
+                    payload_json=js({"payload of": inst.instance_name}),
+                    status=WorkflowStatus.RUNNING,
+                    enqueued_tasks=n,
+                    completed_tasks=n // 2,
+                )
+                if n % 2
+                else StepOutcome(
+                    instance=inst,
+                    consumed=[e.id for e in batch.events[inst.id]],
+                    status=WorkflowStatus.FAILED if n % 4 else WorkflowStatus.COMPLETED,
+                    result_json=None if n % 4 else js({"result of": inst.instance_name}),
+                    error=f"{inst.instance_name} failed" if n % 4 else None,
+                )
+                for n, inst in enumerate(instances)
+            ]
+        )
+    for n, inst in enumerate(instances):
+        name = inst.instance_name
+        if n % 2:
+            d.cancel_workflow(W, name)  # an event to claim the instance by
+            with claim(d) as batch:
+                live = instance_of(batch, name)
+                got = (live.payload, live.enqueued_tasks, live.completed_tasks)
+                assert got == ({"payload of": name}, n, n // 2)
+            continue
+        info = d.get_workflow_instance(W, name)
+        assert info is not None
+        if n % 4:
+            assert (info.status, info.result, info.error) == (
+                WorkflowStatus.FAILED,
+                None,
+                f"{name} failed",
+            )
+        else:
+            assert (info.status, info.result, info.error) == (
+                WorkflowStatus.COMPLETED,
+                {"result of": name},
+                None,
+            )
+
+
 def test_complete_tasks_discards_results_of_a_queued_or_finished_instances_task(
     contract_driver: Driver,
 ) -> None:

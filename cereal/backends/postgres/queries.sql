@@ -9,7 +9,16 @@
 -- walks a whole index costs the same as a probe, and the planner may pick it. So the hot
 -- statements below find rows by id through an `id = ANY(...)` condition, and look a row up
 -- per row in a LATERAL subquery with LIMIT 1: both are index probes whatever the estimates
--- (tests/integration/test_stale_statistics.py).
+-- (tests/integration/test_stale_statistics.py). The same holds for the generic plan a
+-- prepared statement gets from its sixth execution on, which knows neither the parameter
+-- arrays' lengths nor their values:
+-- - a row never joins the unnested parameter arrays or a CTE by id: a nested loop may scan
+--   all of them once per row, quadratic in the batch. It finds its values by its position
+--   in the id array instead: `(%(values)s::text[])[array_position(%(ids)s::bigint[], id)]`;
+-- - a lookup by id that also checks the workflow name writes that check as
+--   `(workflow_name = ANY(...)) IS TRUE`, which no index can serve: as a plain condition,
+--   a generic plan may walk every instance of the workflow in an index on workflow_name
+--   for each id.
 
 -- name: enqueue_workflow
 -- Insert a live instance and its start event, unless the pair is already live.
@@ -303,7 +312,7 @@ WITH locked AS (
     FROM (/*pending*/) pending
     CROSS JOIN LATERAL (
         SELECT * FROM workflow_instances i
-        WHERE i.id = pending.instance_id AND i.workflow_name = ANY(%(names)s)
+        WHERE i.id = pending.instance_id AND (i.workflow_name = ANY(%(names)s)) IS TRUE
         FOR NO KEY UPDATE OF i SKIP LOCKED
     ) i
     ORDER BY pending.instance_id
@@ -319,11 +328,12 @@ FROM locked
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        CASE WHEN %(mark_xid)s::bigint::text::xid8 <= pg_snapshot_xmin(pg_current_snapshot())
-            THEN least(%(mark_id)s::bigint + 1, (
+            THEN coalesce((
                 SELECT i.id FROM workflow_instances i
-                WHERE i.id >= %(floor)s AND i.workflow_name = ANY(%(names)s)
+                WHERE i.id BETWEEN %(floor)s AND %(mark_id)s
+                  AND (i.workflow_name = ANY(%(names)s)) IS TRUE
                 ORDER BY i.id
-                LIMIT 1))
+                LIMIT 1), %(mark_id)s::bigint + 1)
        END,
        mark.mark_id,
        CASE WHEN mark.mark_id IS NOT NULL THEN pg_current_xact_id()::text::bigint END
@@ -384,13 +394,15 @@ ORDER BY e.instance_id, e.id;
 DELETE FROM workflow_events WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: update_instances
--- Store the state of instances that continue.
+-- Store the state of instances that continue. Each row finds its values by its position in
+-- ids (see the header).
 UPDATE workflow_instances i
-SET payload = u.payload::jsonb, status = 'running', enqueued_tasks = u.enqueued_tasks,
-    completed_tasks = u.completed_tasks, updated_at = now()
-FROM unnest(%(ids)s::bigint[], %(payloads)s::text[], %(enqueued)s::int[],
-            %(completed)s::int[]) AS u(id, payload, enqueued_tasks, completed_tasks)
-WHERE i.id = ANY(%(ids)s::bigint[]) AND i.id = u.id;
+SET payload = ((%(payloads)s::text[])[array_position(%(ids)s::bigint[], i.id)])::jsonb,
+    status = 'running',
+    enqueued_tasks = (%(enqueued)s::int[])[array_position(%(ids)s::bigint[], i.id)],
+    completed_tasks = (%(completed)s::int[])[array_position(%(ids)s::bigint[], i.id)],
+    updated_at = now()
+WHERE i.id = ANY(%(ids)s::bigint[]);
 
 -- name: insert_tasks
 -- Write the tasks of continuing instances; start_after uses the database clock.
@@ -461,19 +473,18 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
 FROM (SELECT DISTINCT task_name FROM ins WHERE state = 'queued') q;
 
 -- name: finish_instances
--- Move finished instances to history; their tasks and events go with them (cascade).
-WITH done AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(results)s::text[],
-                         %(errors)s::text[]) AS d(id, status, result, error)
-), gone AS (
-    DELETE FROM workflow_instances i USING done
-    WHERE i.id = ANY(%(ids)s::bigint[]) AND i.id = done.id
+-- Move finished instances to history; their tasks and events go with them (cascade). Each
+-- row finds its outcome by its position k in ids (see the header).
+WITH gone AS (
+    DELETE FROM workflow_instances i
+    WHERE i.id = ANY(%(ids)s::bigint[])
     RETURNING i.id, i.workflow_name, i.instance_name, i.parameters, i.started_at,
-              done.status, done.result, done.error
+              array_position(%(ids)s::bigint[], i.id) AS k
 ), recorded AS (
     INSERT INTO workflow_results
         (workflow_name, instance_name, parameters, status, result, error, started_at)
-    SELECT workflow_name, instance_name, parameters, status, result::jsonb, error, started_at
+    SELECT workflow_name, instance_name, parameters, (%(statuses)s::text[])[k],
+           ((%(results)s::text[])[k])::jsonb, (%(errors)s::text[])[k], started_at
     FROM gone ORDER BY id
 )
 SELECT id, now() AS ended_at FROM gone;
@@ -488,13 +499,17 @@ SELECT pg_notify(%(channel)s, payload) FROM unnest(%(payloads)s::text[]) AS p(pa
 -- min(initial * backoff ^ (attempt - 1), max_delay), compared in logarithms first so that
 -- no power overflows. Each name's scan starts at its floor (NULL: from the lowest key), as
 -- floors.py explains; claimed rows report their start_after so the process can move it.
-WITH wanted AS (
-    SELECT t.id, i.workflow_name, i.instance_name,
-           w.max_attempts, w.initial, w.backoff, w.max_delay
-    FROM unnest(%(names)s::text[], %(limits)s::int[], %(max_attempts)s::int[],
-                %(initials)s::float8[], %(backoffs)s::float8[], %(max_delays)s::float8[],
-                %(floors)s::timestamptz[])
-         AS w(name, lim, max_attempts, initial, backoff, max_delay, floor)
+-- The rows picked travel to the update as arrays in wanted's one row, not as a relation to
+-- join by id (see the header).
+WITH w AS (
+    SELECT * FROM unnest(%(names)s::text[], %(limits)s::int[], %(max_attempts)s::int[],
+                         %(initials)s::float8[], %(backoffs)s::float8[],
+                         %(max_delays)s::float8[], %(floors)s::timestamptz[])
+        AS w(name, lim, max_attempts, initial, backoff, max_delay, floor)
+), wanted AS (
+    SELECT array_agg(t.id) AS ids, array_agg(i.workflow_name) AS workflows,
+           array_agg(i.instance_name) AS instances
+    FROM w
     CROSS JOIN LATERAL (
         SELECT id, instance_id FROM tasks
         WHERE task_name = w.name AND state = 'queued' AND start_after <= now()
@@ -511,19 +526,20 @@ WITH wanted AS (
 ), claimed AS (
     UPDATE tasks t
     SET state = 'running', claimed_by = %(owner)s, heartbeat_at = now(),
-        max_attempts = wanted.max_attempts,
+        max_attempts = w.max_attempts,
         retry_delay = CASE
-            WHEN t.attempt >= wanted.max_attempts THEN NULL
-            WHEN wanted.initial = 0 OR wanted.max_delay = 0 THEN 0
-            WHEN ln(wanted.initial) + (t.attempt - 1) * ln(wanted.backoff)
-                 >= ln(wanted.max_delay) THEN wanted.max_delay
-            ELSE least(wanted.initial * power(wanted.backoff, t.attempt - 1), wanted.max_delay)
+            WHEN t.attempt >= w.max_attempts THEN NULL
+            WHEN w.initial = 0 OR w.max_delay = 0 THEN 0
+            WHEN ln(w.initial) + (t.attempt - 1) * ln(w.backoff) >= ln(w.max_delay)
+                THEN w.max_delay
+            ELSE least(w.initial * power(w.backoff, t.attempt - 1), w.max_delay)
         END
-    FROM wanted
-    WHERE t.id = ANY(ARRAY(SELECT id FROM wanted)) AND t.id = wanted.id
+    FROM wanted, w
+    WHERE t.id = ANY(wanted.ids) AND w.name = t.task_name
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at,
-              wanted.workflow_name, wanted.instance_name, t.attempt, t.max_attempts,
-              t.trace_context, t.start_after
+              wanted.workflows[array_position(wanted.ids, t.id)] AS workflow_name,
+              wanted.instances[array_position(wanted.ids, t.id)] AS instance_name,
+              t.attempt, t.max_attempts, t.trace_context, t.start_after
 )
 SELECT id, instance_id, task_name, parameters, enqueued_at, workflow_name, instance_name,
        attempt, max_attempts, trace_context, start_after, NULL::float8 AS next_due_in
@@ -548,7 +564,7 @@ WITH locked AS (
             AND t.state = 'running' AND t.claimed_by = %(owner)s) w
     CROSS JOIN LATERAL (
         SELECT i.id FROM workflow_instances i
-        WHERE i.id = w.instance_id AND i.workflow_name = ANY(%(names)s)
+        WHERE i.id = w.instance_id AND (i.workflow_name = ANY(%(names)s)) IS TRUE
         FOR NO KEY UPDATE OF i SKIP LOCKED
     ) i
 ), mark AS (
@@ -617,64 +633,58 @@ FOR KEY SHARE OF i;
 -- reported lost) is discarded: each task reports exactly once. The instances this
 -- transaction listed in cereal.quiet_instances (hold_instances_of_tasks: it locks them again
 -- right after the commit, to handle their events itself) wake nobody.
-WITH r AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(errors)s::text[],
-                         %(results)s::text[], %(workflows)s::text[])
-        AS r(id, status, error, result, workflow_name)
-), done AS (
-    DELETE FROM tasks t USING r
-    WHERE t.id = ANY(%(ids)s::bigint[]) AND t.id = r.id
-      AND t.state = 'running' AND t.claimed_by = %(owner)s
+-- Each deleted row finds its outcome by its position k in ids (see the header).
+WITH done AS (
+    DELETE FROM tasks t
+    WHERE t.id = ANY(%(ids)s::bigint[]) AND t.state = 'running' AND t.claimed_by = %(owner)s
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt,
-              t.route, r.status, r.error, r.result, r.workflow_name
+              t.route, array_position(%(ids)s::bigint[], t.id) AS k
 ), ev AS (
     INSERT INTO workflow_events (instance_id, event_type, workflow_name, task_id, task_name,
                                  task_parameters, task_enqueued_at, task_status, task_error,
                                  task_result, task_attempts, task_route)
-    SELECT instance_id, 'task_complete', workflow_name, id, task_name, parameters, enqueued_at,
-           status, error, result::jsonb, attempt, route
+    SELECT instance_id, 'task_complete', (%(workflows)s::text[])[k], id, task_name,
+           parameters, enqueued_at, (%(statuses)s::text[])[k], (%(errors)s::text[])[k],
+           ((%(results)s::text[])[k])::jsonb, attempt, route
     FROM done ORDER BY id
 ), quiet AS (
     SELECT string_to_array(nullif(current_setting('cereal.quiet_instances', true), ''),
                            ',')::bigint[] AS ids
 )
 SELECT done.id, CASE WHEN done.instance_id = ANY(quiet.ids) THEN NULL
-                     ELSE pg_notify(%(channel)s, 'e' || done.workflow_name) END
+                     ELSE pg_notify(%(channel)s, 'e' || (%(workflows)s::text[])[done.k]) END
 FROM done CROSS JOIN quiet;
 
 -- name: complete_tasks_retrying
 -- complete_tasks for a batch where some outcomes ask for a retry: a row whose stored policy
 -- has attempts left goes back to the queue as its next attempt, due after the delay stored
--- at claim, instead of becoming an event, and the claimers of its name are woken.
-WITH r AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(errors)s::text[],
-                         %(results)s::text[], %(workflows)s::text[], %(retries)s::bool[])
-        AS r(id, status, error, result, workflow_name, retry)
-), requeued AS (
+-- at claim, instead of becoming an event, and the claimers of its name are woken. Outcomes
+-- are found by position, as in complete_tasks.
+WITH requeued AS (
     UPDATE tasks t
     SET state = 'queued', claimed_by = NULL, heartbeat_at = NULL, attempt = t.attempt + 1,
         start_after = now() + make_interval(secs => t.retry_delay)
-    FROM r
-    WHERE t.id = ANY(%(ids)s::bigint[]) AND t.id = r.id
-      AND t.state = 'running' AND t.claimed_by = %(owner)s
-      AND r.retry AND t.attempt < t.max_attempts
+    WHERE t.id = ANY(%(ids)s::bigint[]) AND t.state = 'running' AND t.claimed_by = %(owner)s
+      AND (%(retries)s::bool[])[array_position(%(ids)s::bigint[], t.id)]
+      AND t.attempt < t.max_attempts
     RETURNING t.id, t.task_name
 ), done AS (
-    DELETE FROM tasks t USING r
-    WHERE t.id = ANY(%(ids)s::bigint[]) AND t.id = r.id
-      AND t.state = 'running' AND t.claimed_by = %(owner)s
-      AND NOT (r.retry AND t.attempt < t.max_attempts)
+    DELETE FROM tasks t
+    WHERE t.id = ANY(%(ids)s::bigint[]) AND t.state = 'running' AND t.claimed_by = %(owner)s
+      AND NOT ((%(retries)s::bool[])[array_position(%(ids)s::bigint[], t.id)]
+               AND t.attempt < t.max_attempts)
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt,
-              t.route, r.status, r.error, r.result, r.workflow_name
+              t.route, array_position(%(ids)s::bigint[], t.id) AS k
 ), ev AS (
     INSERT INTO workflow_events (instance_id, event_type, workflow_name, task_id, task_name,
                                  task_parameters, task_enqueued_at, task_status, task_error,
                                  task_result, task_attempts, task_route)
-    SELECT instance_id, 'task_complete', workflow_name, id, task_name, parameters, enqueued_at,
-           status, error, result::jsonb, attempt, route
+    SELECT instance_id, 'task_complete', (%(workflows)s::text[])[k], id, task_name,
+           parameters, enqueued_at, (%(statuses)s::text[])[k], (%(errors)s::text[])[k],
+           ((%(results)s::text[])[k])::jsonb, attempt, route
     FROM done ORDER BY id
 )
-SELECT id, pg_notify(%(channel)s, 'e' || workflow_name) FROM done
+SELECT id, pg_notify(%(channel)s, 'e' || (%(workflows)s::text[])[k]) FROM done
 UNION ALL
 SELECT id, pg_notify(%(channel)s, 't' || task_name) FROM requeued;
 
@@ -722,13 +732,12 @@ WITH silent AS (
     UPDATE tasks t
     SET state = 'queued', claimed_by = NULL, heartbeat_at = NULL, attempt = t.attempt + 1,
         start_after = now() + make_interval(secs => t.retry_delay)
-    FROM silent
-    WHERE t.id = ANY(ARRAY(SELECT id FROM silent)) AND t.id = silent.id
+    WHERE t.id = ANY(ARRAY(SELECT id FROM silent))
       AND t.attempt < t.max_attempts
     RETURNING t.task_name
 ), lost AS (
-    DELETE FROM tasks t USING silent
-    WHERE t.id = ANY(ARRAY(SELECT id FROM silent)) AND t.id = silent.id
+    DELETE FROM tasks t
+    WHERE t.id = ANY(ARRAY(SELECT id FROM silent))
       AND t.attempt >= t.max_attempts
     RETURNING t.id, t.instance_id, t.task_name, t.parameters, t.enqueued_at, t.attempt,
               t.route
