@@ -97,16 +97,23 @@ def rows_read(
         params = make_params(conn)
         row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, params).fetchone()
     assert row is not None
+    return rows_per_scan(row[0][0]["Plan"], any_scan=False)
+
+
+def rows_per_scan(plan: dict[str, Any], *, any_scan: bool) -> list[int]:
+    """Rows each node of ``plan`` over a queue table read (returned or filtered out, over
+    all loops); with ``any_scan``, each function and CTE scan too."""
     read: list[int] = []
 
     def walk(node: dict[str, Any]) -> None:
-        if node.get("Relation Name") in QUEUE_TABLES and node["Node Type"] != "ModifyTable":
+        queue = node.get("Relation Name") in QUEUE_TABLES and node["Node Type"] != "ModifyTable"
+        if queue or (any_scan and node["Node Type"] in ("Function Scan", "CTE Scan")):
             per_loop = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
             read.append(int(per_loop * node["Actual Loops"]))
         for child in node.get("Plans", []):
             walk(child)
 
-    walk(row[0][0]["Plan"])
+    walk(plan)
     assert read, "no plan node reads the queue tables"
     return read
 
@@ -142,21 +149,7 @@ def generic_rows_read(
     finally:
         conn.execute(sql.SQL("DEALLOCATE {}").format(sql.Identifier(prepared)))
     assert row is not None
-    read: list[int] = []
-
-    def walk(node: dict[str, Any]) -> None:
-        scans = node["Node Type"] in ("Function Scan", "CTE Scan")
-        if scans or (
-            node.get("Relation Name") in QUEUE_TABLES and node["Node Type"] != "ModifyTable"
-        ):
-            per_loop = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
-            read.append(int(per_loop * node["Actual Loops"]))
-        for child in node.get("Plans", []):
-            walk(child)
-
-    walk(row[0][0]["Plan"])
-    assert read, "no plan node reads the queue tables"
-    return read
+    return rows_per_scan(row[0][0]["Plan"], any_scan=True)
 
 
 def newest(conn: psycopg.Connection, table: str) -> list[int]:
