@@ -19,6 +19,7 @@ from cereal.errors import CerealError, SerializationError
 from cereal.types import WorkflowStatus
 from cereal.workflow import PendingTask
 from tests.contract.test_driver_contract import (
+    MANY,
     OWNER,
     W,
     claim,
@@ -26,6 +27,7 @@ from tests.contract.test_driver_contract import (
     in_thread,
     js,
     listening,
+    many_running_tasks,
     require,
     start,
     step,
@@ -236,3 +238,16 @@ def test_only_the_instances_not_held_wake_their_workflows_handlers(
         # The silence was this batch's: recording a result the usual way wakes its workflow.
         d.complete_tasks([ok(later)], OWNER)
         wait_for(lambda: EventsPending(W) in got, what="the usual wakeup")
+
+
+def test_a_batch_larger_than_one_statement_records_every_outcome_and_holds_every_instance(
+    contract_driver: Driver,
+) -> None:
+    d = contract_driver
+    claimed = many_running_tasks(d)
+    outcomes = [ok(t.id, {"of": t.instance_name}) for t in reversed(claimed)]
+    with held(d, outcomes, per=10) as batch:
+        assert len(batch.instances) == MANY
+        for inst in batch.instances:
+            (event,) = batch.events[inst.id]
+            assert (event.kind, event.task_result) == ("task_complete", {"of": inst.instance_name})

@@ -40,6 +40,8 @@ from tests.helpers.waiting import wait_for
 W = "orders"
 OWNER = "worker-1"
 HOUR = timedelta(hours=1)
+MANY = 230
+"""More rows than one statement takes on PostgreSQL (``arrays.ROWS_PER_STATEMENT``)."""
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -124,6 +126,15 @@ def with_tasks(d: Driver, name: str, *task_names: str, delay: float = 0.0) -> No
     """A running instance with queued tasks (``task_names``)."""
     start(d, name)
     step(d, name, tasks=[PendingTask(t, js({"n": t}), delay=delay) for t in task_names])
+
+
+def many_running_tasks(d: Driver) -> list[Any]:
+    """MANY instances of W, each running one task "t" claimed by OWNER: the claimed tasks."""
+    for n in range(MANY):
+        with_tasks(d, f"i{n}", "t")
+    claimed, _ = d.claim_tasks({"t": MANY}, OWNER)
+    assert len(claimed) == MANY
+    return claimed
 
 
 def events_of(d: Driver, name: str, workflow: str = W) -> list[Any]:
@@ -776,10 +787,7 @@ def test_each_outcome_of_a_batch_reaches_its_own_task_in_any_order(
     contract_driver: Driver,
 ) -> None:
     d = contract_driver
-    for n in range(12):
-        with_tasks(d, f"i{n}", "t")
-    claimed, _ = d.claim_tasks({"t": 12}, OWNER)
-    assert len(claimed) == 12
+    claimed = many_running_tasks(d)
     outcomes = [
         TaskOutcome(task.id, W, "success", None, js({"from": task.instance_name}))
         if n % 3
@@ -788,8 +796,10 @@ def test_each_outcome_of_a_batch_reaches_its_own_task_in_any_order(
     ]
     shuffled = outcomes[1::2] + outcomes[::2]  # neither task nor instance order
     assert d.complete_tasks(shuffled, OWNER) == {t.id for t in claimed}
+    with claim(d, limit=MANY) as batch:
+        events = {i.instance_name: batch.events[i.id] for i in batch.instances}
     for n, task in enumerate(claimed):
-        (event,) = events_of(d, task.instance_name)
+        (event,) = events[task.instance_name]
         want = (
             ("success", None, {"from": task.instance_name})
             if n % 3
@@ -804,9 +814,9 @@ def test_each_outcome_of_a_batch_reaches_its_own_task_in_any_order(
 
 def test_one_commit_stores_each_instances_own_state_and_outcome(contract_driver: Driver) -> None:
     d = contract_driver
-    for n in range(12):
+    for n in range(2 * MANY):
         start(d, f"i{n}")
-    with claim(d) as batch:
+    with claim(d, limit=2 * MANY) as batch:
         instances = sorted(batch.instances, key=lambda i: i.instance_name, reverse=True)
         batch.commit(
             [
@@ -830,14 +840,17 @@ def test_one_commit_stores_each_instances_own_state_and_outcome(contract_driver:
             ]
         )
     for n, inst in enumerate(instances):
+        if n % 2:
+            d.cancel_workflow(W, inst.instance_name)  # an event to claim the instance by
+    with claim(d, limit=2 * MANY) as batch:
+        live = {i.instance_name: i for i in batch.instances}
+    for n, inst in enumerate(instances):
         name = inst.instance_name
         if n % 2:
-            d.cancel_workflow(W, name)  # an event to claim the instance by
-            with claim(d) as batch:
-                live = instance_of(batch, name)
-                got = (live.payload, live.enqueued_tasks, live.completed_tasks)
-                assert got == ({"payload of": name}, n, n // 2)
+            got = (live[name].payload, live[name].enqueued_tasks, live[name].completed_tasks)
+            assert got == ({"payload of": name}, n, n // 2)
             continue
+        assert name not in live
         info = d.get_workflow_instance(W, name)
         assert info is not None
         if n % 4:

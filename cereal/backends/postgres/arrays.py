@@ -12,10 +12,33 @@ text reads back as it was; None becomes an unquoted NULL.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
-__all__ = ["float_array", "int_array", "text_array", "timestamp_array"]
+__all__ = [
+    "ROWS_PER_STATEMENT",
+    "float_array",
+    "in_statements",
+    "int_array",
+    "text_array",
+    "timestamp_array",
+]
+
+T = TypeVar("T")
+
+ROWS_PER_STATEMENT = 128
+"""The most rows given to one statement that finds each row's values by its position in the
+arrays (``queries.sql``, at its top): every lookup walks the arrays, so such a statement costs
+the square of its rows. A larger batch goes as several statements in the same transaction
+and round trip. 128 is the default ``event_batch_size``: a full batch of events stays one
+statement."""
+
+
+def in_statements(items: Sequence[T]) -> list[Sequence[T]]:
+    """``items`` in consecutive parts of at most :data:`ROWS_PER_STATEMENT`."""
+    step = ROWS_PER_STATEMENT
+    return [items[i : i + step] for i in range(0, len(items), step)]
 
 
 def int_array(values: Iterable[int | None]) -> str:

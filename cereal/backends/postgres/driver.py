@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 
 from cereal.backends.postgres import notify, operator_views
 from cereal.backends.postgres import overview as dashboard_views
-from cereal.backends.postgres.arrays import int_array, text_array
+from cereal.backends.postgres.arrays import in_statements, int_array, text_array
 from cereal.backends.postgres.connections import Connection, Connections, DedicatedConnection
 from cereal.backends.postgres.errors import translated
 from cereal.backends.postgres.events import (
@@ -422,25 +422,26 @@ class PostgresDriver:
         attempts left; return the ids that were still live."""
         if not outcomes:
             return set()
-        params = self._outcome_params(outcomes, owner)
         # Batches without retries (the common case) keep the plain statement.
-        query = "complete_tasks"
-        if any(o.retry for o in outcomes):
-            query = "complete_tasks_retrying"
-            params["retries"] = [o.retry for o in outcomes]
+        retrying = any(o.retry for o in outcomes)
+        query = "complete_tasks_retrying" if retrying else "complete_tasks"
         # One transaction in one round trip: the instances' locks first (see
-        # lock_instances_of_tasks), then one statement whose notifications go out with the
+        # lock_instances_of_tasks), then the statements whose notifications go out with the
         # commit (PostgreSQL sends each distinct payload once per transaction).
         try:
             with self._db.connection() as conn:
-                cur = conn.cursor(row_factory=dict_row)
                 try:
                     with conn.pipeline():
                         conn.execute("BEGIN")
-                        conn.execute(self._q["lock_instances_of_tasks"], {"ids": params["ids"]})
-                        cur.execute(self._q[query], params)
+                        ids = int_array(o.id for o in outcomes)
+                        conn.execute(self._q["lock_instances_of_tasks"], {"ids": ids})
+                        cursors = []
+                        for part in in_statements(outcomes):
+                            cur = conn.cursor(row_factory=dict_row)
+                            cur.execute(self._q[query], self._outcome_params(part, owner, retrying))
+                            cursors.append(cur)
                         conn.execute("COMMIT")
-                    rows = cur.fetchall()
+                    rows = [r for cur in cursors for r in cur.fetchall()]
                 except pgerrors.ForeignKeyViolation:
                     raise _InstanceGone from None
         except _InstanceGone:
@@ -461,15 +462,23 @@ class PostgresDriver:
         Only the instances this batch does not hold get a notification."""
         if any(o.retry for o in outcomes):
             raise CerealError("complete_tasks_held takes no outcome asking for a retry")
-        params = self._outcome_params(outcomes, owner) | {"names": list(workflow_names)}
+        holding = {
+            "ids": int_array(o.id for o in outcomes),
+            "owner": owner,
+            "names": list(workflow_names),
+        }
+        parts = [self._outcome_params(part, owner) for part in in_statements(outcomes)]
         return complete_tasks_held(
-            self._db, self._q, self.channel, self._task_floors, params, per_instance
+            self._db, self._q, self.channel, self._task_floors, holding, parts, per_instance
         )
 
-    def _outcome_params(self, outcomes: Sequence[TaskOutcome], owner: str) -> dict[str, object]:
-        """The parameters of ``complete_tasks`` for these outcomes (arrays as literals, see
-        :mod:`~cereal.backends.postgres.arrays`)."""
-        return {
+    def _outcome_params(
+        self, outcomes: Sequence[TaskOutcome], owner: str, retrying: bool = False
+    ) -> dict[str, object]:
+        """The parameters of ``complete_tasks`` (with ``retrying``: of
+        ``complete_tasks_retrying``) for at most :data:`.ROWS_PER_STATEMENT` outcomes (arrays
+        as literals, see :mod:`~cereal.backends.postgres.arrays`)."""
+        params: dict[str, object] = {
             "ids": int_array(o.id for o in outcomes),
             "statuses": text_array(o.status for o in outcomes),
             "errors": text_array(o.error for o in outcomes),
@@ -478,6 +487,9 @@ class PostgresDriver:
             "owner": owner,
             "channel": self.channel,
         }
+        if retrying:
+            params["retries"] = "{" + ",".join("t" if o.retry else "f" for o in outcomes) + "}"
+        return params
 
     def heartbeat_tasks(self, task_ids: Sequence[int], owner: str) -> set[int]:
         """Refresh running tasks' heartbeats; return the ids that still exist.

@@ -17,7 +17,13 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from cereal.backends.postgres import notify
-from cereal.backends.postgres.arrays import float_array, int_array, text_array, timestamp_array
+from cereal.backends.postgres.arrays import (
+    float_array,
+    in_statements,
+    int_array,
+    text_array,
+    timestamp_array,
+)
 from cereal.backends.postgres.connections import Connection, Connections
 from cereal.backends.postgres.errors import translate
 from cereal.backends.postgres.floors import EventFloor, TaskFloors
@@ -119,12 +125,14 @@ def complete_tasks_held(
     queries: dict[str, LiteralString],
     channel: str,
     task_floors: TaskFloors,
-    params: dict[str, Any],
+    holding: dict[str, Any],
+    parts: Sequence[dict[str, Any]],
     per_instance: int,
 ) -> AbstractContextManager[PostgresEventBatch]:
     """Record finished tasks' outcomes and commit, then hold the instances they belong to
-    with their pending events, in one round trip. ``params``: those of ``complete_tasks``
-    and ``names``.
+    with their pending events, in one round trip. ``holding``: the parameters of
+    ``hold_instances_of_tasks`` (every task's id, the owner, the workflow names); ``parts``:
+    those of ``complete_tasks``, one statement each.
 
     The instances are locked before the results are written and again right after their
     commit: those another session held in the first lock get a notification with the commit,
@@ -134,9 +142,10 @@ def complete_tasks_held(
     def begin(conn: Connection) -> PostgresEventBatch:
         with conn.pipeline():
             conn.execute("BEGIN")
-            conn.execute(queries["hold_instances_of_tasks"], params)
-            conn.execute(queries["lock_instances_of_tasks"], {"ids": params["ids"]})
-            conn.execute(queries["complete_tasks"], params)
+            conn.execute(queries["hold_instances_of_tasks"], holding)
+            conn.execute(queries["lock_instances_of_tasks"], {"ids": holding["ids"]})
+            for params in parts:
+                conn.execute(queries["complete_tasks"], params)
             conn.execute("COMMIT")
             instances, events = _relock(conn, queries, per_instance)
         return PostgresEventBatch(conn, queries, channel, instances, events, task_floors)
@@ -404,14 +413,14 @@ class PostgresEventBatch:
         with conn.pipeline():
             if consumed:
                 conn.execute(q["delete_events"], {"ids": int_array(consumed)})
-            if going:
+            for part in in_statements(going):
                 conn.execute(
                     q["update_instances"],
                     {
-                        "ids": int_array(o.instance.id for o in going),
-                        "payloads": text_array(o.payload_json for o in going),
-                        "enqueued": int_array(o.enqueued_tasks for o in going),
-                        "completed": int_array(o.completed_tasks for o in going),
+                        "ids": int_array(o.instance.id for o in part),
+                        "payloads": text_array(o.payload_json for o in part),
+                        "enqueued": int_array(o.enqueued_tasks for o in part),
+                        "completed": int_array(o.completed_tasks for o in part),
                     },
                 )
             taking = None
@@ -444,18 +453,19 @@ class PostgresEventBatch:
                     )
                 else:
                     conn.execute(q["insert_tasks"], rows)
-            cur = None
-            if done:
+            finishing = []
+            for part in in_statements(done):
                 cur = conn.cursor(row_factory=dict_row)
                 cur.execute(
                     q["finish_instances"],
                     {
-                        "ids": int_array(o.instance.id for o in done),
-                        "statuses": text_array(o.status.value for o in done),
-                        "results": text_array(o.result_json for o in done),
-                        "errors": text_array(o.error for o in done),
+                        "ids": int_array(o.instance.id for o in part),
+                        "statuses": text_array(o.status.value for o in part),
+                        "results": text_array(o.result_json for o in part),
+                        "errors": text_array(o.error for o in part),
                     },
                 )
+                finishing.append(cur)
             if notes:
                 conn.execute(q["notify"], {"channel": self._channel, "payloads": notes})
             conn.execute("COMMIT")
@@ -464,7 +474,7 @@ class PostgresEventBatch:
                 conn.execute("BEGIN")
                 held = conn.execute(q["relock_instance"], {"id": relock[0]})
                 pending = conn.execute(q["event_still_pending"], {"event_id": relock[1]})
-            ended = {r["id"]: r["ended_at"] for r in cur.fetchall()} if cur is not None else {}
+            ended = {r["id"]: r["ended_at"] for cur in finishing for r in cur.fetchall()}
             kept = False
             if held is not None and pending is not None:
                 locked, still = held.fetchone(), pending.fetchone()

@@ -14,7 +14,9 @@
 -- arrays' lengths nor their values:
 -- - a row never joins the unnested parameter arrays or a CTE by id: a nested loop may scan
 --   all of them once per row, quadratic in the batch. It finds its values by its position
---   in the id array instead: `(%(values)s::text[])[array_position(%(ids)s::bigint[], id)]`;
+--   in the id array instead: `(%(values)s::text[])[array_position(%(ids)s::bigint[], id)]`.
+--   Those lookups walk the arrays, so the driver gives such a statement at most
+--   ROWS_PER_STATEMENT rows (arrays.py) and sends a larger batch as several;
 -- - a lookup by id that also checks the workflow name writes that check as
 --   `(workflow_name = ANY(...)) IS TRUE`, which no index can serve: as a plain condition,
 --   a generic plan may walk every instance of the workflow in an index on workflow_name
