@@ -9,7 +9,13 @@ from datetime import UTC, datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from cereal.backends.postgres.arrays import float_array, int_array, text_array, timestamp_array
+from cereal.backends.postgres.arrays import (
+    bool_array,
+    float_array,
+    int_array,
+    text_array,
+    timestamp_array,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -49,14 +55,23 @@ def test_each_element_is_what_unnest_sees(conn: psycopg.Connection) -> None:
     assert [r[0] for r in rows] == AWKWARD
 
 
-def test_integers_floats_and_empty_arrays(conn: psycopg.Connection) -> None:
+def test_integers_floats_booleans_and_empty_arrays(conn: psycopg.Connection) -> None:
     ints = [0, -1, 2**62, None, 7]
     floats = [0.0, -1.5, 1e-300, 1e300, float("inf"), float("-inf"), None]
+    bools = [True, False, None]
     row = conn.execute(
-        "SELECT %s::bigint[], %s::float8[], %s::bigint[], %s::text[], 3 = ANY(%s::bigint[])",
-        (int_array(ints), float_array(floats), int_array([]), text_array([]), int_array([3])),
+        "SELECT %s::bigint[], %s::float8[], %s::bool[], %s::bigint[], %s::text[],"
+        " 3 = ANY(%s::bigint[])",
+        (
+            int_array(ints),
+            float_array(floats),
+            bool_array(bools),
+            int_array([]),
+            text_array([]),
+            int_array([3]),
+        ),
     ).fetchone()
-    assert row == (ints, floats, [], [], True)
+    assert row == (ints, floats, bools, [], [], True)
     nan = conn.execute("SELECT (%s::float8[])[1] = 'NaN'", (float_array([float("nan")]),))
     assert nan.fetchone() == (True,)
 

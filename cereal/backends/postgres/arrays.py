@@ -18,6 +18,7 @@ from typing import TypeVar
 
 __all__ = [
     "ROWS_PER_STATEMENT",
+    "bool_array",
     "float_array",
     "in_statements",
     "int_array",
@@ -44,6 +45,11 @@ def in_statements(items: Sequence[T]) -> list[Sequence[T]]:
 def int_array(values: Iterable[int | None]) -> str:
     """``{1,2,NULL}`` for integer (or bigint) array parameters."""
     return "{" + ",".join("NULL" if v is None else str(int(v)) for v in values) + "}"
+
+
+def bool_array(values: Iterable[bool | None]) -> str:
+    """``{t,f,NULL}`` for boolean array parameters."""
+    return "{" + ",".join("NULL" if v is None else "t" if v else "f" for v in values) + "}"
 
 
 def _quoted(value: str | None) -> str:

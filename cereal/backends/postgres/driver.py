@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 
 from cereal.backends.postgres import notify, operator_views
 from cereal.backends.postgres import overview as dashboard_views
-from cereal.backends.postgres.arrays import in_statements, int_array, text_array
+from cereal.backends.postgres.arrays import bool_array, in_statements, int_array, text_array
 from cereal.backends.postgres.connections import Connection, Connections, DedicatedConnection
 from cereal.backends.postgres.errors import translated
 from cereal.backends.postgres.events import (
@@ -488,7 +488,7 @@ class PostgresDriver:
             "channel": self.channel,
         }
         if retrying:
-            params["retries"] = "{" + ",".join("t" if o.retry else "f" for o in outcomes) + "}"
+            params["retries"] = bool_array(o.retry for o in outcomes)
         return params
 
     def heartbeat_tasks(self, task_ids: Sequence[int], owner: str) -> set[int]:
