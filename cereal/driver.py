@@ -17,6 +17,10 @@ Rules every backend follows:
   reported in the record's ``problem`` field instead of raising.
 - Wakeups (:data:`Wakeup`) are hints that something may have changed, never facts: the core
   confirms with the database before it acts on one.
+
+The records built for every row a claim or a result reads (:class:`InstanceRow`,
+:class:`EventRow`, :class:`ClaimedTask`, :class:`TaskOutcome`) are not frozen, which would
+make each cost seven times as much to build; nothing changes them once built.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ PRUNE_BATCH = 10_000
 # -- workflow events --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InstanceRow:
     """A live instance as stored, locked for event processing."""
 
@@ -86,7 +90,7 @@ class InstanceRow:
     """The trace context stored at enqueue (opaque text from :mod:`cereal.tracing`), or None."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EventRow:
     """One pending event; the task fields are set for ``task_complete`` only."""
 
@@ -202,7 +206,7 @@ class EventBatch(Protocol):
 # -- tasks --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClaimedTask:
     """A task row claimed by this process (now ``running``)."""
 
@@ -242,7 +246,7 @@ class TaskClaim:
         return policy.max_attempts, policy.delay(1)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskOutcome:
     """The result of one task, to be recorded as a ``task_complete`` event."""
 

@@ -1,5 +1,8 @@
 """Rows read by column name (psycopg's ``dict_row``) and turned into the seam's records.
 
+The per-row records are built with positional arguments, in field order: a manager builds
+several for every workflow, and keywords cost twice the rest of the work.
+
 Values the lenient ``jsonb`` loader could not decode arrive as
 :class:`~cereal.backends.postgres.jsonb.Undecodable`; they become None plus a ``problem``.
 """
@@ -43,60 +46,81 @@ def _problems(*found: str | None) -> str | None:
     return "; ".join(p for p in found if p is not None) or None
 
 
+_STATUS = {status.value: status for status in WorkflowStatus}
+"""Statuses by stored value: a dictionary lookup, where ``WorkflowStatus(value)`` costs as much
+as building the rest of a row."""
+
+
 def instance_row(r: Row) -> InstanceRow:
+    parameters, payload = r["parameters"], r["payload"]
+    problem = None
+    if isinstance(parameters, Undecodable) or isinstance(payload, Undecodable):
+        problem = _problems(
+            _undecodable("parameters", parameters), _undecodable("payload", payload)
+        )
+        parameters, payload = _decoded(parameters), _decoded(payload)
     return InstanceRow(
-        id=r["id"],
-        workflow_name=r["workflow_name"],
-        instance_name=r["instance_name"],
-        parameters=_decoded(r["parameters"]),
-        payload=_decoded(r["payload"]),
-        status=WorkflowStatus(r["status"]),
-        enqueued_tasks=r["enqueued_tasks"],
-        completed_tasks=r["completed_tasks"],
-        started_at=r["started_at"],
-        problem=_problems(
-            _undecodable("parameters", r["parameters"]), _undecodable("payload", r["payload"])
-        ),
-        trace_context=r.get("trace_context"),
+        r["id"],
+        r["workflow_name"],
+        r["instance_name"],
+        parameters,
+        payload,
+        _STATUS[r["status"]],
+        r["enqueued_tasks"],
+        r["completed_tasks"],
+        r["started_at"],
+        problem,
+        r.get("trace_context"),
     )
 
 
 def event_row(e: Row) -> EventRow:
+    parameters, result, signal = e["task_parameters"], e["task_result"], e["signal_payload"]
+    problem = None
+    if (
+        isinstance(parameters, Undecodable)
+        or isinstance(result, Undecodable)
+        or isinstance(signal, Undecodable)
+    ):
+        problem = _problems(
+            _undecodable("task parameters", parameters),
+            _undecodable("task result", result),
+            _undecodable("signal payload", signal),
+        )
+        parameters, result, signal = _decoded(parameters), _decoded(result), _decoded(signal)
     return EventRow(
-        id=e["id"],
-        instance_id=e["instance_id"],
-        kind=e["event_type"],
-        enqueued_at=e["enqueued_at"],
-        task_name=e["task_name"],
-        task_parameters=_decoded(e["task_parameters"]),
-        task_status=e["task_status"],
-        task_error=e["task_error"],
-        task_result=_decoded(e["task_result"]),
-        task_attempts=e["task_attempts"] or 1,
-        task_route=e["task_route"],
-        signal_name=e["signal_name"],
-        signal_payload=_decoded(e["signal_payload"]),
-        problem=_problems(
-            _undecodable("task parameters", e["task_parameters"]),
-            _undecodable("task result", e["task_result"]),
-            _undecodable("signal payload", e["signal_payload"]),
-        ),
+        e["id"],
+        e["instance_id"],
+        e["event_type"],
+        e["enqueued_at"],
+        e["task_name"],
+        parameters,
+        e["task_status"],
+        e["task_error"],
+        result,
+        e["signal_name"],
+        signal,
+        problem,
+        e["task_attempts"] or 1,
+        e["task_route"],
     )
 
 
 def claimed_task(r: Row) -> ClaimedTask:
+    parameters = r["parameters"]
+    problem = _undecodable("task parameters", parameters)
     return ClaimedTask(
-        id=r["id"],
-        instance_id=r["instance_id"],
-        task_name=r["task_name"],
-        parameters=_decoded(r["parameters"]),
-        enqueued_at=r["enqueued_at"],
-        workflow_name=r["workflow_name"],
-        instance_name=r["instance_name"],
-        problem=_undecodable("task parameters", r["parameters"]),
-        attempt=r["attempt"],
-        max_attempts=r["max_attempts"],
-        trace_context=r.get("trace_context"),
+        r["id"],
+        r["instance_id"],
+        r["task_name"],
+        None if problem else parameters,
+        r["enqueued_at"],
+        r["workflow_name"],
+        r["instance_name"],
+        problem,
+        r["attempt"],
+        r["max_attempts"],
+        r.get("trace_context"),
     )
 
 

@@ -1,0 +1,196 @@
+"""The PostgreSQL driver's rows become the seam's records field by field.
+
+The builders pass their arguments by position (they run for every row a claim reads), so each
+test gives every column a value of its own and checks where each one lands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from cereal.backends.postgres.jsonb import Undecodable
+from cereal.backends.postgres.rows import claimed_task, event_row, instance_row
+from cereal.types import WorkflowStatus
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def instance_columns(**changes: Any) -> dict[str, Any]:
+    return {
+        "id": 11,
+        "workflow_name": "wf",
+        "instance_name": "inst",
+        "parameters": {"p": 1},
+        "payload": {"q": 2},
+        "status": "running",
+        "enqueued_tasks": 3,
+        "completed_tasks": 2,
+        "started_at": T0,
+        "trace_context": "trace",
+        **changes,
+    }
+
+
+def event_columns(**changes: Any) -> dict[str, Any]:
+    return {
+        "id": 21,
+        "instance_id": 11,
+        "event_type": "task_complete",
+        "enqueued_at": T0,
+        "task_name": "fetch",
+        "task_parameters": {"url": "u"},
+        "task_status": "failed",
+        "task_error": "boom",
+        "task_result": [1, 2],
+        "task_attempts": 4,
+        "task_route": "r",
+        "signal_name": "sig",
+        "signal_payload": {"s": True},
+        **changes,
+    }
+
+
+def task_columns(**changes: Any) -> dict[str, Any]:
+    return {
+        "id": 31,
+        "instance_id": 11,
+        "task_name": "fetch",
+        "parameters": {"url": "u"},
+        "enqueued_at": T0,
+        "workflow_name": "wf",
+        "instance_name": "inst",
+        "attempt": 2,
+        "max_attempts": 5,
+        "trace_context": "trace",
+        **changes,
+    }
+
+
+def test_an_instance_row_keeps_every_column_in_its_field() -> None:
+    row = instance_row(instance_columns())
+
+    assert dataclasses.asdict(row) == {
+        "id": 11,
+        "workflow_name": "wf",
+        "instance_name": "inst",
+        "parameters": {"p": 1},
+        "payload": {"q": 2},
+        "status": WorkflowStatus.RUNNING,
+        "enqueued_tasks": 3,
+        "completed_tasks": 2,
+        "started_at": T0,
+        "problem": None,
+        "trace_context": "trace",
+    }
+
+
+def test_an_instance_status_is_the_enum_member() -> None:
+    for status in WorkflowStatus:
+        assert instance_row(instance_columns(status=status.value)).status is status
+
+
+def test_an_instance_row_without_a_trace_column_has_no_trace_context() -> None:
+    columns = instance_columns()
+    del columns["trace_context"]
+
+    assert instance_row(columns).trace_context is None
+
+
+def test_undecodable_instance_values_become_none_and_a_problem() -> None:
+    row = instance_row(
+        instance_columns(parameters=Undecodable("bad number"), payload=Undecodable("too deep"))
+    )
+
+    assert (row.parameters, row.payload) == (None, None)
+    assert row.problem == (
+        "stored parameters cannot be decoded: bad number; "
+        "stored payload cannot be decoded: too deep"
+    )
+
+
+def test_an_event_row_keeps_every_column_in_its_field() -> None:
+    row = event_row(event_columns())
+
+    assert dataclasses.asdict(row) == {
+        "id": 21,
+        "instance_id": 11,
+        "kind": "task_complete",
+        "enqueued_at": T0,
+        "task_name": "fetch",
+        "task_parameters": {"url": "u"},
+        "task_status": "failed",
+        "task_error": "boom",
+        "task_result": [1, 2],
+        "signal_name": "sig",
+        "signal_payload": {"s": True},
+        "problem": None,
+        "task_attempts": 4,
+        "task_route": "r",
+    }
+
+
+def test_an_event_without_attempts_counts_one() -> None:
+    assert event_row(event_columns(task_attempts=None)).task_attempts == 1
+
+
+def test_undecodable_event_values_become_none_and_a_problem() -> None:
+    row = event_row(
+        event_columns(
+            task_parameters=Undecodable("a"),
+            task_result=Undecodable("b"),
+            signal_payload=Undecodable("c"),
+        )
+    )
+
+    assert (row.task_parameters, row.task_result, row.signal_payload) == (None, None, None)
+    assert row.problem == (
+        "stored task parameters cannot be decoded: a; "
+        "stored task result cannot be decoded: b; "
+        "stored signal payload cannot be decoded: c"
+    )
+
+
+def test_one_undecodable_event_value_leaves_the_others() -> None:
+    row = event_row(event_columns(task_result=Undecodable("b")))
+
+    assert (row.task_parameters, row.task_result) == ({"url": "u"}, None)
+    assert row.problem == "stored task result cannot be decoded: b"
+
+
+def test_a_claimed_task_keeps_every_column_in_its_field() -> None:
+    row = claimed_task(task_columns())
+
+    assert dataclasses.asdict(row) == {
+        "id": 31,
+        "instance_id": 11,
+        "task_name": "fetch",
+        "parameters": {"url": "u"},
+        "enqueued_at": T0,
+        "workflow_name": "wf",
+        "instance_name": "inst",
+        "problem": None,
+        "attempt": 2,
+        "max_attempts": 5,
+        "trace_context": "trace",
+    }
+
+
+def test_undecodable_task_parameters_become_none_and_a_problem() -> None:
+    row = claimed_task(task_columns(parameters=Undecodable("bad")))
+
+    assert row.parameters is None
+    assert row.problem == "stored task parameters cannot be decoded: bad"
+
+
+def test_a_claimed_task_with_falsy_parameters_keeps_them() -> None:
+    for value in (0, "", [], {}, False, None):
+        assert claimed_task(task_columns(parameters=value)).parameters == value
+
+
+def test_timestamps_pass_through_unchanged() -> None:
+    later = T0 + timedelta(seconds=1)
+
+    assert instance_row(instance_columns(started_at=later)).started_at == later
+    assert event_row(event_columns(enqueued_at=later)).enqueued_at == later
