@@ -115,6 +115,11 @@ class EventRow:
     :class:`~cereal.workflow.PendingTask`)."""
 
 
+_FINISHED = frozenset((WorkflowStatus.COMPLETED, WorkflowStatus.FAILED))
+"""Looked up, not spelled out: on Python 3.11 reading an enum member off its class costs
+more than the rest of the check."""
+
+
 @dataclass(slots=True)
 class StepOutcome:
     """What to commit for one instance after its events were handled."""
@@ -144,7 +149,7 @@ class StepOutcome:
 
     @property
     def finished(self) -> bool:
-        return self.status in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED)
+        return self.status in _FINISHED
 
 
 class EventBatch(Protocol):

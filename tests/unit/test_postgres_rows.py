@@ -7,14 +7,14 @@ test gives every column a value of its own and checks where each one lands.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cereal.backends.postgres.jsonb import Undecodable
 from cereal.backends.postgres.rows import claimed_task, event_row, instance_row
 from cereal.types import WorkflowStatus
 
-T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def instance_columns(**changes: Any) -> dict[str, Any]:
