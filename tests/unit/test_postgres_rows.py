@@ -1,7 +1,9 @@
 """The PostgreSQL driver's rows become the seam's records field by field.
 
 The builders pass their arguments by position (they run for every row a claim reads), so each
-test gives every column a value of its own and checks where each one lands.
+test gives every column a value of its own and checks where each one lands. A claim's rows
+come as plain values with a map of column positions, in whatever order the statement
+selects them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cereal.backends.postgres.jsonb import Undecodable
-from cereal.backends.postgres.rows import claimed_task, event_row, instance_row
+from cereal.backends.postgres.rows import (
+    as_dict,
+    claimed_task,
+    event_row,
+    event_rows,
+    instance_row,
+    instance_rows,
+)
 from cereal.types import WorkflowStatus
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -194,3 +203,42 @@ def test_timestamps_pass_through_unchanged() -> None:
 
     assert instance_row(instance_columns(started_at=later)).started_at == later
     assert event_row(event_columns(enqueued_at=later)).enqueued_at == later
+
+
+def as_values(rows: list[dict[str, Any]]) -> tuple[list[list[Any]], dict[str, int]]:
+    """``rows`` as plain values with their columns in reverse order."""
+    names = list(reversed(rows[0]))
+    return [[r[n] for n in names] for r in rows], {n: i for i, n in enumerate(names)}
+
+
+def test_instances_read_from_plain_values_match_those_read_by_name() -> None:
+    by_name = [instance_columns(), instance_columns(id=12, instance_name="other")]
+    values, at = as_values(by_name)
+
+    assert instance_rows(values, at) == [instance_row(r) for r in by_name]
+
+
+def test_a_row_without_an_instance_id_is_not_an_instance() -> None:
+    floor_row = dict.fromkeys(instance_columns()) | {"status": None}
+    values, at = as_values([instance_columns(), floor_row])
+
+    assert [row.id for row in instance_rows(values, at)] == [11]
+    assert as_dict(values[1], at) == floor_row
+
+
+def test_instances_without_a_trace_column_have_no_trace_context() -> None:
+    columns = instance_columns()
+    del columns["trace_context"]
+    values, at = as_values([columns])
+
+    assert instance_rows(values, at)[0].trace_context is None
+
+
+def test_events_read_from_plain_values_match_those_read_by_name() -> None:
+    by_name = [
+        event_columns(),
+        event_columns(id=22, event_type="start", task_result=Undecodable("b")),
+    ]
+    values, at = as_values(by_name)
+
+    assert event_rows(values, at) == [event_row(r) for r in by_name]

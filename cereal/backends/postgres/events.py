@@ -28,7 +28,17 @@ from cereal.backends.postgres.connections import Connection, Connections
 from cereal.backends.postgres.errors import translate
 from cereal.backends.postgres.floors import EventFloor, TaskFloors
 from cereal.backends.postgres.jsonb import use_lenient_jsonb
-from cereal.backends.postgres.rows import claimed_task, event_row, instance_row, loads
+from cereal.backends.postgres.rows import (
+    Columns,
+    as_dict,
+    claimed_task,
+    columns,
+    event_row,
+    event_rows,
+    instance_row,
+    instance_rows,
+    loads,
+)
 from cereal.driver import (
     ClaimedTask,
     EventRow,
@@ -77,9 +87,9 @@ def claim_events(
             conn.execute("BEGIN")
             params = {"names": names, "name": names[0], "limit": limit, **used}
             locking, fetching = _lock(conn, queries, statement, params, per_instance)
-            rows = locking.fetchall()
-            floor.update(used, rows[-1])  # the last row reports the floor
-            instances, events = _locked(rows, fetching)
+            rows, at = locking.fetchall(), columns(locking)
+            floor.update(used, as_dict(rows[-1], at))  # the last row reports the floor
+            instances, events = _locked(rows, at, fetching)
         return PostgresEventBatch(conn, queries, channel, instances, events, task_floors)
 
     return _holding(connections, begin)
@@ -185,28 +195,28 @@ def _lock(
     statement: LiteralString,
     params: dict[str, Any],
     per_instance: int,
-) -> tuple[psycopg.Cursor[dict[str, Any]], psycopg.Cursor[dict[str, Any]]]:
+) -> tuple[psycopg.Cursor[tuple[Any, ...]], psycopg.Cursor[tuple[Any, ...]]]:
     """Queue, in the open pipeline, a statement locking instances (it lists them for
     fetch_events) and fetch_events after it; return their cursors. A value that cannot be
     decoded fails its instance instead of the batch."""
-    locking = conn.cursor(row_factory=dict_row)
+    locking = conn.cursor()
     use_lenient_jsonb(locking.adapters)
     locking.execute(statement, params)
-    fetching = conn.cursor(row_factory=dict_row)
+    fetching = conn.cursor()
     use_lenient_jsonb(fetching.adapters)
     fetching.execute(queries["fetch_events"], {"per_instance": per_instance})
     return locking, fetching
 
 
 def _locked(
-    rows: list[dict[str, Any]], fetching: psycopg.Cursor[dict[str, Any]]
+    rows: list[tuple[Any, ...]], at: Columns, fetching: psycopg.Cursor[tuple[Any, ...]]
 ) -> tuple[list[InstanceRow], dict[int, list[EventRow]]]:
     """The instances of a locking statement's ``rows`` (a row without an id is not one: it
     carries the floor, or only makes sure a setting was written), with their events."""
-    instances = [instance_row(r) for r in rows if r["id"] is not None]
+    instances = instance_rows(rows, at)
     events: dict[int, list[EventRow]] = {i.id: [] for i in instances}
-    for e in fetching.fetchall():
-        events[e["instance_id"]].append(event_row(e))
+    for e in event_rows(fetching.fetchall(), columns(fetching)):
+        events[e.instance_id].append(e)
     return instances, events
 
 
@@ -217,7 +227,7 @@ def _relock(
     commit (relock_held_instances) and read their events."""
     conn.execute("BEGIN")
     locking, fetching = _lock(conn, queries, queries["relock_held_instances"], {}, per_instance)
-    return _locked(locking.fetchall(), fetching)
+    return _locked(locking.fetchall(), columns(locking), fetching)
 
 
 _EVENT_COLUMNS = (

@@ -1,7 +1,9 @@
-"""Rows read by column name (psycopg's ``dict_row``) and turned into the seam's records.
+"""Rows turned into the seam's records.
 
-The per-row records are built with positional arguments, in field order: a manager builds
-several for every workflow, and keywords cost twice the rest of the work.
+The rows a claim reads come as plain values (psycopg's default ``tuple_row``) with a map of
+column positions (:func:`columns`): building a dictionary for each row cost more than the
+record made from it. Other rows are read by column name (``dict_row``). Records are built
+with positional arguments, in field order: keywords cost twice the rest of the work.
 
 Values the lenient ``jsonb`` loader could not decode arrive as
 :class:`~cereal.backends.postgres.jsonb.Undecodable`; they become None plus a ``problem``.
@@ -10,19 +12,27 @@ Values the lenient ``jsonb`` loader could not decode arrive as
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+import psycopg
 
 from cereal.backends.postgres.jsonb import Undecodable
 from cereal.driver import ClaimedTask, EventRow, InstanceRow
 from cereal.types import Schedule, WorkflowInstanceInfo, WorkflowStatus
 
 __all__ = [
+    "Columns",
     "Row",
+    "as_dict",
     "claimed_task",
+    "columns",
     "dumps",
     "event_row",
+    "event_rows",
     "finished_info",
     "instance_row",
+    "instance_rows",
     "listed_info",
     "live_info",
     "loads",
@@ -30,6 +40,8 @@ __all__ = [
 ]
 
 Row = dict[str, Any]
+Columns = dict[str, int]
+"""Each column's position in the rows of one result, by name."""
 
 
 def _undecodable(what: str, value: Any) -> str | None:
@@ -51,59 +63,125 @@ _STATUS = {status.value: status for status in WorkflowStatus}
 as building the rest of a row."""
 
 
-def instance_row(r: Row) -> InstanceRow:
-    parameters, payload = r["parameters"], r["payload"]
-    problem = None
-    if isinstance(parameters, Undecodable) or isinstance(payload, Undecodable):
-        problem = _problems(
-            _undecodable("parameters", parameters), _undecodable("payload", payload)
-        )
-        parameters, payload = _decoded(parameters), _decoded(payload)
-    return InstanceRow(
-        r["id"],
-        r["workflow_name"],
-        r["instance_name"],
-        parameters,
-        payload,
-        _STATUS[r["status"]],
-        r["enqueued_tasks"],
-        r["completed_tasks"],
-        r["started_at"],
-        problem,
-        r.get("trace_context"),
+def columns(cursor: psycopg.Cursor[Any]) -> Columns:
+    """Where each column of ``cursor``'s current result is in its rows."""
+    return {column.name: at for at, column in enumerate(cursor.description or ())}
+
+
+def as_dict(values: Sequence[Any], at: Columns) -> Row:
+    """One row of plain values as a dictionary by column name."""
+    return {name: values[i] for name, i in at.items()}
+
+
+def instance_rows(rows: Iterable[Sequence[Any]], at: Columns) -> list[InstanceRow]:
+    """The instances among ``rows`` (plain values, each column where ``at`` says). A row
+    whose id is NULL is not an instance (a claim's last row carries its floor): skipped."""
+    i_id, i_workflow, i_instance, i_parameters, i_payload = (
+        at["id"],
+        at["workflow_name"],
+        at["instance_name"],
+        at["parameters"],
+        at["payload"],
     )
+    i_status, i_enqueued, i_completed, i_started = (
+        at["status"],
+        at["enqueued_tasks"],
+        at["completed_tasks"],
+        at["started_at"],
+    )
+    i_trace = at.get("trace_context")
+    found = []
+    for v in rows:
+        if v[i_id] is None:
+            continue
+        parameters, payload = v[i_parameters], v[i_payload]
+        problem = None
+        if isinstance(parameters, Undecodable) or isinstance(payload, Undecodable):
+            problem = _problems(
+                _undecodable("parameters", parameters), _undecodable("payload", payload)
+            )
+            parameters, payload = _decoded(parameters), _decoded(payload)
+        found.append(
+            InstanceRow(
+                v[i_id],
+                v[i_workflow],
+                v[i_instance],
+                parameters,
+                payload,
+                _STATUS[v[i_status]],
+                v[i_enqueued],
+                v[i_completed],
+                v[i_started],
+                problem,
+                None if i_trace is None else v[i_trace],
+            )
+        )
+    return found
+
+
+def instance_row(r: Row) -> InstanceRow:
+    """One instance read as a dictionary (``dict_row``)."""
+    (row,) = instance_rows([list(r.values())], {name: i for i, name in enumerate(r)})
+    return row
+
+
+def event_rows(rows: Iterable[Sequence[Any]], at: Columns) -> list[EventRow]:
+    """The events in ``rows`` (plain values, each column where ``at`` says)."""
+    i_id, i_instance, i_type, i_enqueued, i_task = (
+        at["id"],
+        at["instance_id"],
+        at["event_type"],
+        at["enqueued_at"],
+        at["task_name"],
+    )
+    i_parameters, i_status, i_error, i_result, i_attempts = (
+        at["task_parameters"],
+        at["task_status"],
+        at["task_error"],
+        at["task_result"],
+        at["task_attempts"],
+    )
+    i_route, i_signal, i_signal_payload = at["task_route"], at["signal_name"], at["signal_payload"]
+    found = []
+    for v in rows:
+        parameters, result, signal = v[i_parameters], v[i_result], v[i_signal_payload]
+        problem = None
+        if (
+            isinstance(parameters, Undecodable)
+            or isinstance(result, Undecodable)
+            or isinstance(signal, Undecodable)
+        ):
+            problem = _problems(
+                _undecodable("task parameters", parameters),
+                _undecodable("task result", result),
+                _undecodable("signal payload", signal),
+            )
+            parameters, result, signal = _decoded(parameters), _decoded(result), _decoded(signal)
+        found.append(
+            EventRow(
+                v[i_id],
+                v[i_instance],
+                v[i_type],
+                v[i_enqueued],
+                v[i_task],
+                parameters,
+                v[i_status],
+                v[i_error],
+                result,
+                v[i_signal],
+                signal,
+                problem,
+                v[i_attempts] or 1,
+                v[i_route],
+            )
+        )
+    return found
 
 
 def event_row(e: Row) -> EventRow:
-    parameters, result, signal = e["task_parameters"], e["task_result"], e["signal_payload"]
-    problem = None
-    if (
-        isinstance(parameters, Undecodable)
-        or isinstance(result, Undecodable)
-        or isinstance(signal, Undecodable)
-    ):
-        problem = _problems(
-            _undecodable("task parameters", parameters),
-            _undecodable("task result", result),
-            _undecodable("signal payload", signal),
-        )
-        parameters, result, signal = _decoded(parameters), _decoded(result), _decoded(signal)
-    return EventRow(
-        e["id"],
-        e["instance_id"],
-        e["event_type"],
-        e["enqueued_at"],
-        e["task_name"],
-        parameters,
-        e["task_status"],
-        e["task_error"],
-        result,
-        e["signal_name"],
-        signal,
-        problem,
-        e["task_attempts"] or 1,
-        e["task_route"],
-    )
+    """One event read as a dictionary (``dict_row``)."""
+    (row,) = event_rows([list(e.values())], {name: i for i, name in enumerate(e)})
+    return row
 
 
 def claimed_task(r: Row) -> ClaimedTask:
