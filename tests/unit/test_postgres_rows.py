@@ -15,12 +15,13 @@ from typing import Any
 from cereal.backends.postgres.jsonb import Undecodable
 from cereal.backends.postgres.rows import (
     as_dict,
-    claimed_task,
+    claimed_tasks,
     event_row,
     event_rows,
     instance_row,
     instance_rows,
 )
+from cereal.driver import ClaimedTask
 from cereal.types import WorkflowStatus
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -59,6 +60,11 @@ def event_columns(**changes: Any) -> dict[str, Any]:
         "signal_payload": {"s": True},
         **changes,
     }
+
+
+def claimed_task(columns: dict[str, Any]) -> ClaimedTask:
+    (task,) = claimed_tasks([list(columns.values())], {n: i for i, n in enumerate(columns)})
+    return task
 
 
 def task_columns(**changes: Any) -> dict[str, Any]:
@@ -242,3 +248,14 @@ def test_events_read_from_plain_values_match_those_read_by_name() -> None:
     values, at = as_values(by_name)
 
     assert event_rows(values, at) == [event_row(r) for r in by_name]
+
+
+def test_claimed_tasks_without_names_take_them_from_their_instances() -> None:
+    columns = task_columns()
+    del columns["workflow_name"], columns["instance_name"]
+    values, at = as_values([columns, dict.fromkeys(columns)])
+    owner = instance_row(instance_columns(workflow_name="w2", instance_name="i2"))
+
+    (task,) = claimed_tasks(values, at, {11: owner})
+
+    assert (task.id, task.workflow_name, task.instance_name) == (31, "w2", "i2")

@@ -40,7 +40,8 @@ from cereal.backends.postgres.migrations import LOCK_NAMESPACE
 from cereal.backends.postgres.queries import load_queries
 from cereal.backends.postgres.rows import (
     Row,
-    claimed_task,
+    claimed_tasks,
+    columns,
     finished_info,
     live_info,
 )
@@ -407,15 +408,13 @@ class PostgresDriver:
             "owner": owner,
         }
         with self._db.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
+            cur = conn.cursor()
             use_lenient_jsonb(cur.adapters)  # a task we cannot decode is reported failed
-            rows = cur.execute(self._q["claim_tasks"], params).fetchall()
-        self._task_floors.claimed(
-            (r["task_name"], r["start_after"]) for r in rows if r["id"] is not None
-        )
-        tasks = [claimed_task(r) for r in rows if r["id"] is not None]
-        next_due = next((r["next_due_in"] for r in rows if r["id"] is None), None)
-        return tasks, next_due
+            rows, at = cur.execute(self._q["claim_tasks"], params).fetchall(), columns(cur)
+        task_id, name, due = at["id"], at["task_name"], at["start_after"]
+        self._task_floors.claimed((v[name], v[due]) for v in rows if v[task_id] is not None)
+        next_due = next((v[at["next_due_in"]] for v in rows if v[task_id] is None), None)
+        return claimed_tasks(rows, at), next_due
 
     def complete_tasks(self, outcomes: Sequence[TaskOutcome], owner: str) -> set[int]:
         """Record task outcomes as events, or requeue those asking for a retry that have

@@ -31,7 +31,7 @@ from cereal.backends.postgres.jsonb import use_lenient_jsonb
 from cereal.backends.postgres.rows import (
     Columns,
     as_dict,
-    claimed_task,
+    claimed_tasks,
     columns,
     event_row,
     event_rows,
@@ -446,7 +446,7 @@ class PostgresEventBatch:
                 }
                 if claiming and claim is not None:
                     policies = [claim.first_attempt(n) for n in claiming]
-                    taking = conn.cursor(row_factory=dict_row)
+                    taking = conn.cursor()
                     use_lenient_jsonb(taking.adapters)  # as claim_tasks reads parameters
                     taking.execute(
                         q["insert_tasks_claiming"],
@@ -489,21 +489,10 @@ class PostgresEventBatch:
             if held is not None and pending is not None:
                 locked, still = held.fetchone(), pending.fetchone()
                 kept = locked is not None and still is not None and bool(still[0])
-            taken = [] if taking is None else [r for r in taking.fetchall() if r["id"] is not None]
-            self._task_floors.claimed((r["task_name"], r["start_after"]) for r in taken)
-            return ended, kept, _claimed(taken, going)
-
-
-def _claimed(rows: list[dict[str, Any]], going: Sequence[StepOutcome]) -> list[ClaimedTask]:
-    """The claimed rows of insert_tasks_claiming, named after their instances."""
-    names = {o.instance.id: o.instance for o in going}
-    return [
-        claimed_task(
-            r
-            | {
-                "workflow_name": names[r["instance_id"]].workflow_name,
-                "instance_name": names[r["instance_id"]].instance_name,
-            }
-        )
-        for r in rows
-    ]
+            if taking is None:
+                return ended, kept, []
+            taken, at = taking.fetchall(), columns(taking)
+            claimed = claimed_tasks(taken, at, {o.instance.id: o.instance for o in going})
+            task_id, name, due = at["id"], at["task_name"], at["start_after"]
+            self._task_floors.claimed((v[name], v[due]) for v in taken if v[task_id] is not None)
+            return ended, kept, claimed

@@ -12,7 +12,7 @@ Values the lenient ``jsonb`` loader could not decode arrive as
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -25,7 +25,7 @@ __all__ = [
     "Columns",
     "Row",
     "as_dict",
-    "claimed_task",
+    "claimed_tasks",
     "columns",
     "dumps",
     "event_row",
@@ -184,22 +184,52 @@ def event_row(e: Row) -> EventRow:
     return row
 
 
-def claimed_task(r: Row) -> ClaimedTask:
-    parameters = r["parameters"]
-    problem = _undecodable("task parameters", parameters)
-    return ClaimedTask(
-        r["id"],
-        r["instance_id"],
-        r["task_name"],
-        None if problem else parameters,
-        r["enqueued_at"],
-        r["workflow_name"],
-        r["instance_name"],
-        problem,
-        r["attempt"],
-        r["max_attempts"],
-        r.get("trace_context"),
+def claimed_tasks(
+    rows: Iterable[Sequence[Any]],
+    at: Columns,
+    instances: Mapping[int, InstanceRow] | None = None,
+) -> list[ClaimedTask]:
+    """The claimed tasks in ``rows`` (plain values, each column where ``at`` says); a row
+    whose id is NULL carries something else and is skipped. Rows without the instance's
+    names take them from ``instances``, by instance id."""
+    i_id, i_instance, i_task, i_parameters, i_enqueued = (
+        at["id"],
+        at["instance_id"],
+        at["task_name"],
+        at["parameters"],
+        at["enqueued_at"],
     )
+    i_attempt, i_max_attempts, i_trace = at["attempt"], at["max_attempts"], at.get("trace_context")
+    i_workflow, i_name = at.get("workflow_name"), at.get("instance_name")
+    found = []
+    for v in rows:
+        if v[i_id] is None:
+            continue
+        if i_workflow is None or i_name is None:
+            if instances is None:
+                raise KeyError("claimed task rows without their instance's names")
+            owner = instances[v[i_instance]]
+            workflow, name = owner.workflow_name, owner.instance_name
+        else:
+            workflow, name = v[i_workflow], v[i_name]
+        parameters = v[i_parameters]
+        problem = _undecodable("task parameters", parameters)
+        found.append(
+            ClaimedTask(
+                v[i_id],
+                v[i_instance],
+                v[i_task],
+                None if problem else parameters,
+                v[i_enqueued],
+                workflow,
+                name,
+                problem,
+                v[i_attempt],
+                v[i_max_attempts],
+                None if i_trace is None else v[i_trace],
+            )
+        )
+    return found
 
 
 def live_info(r: Row) -> WorkflowInstanceInfo:
