@@ -101,7 +101,8 @@ class Drain:
 class Sizes:
     p1: int
     p2: int
-    p2_one_worker: int
+    """Items in each P2 drain: both of cereal's (``workers=10`` and ``workers=1``) and the
+    peer's, so that each side's start-up is spread over the same work."""
     p3_rate: float
     p3_count: int
     floor_commits: int
@@ -576,7 +577,7 @@ def run(
             True,
         ),
         "p2w1": Series(
-            f"P2 single-task workflow drain, {sizes.p2_one_worker} items, workers=1"
+            f"P2 single-task workflow drain, {sizes.p2} items, workers=1"
             f" (default), vs {peer} default",
             "items/s",
             True,
@@ -630,7 +631,7 @@ def run(
                 note("cereal P2 workers=10", cereal_drain(server, sizes.p2, True, 10))
             )
             series["p2w1"].cereal.append(
-                note("cereal P2 workers=1", cereal_drain(server, sizes.p2_one_worker, True, 1))
+                note("cereal P2 workers=1", cereal_drain(server, sizes.p2, True, 1))
             )
 
         def peer_p2() -> None:
@@ -743,11 +744,11 @@ def main(argv: list[str] | None = None) -> int:
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     if args.tiny:
-        sizes = Sizes(50, 30, 30, 50.0, 20, 100, 500)
+        sizes = Sizes(50, 30, 50.0, 20, 100, 500)
     elif args.quick:
-        sizes = Sizes(2000, 1500, 600, 100.0, 200, 500, 10000)
+        sizes = Sizes(2000, 1500, 100.0, 200, 500, 10000)
     else:
-        sizes = Sizes(5000, 4000, 1500, 100.0, 500, 2000, 50000)
+        sizes = Sizes(5000, 4000, 100.0, 500, 2000, 50000)
     server = Server(args.dsn)
     try:
         series, floors, costs = run(server, rounds, sizes, with_peer)
