@@ -86,18 +86,10 @@ def task_columns(**changes: Any) -> dict[str, Any]:
 def test_an_instance_row_keeps_every_column_in_its_field() -> None:
     row = instance_row(instance_columns())
 
-    assert dataclasses.asdict(row) == {
-        "id": 11,
-        "workflow_name": "wf",
-        "instance_name": "inst",
-        "parameters": {"p": 1},
-        "payload": {"q": 2},
+    # The columns carry the fields' names; the status becomes its enum member.
+    assert dataclasses.asdict(row) == instance_columns() | {
         "status": WorkflowStatus.RUNNING,
-        "enqueued_tasks": 3,
-        "completed_tasks": 2,
-        "started_at": T0,
         "problem": None,
-        "trace_context": "trace",
     }
 
 
@@ -126,24 +118,12 @@ def test_undecodable_instance_values_become_none_and_a_problem() -> None:
 
 
 def test_an_event_row_keeps_every_column_in_its_field() -> None:
-    row = event_row(event_columns())
+    columns = event_columns()
+    row = event_row(columns)
 
-    assert dataclasses.asdict(row) == {
-        "id": 21,
-        "instance_id": 11,
-        "kind": "task_complete",
-        "enqueued_at": T0,
-        "task_name": "fetch",
-        "task_parameters": {"url": "u"},
-        "task_status": "failed",
-        "task_error": "boom",
-        "task_result": [1, 2],
-        "signal_name": "sig",
-        "signal_payload": {"s": True},
-        "problem": None,
-        "task_attempts": 4,
-        "task_route": "r",
-    }
+    # The columns carry the fields' names, but for the event's kind.
+    expected = {name: value for name, value in columns.items() if name != "event_type"}
+    assert dataclasses.asdict(row) == expected | {"kind": "task_complete", "problem": None}
 
 
 def test_an_event_without_attempts_counts_one() -> None:
@@ -177,19 +157,7 @@ def test_one_undecodable_event_value_leaves_the_others() -> None:
 def test_a_claimed_task_keeps_every_column_in_its_field() -> None:
     row = claimed_task(task_columns())
 
-    assert dataclasses.asdict(row) == {
-        "id": 31,
-        "instance_id": 11,
-        "task_name": "fetch",
-        "parameters": {"url": "u"},
-        "enqueued_at": T0,
-        "workflow_name": "wf",
-        "instance_name": "inst",
-        "problem": None,
-        "attempt": 2,
-        "max_attempts": 5,
-        "trace_context": "trace",
-    }
+    assert dataclasses.asdict(row) == task_columns() | {"problem": None}
 
 
 def test_undecodable_task_parameters_become_none_and_a_problem() -> None:
