@@ -15,7 +15,9 @@ Workloads:
 - P3: latency from enqueue to the start of the task (cereal: ``enqueue_workflow`` ->
   ``on_start`` enqueues a task -> the task starts; pgqueuer: enqueue -> the job handler
   starts) at a steady low rate, by default and with ``eager_start`` (``on_start`` runs in
-  the enqueuing thread and its commit claims the task), against the same pgqueuer run;
+  the enqueuing thread and its commit claims the task), against the same pgqueuer run; the
+  p99 is also given warm, without the first tenth of each side's samples, which measure the
+  start (new connections planning and preparing their statements);
 - F1: the floors of the server: the raw one-row commit rate of one client, a batched
   dequeue loop (``DELETE ... LIMIT 100 FOR UPDATE SKIP LOCKED RETURNING``) over a plain table,
   and cereal's own statements for P1's and P2's workflows driven 100 instances at a time by
@@ -563,6 +565,12 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _warm(latencies: list[float]) -> list[float]:
+    """The samples after the first tenth, in the order they were sent: what is left once each
+    side's new connections have planned and prepared their statements."""
+    return latencies[len(latencies) // 10 :]
+
+
 def run(
     server: Server, rounds: int, sizes: Sizes, with_peer: bool
 ) -> tuple[list[Series], dict[str, list[float]], dict[str, list[Cost]]]:
@@ -588,11 +596,23 @@ def run(
         "p3p99": Series(
             f"P3 enqueue -> task start p99, {sizes.p3_rate:.0f}/s x {sizes.p3_count}", "ms", False
         ),
+        "p3p99w": Series(
+            f"P3 enqueue -> task start p99, warm (all but the first tenth of the samples),"
+            f" {sizes.p3_rate:.0f}/s x {sizes.p3_count}",
+            "ms",
+            False,
+        ),
         "p3ep50": Series(
             f"P3 with eager_start, p50, {sizes.p3_rate:.0f}/s x {sizes.p3_count}", "ms", False
         ),
         "p3ep99": Series(
             f"P3 with eager_start, p99, {sizes.p3_rate:.0f}/s x {sizes.p3_count}", "ms", False
+        ),
+        "p3ep99w": Series(
+            f"P3 with eager_start, p99, warm (all but the first tenth of the samples),"
+            f" {sizes.p3_rate:.0f}/s x {sizes.p3_count}",
+            "ms",
+            False,
         ),
     }
     floors: dict[str, list[float]] = {
@@ -644,12 +664,14 @@ def run(
                 lat = cereal_latency(server, sizes.p3_rate, sizes.p3_count, eager)
                 series[key + "p50"].cereal.append(_pct(lat, 0.5))
                 series[key + "p99"].cereal.append(_pct(lat, 0.99))
+                series[key + "p99w"].cereal.append(_pct(_warm(lat), 0.99))
 
         def peer_p3() -> None:
             lat = pgq_latency(server, sizes.p3_rate, sizes.p3_count)
             for key in ("p3", "p3e"):
                 series[key + "p50"].peer.append(_pct(lat, 0.5))
                 series[key + "p99"].peer.append(_pct(lat, 0.99))
+                series[key + "p99w"].peer.append(_pct(_warm(lat), 0.99))
 
         for ours, theirs in ((cereal_p1, peer_p1), (cereal_p2, peer_p2), (cereal_p3, peer_p3)):
             pair = (ours, theirs) if cereal_first else (theirs, ours)

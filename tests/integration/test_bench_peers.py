@@ -44,7 +44,8 @@ def test_peers_tiny_run_reports_cereal_figures_for_every_workload(pg_dsn: str) -
     out = _peers("--tiny", "--rounds", "1", "--cereal-only", "--dsn", pg_dsn)
     assert out.returncode == 0, out.stderr
     titles = ("P1 no-task", "workers=10", "workers=1", "task start p50", "task start p99")
-    for title in (*titles, "eager_start, p50", "eager_start, p99"):
+    eager = ("eager_start, p50", "eager_start, p99", "eager_start, p99, warm")
+    for title in (*titles, "task start p99, warm", *eager):
         block = out.stdout.split(title, 1)[1]
         median = re.search(r"median\s+([0-9.]+)\s+nan", block)
         assert median is not None, block[:300]
