@@ -15,6 +15,7 @@ from typing import Any
 from cereal.backends.postgres.jsonb import Undecodable
 from cereal.backends.postgres.rows import (
     as_dict,
+    claimed_starts,
     claimed_tasks,
     event_row,
     event_rows,
@@ -227,3 +228,10 @@ def test_claimed_tasks_without_names_take_them_from_their_instances() -> None:
     (task,) = claimed_tasks(values, at, {11: owner})
 
     assert (task.id, task.workflow_name, task.instance_name) == (31, "w2", "i2")
+
+
+def test_claimed_starts_name_each_claimed_task_and_its_due_time() -> None:
+    columns = task_columns(start_after=T0)
+    values, at = as_values([columns, dict.fromkeys(columns)])
+
+    assert claimed_starts(values, at) == [("fetch", T0)]

@@ -40,6 +40,7 @@ from cereal.backends.postgres.migrations import LOCK_NAMESPACE
 from cereal.backends.postgres.queries import load_queries
 from cereal.backends.postgres.rows import (
     Row,
+    claimed_starts,
     claimed_tasks,
     columns,
     finished_info,
@@ -411,8 +412,8 @@ class PostgresDriver:
             cur = conn.cursor()
             use_lenient_jsonb(cur.adapters)  # a task we cannot decode is reported failed
             rows, at = cur.execute(self._q["claim_tasks"], params).fetchall(), columns(cur)
-        task_id, name, due = at["id"], at["task_name"], at["start_after"]
-        self._task_floors.claimed((v[name], v[due]) for v in rows if v[task_id] is not None)
+        self._task_floors.claimed(claimed_starts(rows, at))
+        task_id = at["id"]
         next_due = next((v[at["next_due_in"]] for v in rows if v[task_id] is None), None)
         return claimed_tasks(rows, at), next_due
 

@@ -31,6 +31,7 @@ from cereal.backends.postgres.jsonb import use_lenient_jsonb
 from cereal.backends.postgres.rows import (
     Columns,
     as_dict,
+    claimed_starts,
     claimed_tasks,
     columns,
     event_row,
@@ -492,7 +493,5 @@ class PostgresEventBatch:
             if taking is None:
                 return ended, kept, []
             taken, at = taking.fetchall(), columns(taking)
-            claimed = claimed_tasks(taken, at, {o.instance.id: o.instance for o in going})
-            task_id, name, due = at["id"], at["task_name"], at["start_after"]
-            self._task_floors.claimed((v[name], v[due]) for v in taken if v[task_id] is not None)
-            return ended, kept, claimed
+            self._task_floors.claimed(claimed_starts(taken, at))
+            return ended, kept, claimed_tasks(taken, at, {o.instance.id: o.instance for o in going})

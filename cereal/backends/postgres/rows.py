@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -25,6 +26,7 @@ __all__ = [
     "Columns",
     "Row",
     "as_dict",
+    "claimed_starts",
     "claimed_tasks",
     "columns",
     "dumps",
@@ -230,6 +232,13 @@ def claimed_tasks(
             )
         )
     return found
+
+
+def claimed_starts(rows: Iterable[Sequence[Any]], at: Columns) -> list[tuple[str, datetime]]:
+    """``(task_name, start_after)`` of each claimed task in ``rows`` (a row whose id is NULL
+    is skipped, as by :func:`claimed_tasks`), for the process's task floors."""
+    i_id, i_task, i_start = at["id"], at["task_name"], at["start_after"]
+    return [(v[i_task], v[i_start]) for v in rows if v[i_id] is not None]
 
 
 def live_info(r: Row) -> WorkflowInstanceInfo:
