@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from cereal import Decision, Manager, Task, WorkflowInstance, WorkflowStatus
 from cereal.backends.postgres import PostgresDriver
 from cereal.backends.postgres.queries import load_migrations, load_queries
 from cereal.errors import InvalidNameError, MigrationError
+from tests.helpers.schedules import schedule_soon
 from tests.helpers.timings import FAST_MANAGER_OPTIONS
 
 PACKAGE = Path(__file__).resolve().parents[2] / "cereal"
@@ -172,10 +172,7 @@ def test_a_role_that_only_owns_its_schema_runs_workflows_tasks_and_schedules(
         first.kill_workflow(WF, "killed")
         assert second.get_workflow_instance(WF, "killed").error == "killed"
 
-        at = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
-        first.create_workflow_schedule(
-            WF, "scheduled", {"n": 2}, recurrence=f"DTSTART:{at:%Y%m%dT%H%M%S}Z\nRRULE:FREQ=HOURLY"
-        )
+        schedule_soon(first, WF, "scheduled", {"n": 2}, lead=1.0)
         deadline = time.monotonic() + AWAIT
         while not first.list_workflow_instances(instance_name="scheduled"):
             assert time.monotonic() < deadline, "the schedule never ran"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cereal import Manager, Task, WorkflowStatus
@@ -18,6 +17,7 @@ from cereal.patterns import (
     SingleTaskWorkflowExecutor,
     register_single_task_workflow,
 )
+from tests.helpers.schedules import schedule_soon
 from tests.helpers.waiting import wait_for
 
 MakeManager = Callable[..., Manager]
@@ -312,13 +312,7 @@ def test_a_chain_runs_from_a_schedule(make_any_manager: MakeManager) -> None:
     manager.register_workflow_executor("nightly", ChainWorkflowExecutor(Squares(), Squares()))
     manager.register_task_executor("square", square, workers=2)
     manager.start()
-    first = (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=0)
-    manager.create_workflow_schedule(
-        "nightly",
-        "run",
-        [[3], [1, 1]],
-        recurrence=f"DTSTART:{first:%Y%m%dT%H%M%SZ}\nRRULE:FREQ=DAILY;COUNT=1",
-    )
+    schedule_soon(manager, "nightly", "run", [[3], [1, 1]], rule="FREQ=DAILY;COUNT=1")
 
     def enqueued() -> bool:
         try:

@@ -11,7 +11,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -36,6 +36,7 @@ from cereal.driver import (
 )
 from cereal.errors import CerealError
 from cereal.types import WorkflowInstanceInfo
+from tests.helpers.schedules import schedule_soon
 from tests.helpers.timings import FAST_MANAGER_OPTIONS
 from tests.helpers.waiting import wait_for
 
@@ -277,13 +278,7 @@ def test_a_delegating_driver_runs_workflows_tasks_and_schedules(pg_dsn: str, sch
     )
     manager.register_workflow_executor("doubler", Doubler())
     manager.register_task_executor("double", double, workers=2)
-    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
-    manager.create_workflow_schedule(
-        "doubler",
-        "scheduled",
-        [5],
-        recurrence=f"DTSTART:{start:%Y%m%dT%H%M%SZ}\nRRULE:FREQ=SECONDLY;COUNT=1",
-    )
+    schedule_soon(manager, "doubler", "scheduled", [5], rule="FREQ=SECONDLY;COUNT=1", lead=3.0)
     with manager:
         manager.enqueue_workflow("doubler", "direct", [1, 2, 3])
         direct = manager.await_workflow("doubler", "direct", timeout=30)

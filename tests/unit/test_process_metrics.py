@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -11,6 +9,7 @@ from cereal import Manager, WorkflowStatus
 from cereal.testing import MemoryDriver
 from cereal.web.metrics import make_registry
 from tests.helpers.doubler import Doubler, double
+from tests.helpers.schedules import schedule_soon
 from tests.helpers.timings import FAST_MANAGER_OPTIONS
 from tests.helpers.waiting import wait_for
 
@@ -37,10 +36,7 @@ def test_counters_move_when_work_runs() -> None:
     manager.register_workflow_executor("pair", Doubler())
     manager.register_task_executor("double", double)
     before = scrape(driver)
-    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
-    manager.create_workflow_schedule(
-        "pair", "nightly", 1, recurrence=f"DTSTART:{due:%Y%m%dT%H%M%SZ}\nRRULE:FREQ=DAILY"
-    )
+    schedule_soon(manager, "pair", "nightly", 1, rule="FREQ=DAILY")
     with manager:
         manager.enqueue_workflow("pair", "ok", 2)
         manager.enqueue_workflow("pair", "bad", -2)

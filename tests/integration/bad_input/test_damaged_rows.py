@@ -6,7 +6,6 @@ retry loop, and the other instances still run.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from cereal.errors import (
 )
 from tests.helpers.logs import capture_logs
 from tests.helpers.recorders import Flow
+from tests.helpers.schedules import schedule_soon
 from tests.integration.bad_input.hostile import (
     AWAIT,
     WF,
@@ -258,10 +258,7 @@ def test_corrupt_stored_schedules_are_disabled_once_and_others_still_run(
         " next_due_at = now() - interval '1 minute' WHERE instance_name = 'bad-params'",
         BIG_NUMBER,
     )
-    soon = (datetime.now(UTC) + timedelta(seconds=1)).strftime("%Y%m%dT%H%M%SZ")
-    setup.create_workflow_schedule(
-        WF, "good", {"x": 1}, recurrence=f"DTSTART:{soon}\nRRULE:FREQ=HOURLY"
-    )
+    schedule_soon(setup, WF, "good", {"x": 1}, lead=1.0)
     bad = [f"bad{n}" for n, _ in enumerate(CORRUPT_RULES)] + ["bad-params"]
 
     with capture_logs() as logs:

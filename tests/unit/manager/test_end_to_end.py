@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from cereal import Manager, Task, WorkflowInstance, WorkflowStatus
 from cereal.testing import MemoryDriver
+from tests.helpers.schedules import schedule_soon
 from tests.helpers.timings import FAST_MANAGER_OPTIONS
 
 
@@ -39,10 +40,7 @@ def test_workflows_tasks_and_schedules_run_on_the_memory_driver() -> None:
     manager = Manager(MemoryDriver(), **FAST_MANAGER_OPTIONS)
     manager.register_workflow_executor("sum", Summer())
     manager.register_task_executor("square", square, workers=3)
-    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
-    manager.create_workflow_schedule(
-        "sum", "nightly", [4], recurrence=f"DTSTART:{start:%Y%m%dT%H%M%SZ}\nRRULE:FREQ=DAILY"
-    )
+    start = schedule_soon(manager, "sum", "nightly", [4], rule="FREQ=DAILY", lead=3.0)
     with manager:
         manager.enqueue_workflow("sum", "now", [1, 2, 3])
         assert manager.await_workflow("sum", "now", timeout=10).result == 14
