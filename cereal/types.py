@@ -6,7 +6,7 @@ import enum
 import sys
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cereal.config import count
@@ -184,7 +184,9 @@ class Schedule:
 
     ``recurrence`` is RFC 5545 text that round-trips exactly (time zone included).
     ``next_due_at`` is None once the rule has run out. ``last_start``/``last_end`` come from
-    the latest finished run of the schedule's instance.
+    the latest finished run of the schedule's instance. ``clock_offset`` is how far the
+    driver's clock (the database's) was ahead of this process's when the schedule was read;
+    it is left out of comparisons and of ``repr``.
     """
 
     workflow_name: str
@@ -196,9 +198,11 @@ class Schedule:
     last_enqueued_at: datetime | None
     last_start: datetime | None
     last_end: datetime | None
+    clock_offset: timedelta = field(default=timedelta(0), compare=False, repr=False)
 
     def next_occurrences(self, n: int, after: datetime | None = None) -> list[datetime]:
-        """The next ``n`` occurrences (UTC) at or after ``after`` (default: now)."""
+        """The next ``n`` occurrences (UTC) at or after ``after`` (default: now by the
+        driver's clock, the one the scheduler runs by)."""
         count("n", n, minimum=0, maximum=sys.maxsize)
-        start = datetime.now(UTC) if after is None else after
+        start = datetime.now(UTC) + self.clock_offset if after is None else after
         return load_recurrence(self.recurrence).occurrences_after(start, n)

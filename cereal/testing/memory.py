@@ -996,6 +996,7 @@ class MemoryDriver:
         finished run's start and end."""
         s = self._store
         with s.lock:
+            offset = s.clock() - datetime.now(UTC)
             found: list[Schedule] = []
             for pair in sorted(s.schedules):
                 if workflow_name is not None and pair[0] != workflow_name:
@@ -1015,6 +1016,7 @@ class MemoryDriver:
                         sched.last_enqueued_at,
                         None if last is None else last.started_at,
                         None if last is None else last.ended_at,
+                        offset,
                     )
                 )
         return found

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from cereal import Manager
 from cereal.driver import EventsPending, StepOutcome, TaskOutcome, Wakeup
 from cereal.errors import CerealError, DatabaseError, SerializationError
 from cereal.steps import run_events
@@ -219,3 +220,17 @@ def test_a_workflow_runs_to_completion_on_the_engines_own_step_logic() -> None:
     assert (done.status, done.result) == (WorkflowStatus.COMPLETED, 42)
     stored = driver.get_workflow_instance("double", "a")
     assert stored is not None and stored.result == 42
+
+
+def test_next_occurrences_counts_from_the_drivers_clock_not_the_process_clock() -> None:
+    clock = Clock()
+    manager = Manager(MemoryDriver(MemoryStore(clock=clock)))
+    manager.create_workflow_schedule(
+        "w", "daily", recurrence="DTSTART:20200101T120000Z\nRRULE:FREQ=DAILY"
+    )
+    schedule = manager.get_workflow_schedule("w", "daily")
+    assert schedule.next_occurrences(2) == [T0 + timedelta(hours=12), T0 + timedelta(hours=36)]
+    assert schedule.next_occurrences(1) == [schedule.next_due_at]
+    assert schedule.next_occurrences(1, datetime(2025, 1, 1, tzinfo=UTC)) == [
+        datetime(2025, 1, 1, 12, tzinfo=UTC)
+    ]

@@ -21,6 +21,7 @@ from cereal.backends.postgres.rows import (
     event_rows,
     instance_row,
     instance_rows,
+    schedule,
 )
 from cereal.driver import ClaimedTask
 from cereal.types import WorkflowStatus
@@ -235,3 +236,25 @@ def test_claimed_starts_name_each_claimed_task_and_its_due_time() -> None:
     values, at = as_values([columns, dict.fromkeys(columns)])
 
     assert claimed_starts(values, at) == [("fetch", T0)]
+
+
+def test_a_schedule_row_carries_how_far_the_database_clock_is_ahead() -> None:
+    read_at = datetime.now(UTC) + timedelta(hours=2)
+    row = {
+        "workflow_name": "w",
+        "instance_name": "nightly",
+        "parameters": {"x": 1},
+        "recurrence": "DTSTART:20260101T000000Z\nRRULE:FREQ=DAILY",
+        "enabled": True,
+        "next_due_at": T0,
+        "last_enqueued_at": None,
+        "last_start": None,
+        "last_end": None,
+        "read_at": read_at,
+    }
+    stored = schedule(row)
+    assert timedelta(hours=2) - timedelta(seconds=5) < stored.clock_offset <= timedelta(hours=2)
+    (upcoming,) = stored.next_occurrences(1)
+    assert upcoming == (read_at + timedelta(days=1)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )

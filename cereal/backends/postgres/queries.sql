@@ -788,9 +788,10 @@ WHERE workflow_name = %(workflow_name)s AND instance_name = %(instance_name)s
 RETURNING id;
 
 -- name: select_schedules
--- Schedules with the start and end of their latest finished run.
+-- Schedules with the start and end of their latest finished run, and the database's clock.
 SELECT s.workflow_name, s.instance_name, s.parameters, s.recurrence, s.enabled,
-       s.next_due_at, s.last_enqueued_at, r.started_at AS last_start, r.ended_at AS last_end
+       s.next_due_at, s.last_enqueued_at, r.started_at AS last_start, r.ended_at AS last_end,
+       clock_timestamp() AS read_at
 FROM workflow_schedules s
 LEFT JOIN LATERAL (
     SELECT started_at, ended_at FROM workflow_results wr

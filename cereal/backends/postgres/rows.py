@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -283,6 +283,8 @@ def listed_info(r: Row) -> WorkflowInstanceInfo:
 
 
 def schedule(r: Row) -> Schedule:
+    """A ``select_schedules`` row; its ``read_at`` (the database's clock) against this
+    process's clock gives the schedule's ``clock_offset``."""
     return Schedule(
         workflow_name=r["workflow_name"],
         instance_name=r["instance_name"],
@@ -293,6 +295,7 @@ def schedule(r: Row) -> Schedule:
         last_enqueued_at=r["last_enqueued_at"],
         last_start=r["last_start"],
         last_end=r["last_end"],
+        clock_offset=r["read_at"] - datetime.now(UTC),
     )
 
 
