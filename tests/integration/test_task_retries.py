@@ -25,8 +25,10 @@ from cereal import (
     WorkflowInstance,
     WorkflowStatus,
 )
+from cereal.backends.postgres import PostgresDriver
 from cereal.errors import CerealError
 from cereal.patterns import register_single_task_workflow
+from tests.contract.test_driver_contract import OWNER, with_tasks
 from tests.helpers.processes import program
 from tests.helpers.timings import LOST_TASK_TIMEOUT
 from tests.helpers.waiting import wait_for
@@ -312,3 +314,35 @@ def test_a_retry_survives_the_worker_that_scheduled_it_being_killed(
         "attempts": 2,
     }
     assert task.seen == [2]
+
+
+POLICIES = [
+    RetryPolicy(max_attempts=50, initial_delay=1.0, backoff=2.0, max_delay=300.0),
+    RetryPolicy(max_attempts=50, initial_delay=0.25, backoff=1.5, max_delay=7.0),
+    RetryPolicy(max_attempts=50, initial_delay=3.0, backoff=1.0, max_delay=3.0),
+    RetryPolicy(max_attempts=50, initial_delay=1e-9, backoff=3e9, max_delay=0.001),
+    RetryPolicy(max_attempts=50, initial_delay=0, backoff=2.0, max_delay=10.0),
+    RetryPolicy(max_attempts=50, initial_delay=5.0, backoff=2.0, max_delay=0),
+    RetryPolicy(max_attempts=50, initial_delay=2.0, backoff=10.0, max_delay=1e9),
+]
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=range(len(POLICIES)))
+def test_the_delay_a_claim_stores_is_the_one_the_policy_computes(
+    driver: PostgresDriver, pg_dsn: str, schema: str, policy: RetryPolicy
+) -> None:
+    # The claim works the delay out in SQL, so that a reaper without the policy can retry
+    # a lost attempt; it must agree with RetryPolicy.delay for every attempt.
+    with_tasks(driver, "a", "t")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
+        for attempt in (*range(1, 45), 49, 50):
+            conn.execute("UPDATE tasks SET state = 'queued', attempt = %s", (attempt,))
+            (task,), _ = driver.claim_tasks({"t": 1}, OWNER, {"t": policy})
+            assert task.attempt == attempt
+            row = conn.execute("SELECT retry_delay FROM tasks").fetchone()
+            assert row is not None
+            if attempt >= policy.max_attempts:
+                assert row[0] is None  # the last attempt: nothing to wait for
+            else:
+                assert row[0] == pytest.approx(policy.delay(attempt), rel=1e-12), attempt
