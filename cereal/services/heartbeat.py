@@ -39,6 +39,8 @@ class Heartbeat(PeriodicService):
         # Claims this process never learned of are put back once they are this old: well
         # before the reaper would report them lost, long after any claim in flight is known.
         self._unknown_after = lost_task_timeout / 2
+        # Long after the reaper (polling every quarter timeout) has reported them.
+        self._given_up_kept = 4 * lost_task_timeout
         self._releases = callable(getattr(driver, "release_unknown_tasks", None))
 
     def retry_delay(self, failures: int) -> float:
@@ -59,7 +61,9 @@ class Heartbeat(PeriodicService):
             # A claim failed in a way that may have committed: rows may be running for this
             # process that it never heard of (and never runs or heartbeats).
             # A claim registered since ``ids`` was read is younger than _unknown_after.
-            count = self._driver.release_unknown_tasks(ids, self._owner, self._unknown_after)
+            # Tasks whose results were given up are known too: the reaper reports them lost.
+            known = ids + self._pools.given_up_within(self._given_up_kept)
+            count = self._driver.release_unknown_tasks(known, self._owner, self._unknown_after)
             if count:
                 self.log.warning(
                     "tasks claimed by a commit whose answer was lost were put back in the queue",

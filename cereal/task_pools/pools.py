@@ -79,6 +79,7 @@ class TaskPools:
         self._claims: dict[int, Claim] = {}
         self._claims_of: Counter[int] = Counter()  # claims kept per instance id
         self._uncertain_at: float | None = None  # see claims_uncertain()
+        self._given_up: dict[int, float] = {}  # task id -> when its outcome was given up
         self._sync = SyncRunners(registrations)
         self._async = AsyncRunner() if any(reg.is_async for reg in registrations.values()) else None
         self._retries = {n: r.retry for n, r in registrations.items() if r.retry is not None}
@@ -93,7 +94,9 @@ class TaskPools:
             release=self._release_capacity,
             uncertain=self.claims_uncertain,
         )
-        self._writer = ResultWriter(driver, owner, self._written, max_batch=write_batch)
+        self._writer = ResultWriter(
+            driver, owner, self._written, on_given_up=self._results_given_up, max_batch=write_batch
+        )
         self._handover: Callable[[TaskOutcome], bool] | None = None
         self._watchdog = TimeoutWatchdog(self._expired)
 
@@ -185,6 +188,21 @@ class TaskPools:
         with self._cond:
             at = self._uncertain_at
         return at is not None and time.monotonic() - at <= seconds
+
+    def given_up_within(self, seconds: float) -> list[int]:
+        """Ids of tasks whose outcome the writer gave up on in the last ``seconds``. Their
+        rows still run for this process, unheartbeated, until the lost-task reaper reports
+        them: they are known claims, not ones to put back in the queue."""
+        horizon = time.monotonic() - seconds
+        with self._cond:
+            for tid in [tid for tid, at in self._given_up.items() if at < horizon]:
+                del self._given_up[tid]
+            return list(self._given_up)
+
+    def _results_given_up(self, task_ids: list[int]) -> None:
+        now = time.monotonic()
+        with self._cond:
+            self._given_up.update(dict.fromkeys(task_ids, now))
 
     def forget(self, task_ids: Iterable[int], reason: str) -> None:
         """The rows of these tasks are gone: stop them and discard their results."""

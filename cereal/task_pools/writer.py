@@ -29,7 +29,8 @@ REFUSAL_MESSAGE_CHARS = 2000
 class ResultWriter:
     """Writes outcomes through :meth:`Driver.complete_tasks` from one thread, as many per
     call as were queued meanwhile. After each batch, ``on_written`` gets its outcomes
-    (written, discarded, replaced or given up).
+    (written, discarded, replaced or given up), and first ``on_given_up`` the ids of the
+    tasks whose outcome was given up.
 
     - A failure the database says is transient (lost connection, read-only server, shutdown,
       deadlock...) is retried with backoff for as long as it lasts: the outcomes stay queued
@@ -48,11 +49,13 @@ class ResultWriter:
         owner: str,
         on_written: Callable[[list[TaskOutcome]], None],
         *,
+        on_given_up: Callable[[list[int]], None] | None = None,
         max_batch: int = 500,
     ) -> None:
         self._driver = driver
         self._owner = owner
         self._on_written = on_written
+        self._on_given_up = on_given_up
         self._abandoned = threading.Event()
         self._batcher: Batcher[TaskOutcome] = Batcher(
             "cereal-task-writer", self._write, max_batch=max_batch
@@ -77,11 +80,13 @@ class ResultWriter:
         self._abandoned.set()
 
     def _write(self, batch: list[TaskOutcome]) -> None:
+        given_up: list[int] = []
         try:
             self._record(batch)
         except SerializationError as exc:
             if len(batch) == 1:
-                self._replace_refused(batch[0], exc)
+                if not self._replace_refused(batch[0], exc):
+                    given_up.append(batch[0].id)
             else:
                 log.warning(
                     "task results refused by the database; recording them one by one",
@@ -92,15 +97,19 @@ class ResultWriter:
                     try:
                         self._record([outcome])
                     except SerializationError as refused:
-                        self._replace_refused(outcome, refused)
+                        if not self._replace_refused(outcome, refused):
+                            given_up.append(outcome.id)
                     except _GiveUp:
-                        pass
+                        given_up.append(outcome.id)
         except _GiveUp:
-            pass
+            given_up = [o.id for o in batch]
+        if given_up and self._on_given_up is not None:
+            self._on_given_up(given_up)
         self._on_written(batch)
 
-    def _replace_refused(self, outcome: TaskOutcome, exc: SerializationError) -> None:
-        """Record a ``FAILED`` outcome in place of one the database refused to store."""
+    def _replace_refused(self, outcome: TaskOutcome, exc: SerializationError) -> bool:
+        """Record a ``FAILED`` outcome in place of one the database refused to store;
+        False if that could not be recorded either."""
         log.error(
             "task result refused by the database",
             task_id=outcome.id,
@@ -117,6 +126,8 @@ class ResultWriter:
             self._record([failed])
         except (SerializationError, _GiveUp):
             log.error("cannot record task results", task_ids=[outcome.id], error=_short(exc))
+            return False
+        return True
 
     def _record(self, batch: list[TaskOutcome]) -> None:
         """Write ``batch``, retrying transient failures until they pass. Raises

@@ -17,8 +17,10 @@ from typing import Any
 
 from cereal import Manager, RetryPolicy, Task, WorkflowInstance, WorkflowStatus
 from cereal.driver import ClaimedTask
-from cereal.errors import TransientDatabaseError
+from cereal.errors import DatabaseError, TransientDatabaseError
+from cereal.task_pools.writer import PERMANENT_FAILURES
 from tests.helpers.dispatch import AWAIT, WF, MakeManager
+from tests.helpers.waiting import wait_for
 
 TASK = "triple"
 LOST_TASK_TIMEOUT = 6.0
@@ -168,3 +170,39 @@ def check_a_task_claimed_unseen_runs_once_as_its_first_attempt(
     # Run once, as its first attempt: never reported lost.
     assert info.result == {"status": "success", "value": 15, "attempts": 1}
     assert task.runs == [(5, 1)]
+
+
+def check_a_given_up_result_is_reported_lost_not_put_back(make: MakeManager) -> None:
+    """A task whose result the writer gives up on (the database keeps refusing it) stays
+    running for its process until the reaper reports it lost. Putting claims back that the
+    process never heard of (after a claim whose answer was lost) must not put it back as
+    well: it ran, and it must not run again."""
+    task = Runs()
+    workflows = make(lost_task_timeout=LOST_TASK_TIMEOUT)
+    workflows.register_workflow_executor(WF, OneTask())
+    # A manager without the workflow: its result writer records every outcome.
+    m = make(lost_task_timeout=LOST_TASK_TIMEOUT)
+    m.register_task_executor(TASK, task)
+    refused: list[int] = []
+    real_complete = m.driver.complete_tasks
+
+    def complete_tasks(outcomes: Any, owner: str) -> Any:
+        if any(o.result_json == "3" for o in outcomes):
+            refused.append(len(outcomes))
+            raise DatabaseError("permission denied for table tasks (injected)")
+        return real_complete(outcomes, owner)
+
+    m.driver.complete_tasks = complete_tasks  # type: ignore[method-assign]
+    workflows.start()
+    m.start()
+    workflows.enqueue_workflow(WF, "given-up", 1)
+    wait_for(lambda: len(refused) >= PERMANENT_FAILURES, AWAIT, "the writer to give up")
+    # Now a claim whose answer is lost: the process puts back the claims it does not know.
+    lost = lose_the_claim_answer(m)
+    workflows.enqueue_workflow(WF, "unseen", 5)
+    unseen = workflows.await_workflow(WF, "unseen", timeout=AWAIT)
+    given_up = workflows.await_workflow(WF, "given-up", timeout=AWAIT)
+    assert lost == [1], "the injected failure did not happen"
+    assert sorted(task.runs) == [(1, 1), (5, 1)], "a task ran again"
+    assert given_up.result == {"status": "lost", "value": None, "attempts": 1}, given_up
+    assert unseen.result == {"status": "success", "value": 15, "attempts": 1}, unseen

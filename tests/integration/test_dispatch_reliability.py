@@ -13,7 +13,10 @@ import pytest
 from cereal import WorkflowStatus
 from cereal.backends.postgres import PostgresDriver
 from cereal.driver import StepOutcome
-from tests.helpers.claims import check_a_task_claimed_unseen_runs_once_as_its_first_attempt
+from tests.helpers.claims import (
+    check_a_given_up_result_is_reported_lost_not_put_back,
+    check_a_task_claimed_unseen_runs_once_as_its_first_attempt,
+)
 from tests.helpers.dispatch import (
     BASE_EXCEPTIONS,
     WF,
@@ -152,6 +155,12 @@ def test_a_task_claimed_by_a_commit_whose_answer_was_lost_runs_once(
     make_manager: MakeManager, where: str
 ) -> None:
     check_a_task_claimed_unseen_runs_once_as_its_first_attempt(make_manager, where)
+
+
+def test_a_task_whose_result_was_given_up_is_reported_lost_not_put_back(
+    make_manager: MakeManager,
+) -> None:
+    check_a_given_up_result_is_reported_lost_not_put_back(make_manager)
 
 
 @pytest.mark.parametrize("hold_in", ["start", "task"])

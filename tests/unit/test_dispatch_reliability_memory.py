@@ -10,7 +10,10 @@ import pytest
 
 from cereal import Manager
 from cereal.testing import MemoryDriver
-from tests.helpers.claims import check_a_task_claimed_unseen_runs_once_as_its_first_attempt
+from tests.helpers.claims import (
+    check_a_given_up_result_is_reported_lost_not_put_back,
+    check_a_task_claimed_unseen_runs_once_as_its_first_attempt,
+)
 from tests.helpers.dispatch import (
     BASE_EXCEPTIONS,
     MakeManager,
@@ -61,6 +64,12 @@ def test_a_task_claimed_by_a_commit_whose_answer_was_lost_runs_once(
     make: MakeManager, where: str
 ) -> None:
     check_a_task_claimed_unseen_runs_once_as_its_first_attempt(make, where)
+
+
+def test_a_task_whose_result_was_given_up_is_reported_lost_not_put_back(
+    make: MakeManager,
+) -> None:
+    check_a_given_up_result_is_reported_lost_not_put_back(make)
 
 
 @pytest.mark.parametrize("hold_in", ["start", "task"])
