@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from cereal.backends.postgres import PostgresDriver
-from cereal.backends.postgres.events import lock_statement
+from cereal.backends.postgres.events import MERGED_WALK_MAX, lock_statement
 from cereal.backends.postgres.floors import TaskFloors
 from cereal.backends.postgres.queries import load_queries
 from cereal.driver import StepOutcome
@@ -230,6 +230,26 @@ def test_a_claim_for_one_workflow_does_not_read_the_events_of_others(
     assert locked == [f"pending{n}" for n in range(5)]
     assert read < 100, f"the claim read {read} event rows and index entries"
     assert driver.has_events([W]) and not driver.has_events(["nobody"])
+
+
+def test_a_claim_for_several_workflows_does_not_read_the_events_of_others(
+    driver: PostgresDriver, raw: psycopg.Connection
+) -> None:
+    # As above, with the claim for W and two more workflows: each name's pending events are
+    # walked on their own and merged in instance order, up to MERGED_WALK_MAX names.
+    driver.enqueue_workflows([(W, "long-running", None)])
+    raw.execute("DELETE FROM workflow_events")
+    raw.commit()
+    driver.enqueue_workflows([("other", f"o{n}", None) for n in range(3000)])
+    driver.enqueue_workflows([(W if n % 2 else "second", f"pending{n}", None) for n in range(6)])
+    locked, read = claim_and_count(raw, [W, "second", "third"], READ_EVENTS)
+    assert locked == [f"pending{n}" for n in range(6)]
+    assert read < 100, f"the claim read {read} event rows and index entries"
+    # Beyond MERGED_WALK_MAX names the claim walks every pending event, and still finds them.
+    many = [W, "second", *(f"x{n}" for n in range(MERGED_WALK_MAX))]
+    locked, read = claim_and_count(raw, many, READ_EVENTS)
+    assert locked == [f"pending{n}" for n in range(6)]
+    assert read > 3000
 
 
 def test_events_written_without_their_workflow_name_get_it_from_their_instance(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 import pytest
@@ -287,6 +287,10 @@ def claim_events(conn: psycopg.Connection) -> dict[str, Any]:
     }
 
 
+def claim_events_of_two(conn: psycopg.Connection) -> dict[str, Any]:
+    return claim_events(conn) | {"names": ["w", "nobody"]}
+
+
 def lock_instances_of_silent_tasks(conn: psycopg.Connection) -> dict[str, Any]:
     reap_lost_tasks(conn)
     return {"timeout": 60}
@@ -323,7 +327,8 @@ STATEMENTS: dict[str, Callable[[psycopg.Connection], dict[str, Any]]] = {
     "update_instances": update_instances,
     "finish_instances": finish_instances,
     "insert_tasks_claiming": insert_tasks_claiming,
-    "lock_instances_with_events/one": claim_events,
+    "lock_instances_with_events/1": claim_events,
+    "lock_instances_with_events/2": claim_events_of_two,
     "lock_instances_of_silent_tasks": lock_instances_of_silent_tasks,
     "heartbeat_tasks": heartbeat_tasks,
     "release_tasks": heartbeat_tasks,
@@ -335,10 +340,17 @@ STATEMENTS: dict[str, Callable[[psycopg.Connection], dict[str, Any]]] = {
 }
 
 
+def hot_statement(queries: dict[str, LiteralString], name: str) -> LiteralString:
+    """The statement ``name`` names: an event claim for N workflows is ``.../N``."""
+    if "/" in name:
+        return lock_statement(queries, int(name.rsplit("/", 1)[1]))
+    return queries[name]
+
+
 @pytest.mark.parametrize("name", list(STATEMENTS))
 def test_a_hot_statement_reads_only_its_own_rows(stale: psycopg.Connection, name: str) -> None:
     queries = dict(load_queries())
-    statement = lock_statement(queries, 1) if "/" in name else queries[name]
+    statement = hot_statement(queries, name)
     read = rows_read(stale, statement, STATEMENTS[name])
     assert max(read) <= MOST_ROWS_READ, read
 
@@ -348,6 +360,6 @@ def test_a_hot_statement_planned_for_any_parameters_reads_only_its_own_rows(
     stale: psycopg.Connection, name: str
 ) -> None:
     queries = dict(load_queries())
-    statement = lock_statement(queries, 1) if "/" in name else queries[name]
+    statement = hot_statement(queries, name)
     read = generic_rows_read(stale, statement, STATEMENTS[name])
     assert max(read) <= MOST_ROWS_READ, read

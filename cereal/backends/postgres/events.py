@@ -75,8 +75,8 @@ def claim_events(
     The instances stay locked until the batch commits or the context exits (which rolls
     back, so every event is delivered again later). The scan starts at ``floor``, which the
     statement moves up (see :mod:`cereal.backends.postgres.floors`). A claim for one workflow
-    reads only that workflow's events; one for several reads every pending event from the
-    floor (see :func:`lock_statement`).
+    reads only that workflow's events, and so does one for several, up to
+    :data:`MERGED_WALK_MAX` names (see :func:`lock_statement`).
     """
     names = list(workflow_names)
     statement = lock_statement(queries, len(names))
@@ -271,14 +271,29 @@ def _holding(connections: Connections, begin: Callable[[Connection], Held]) -> I
                     conn.execute("ROLLBACK")
 
 
+MERGED_WALK_MAX = 32
+"""Most workflow names whose pending events a claim walks name by name (merged); a claim for
+more walks every pending event, those of other workflows too."""
+
+
 def lock_statement(queries: dict[str, LiteralString], names: int) -> LiteralString:
     """``lock_instances_with_events`` for a claim of ``names`` workflows, with its walk:
-    ``pending_of_one_workflow`` for one, ``pending_of_workflows`` for several (built once
-    and kept in ``queries``)."""
-    key = "lock_instances_with_events/one" if names == 1 else "lock_instances_with_events/many"
+    ``pending_of_one_workflow`` for one, ``pending_of_each_workflow`` with one branch per
+    name for up to :data:`MERGED_WALK_MAX`, ``pending_of_workflows`` beyond (built once per
+    count and kept in ``queries``)."""
+    key = f"lock_instances_with_events/{names}"
     found = queries.get(key)
     if found is None:
-        walk = queries["pending_of_one_workflow" if names == 1 else "pending_of_workflows"]
+        if names == 1:
+            walk = queries["pending_of_one_workflow"]
+        elif names <= MERGED_WALK_MAX:
+            branch = queries["pending_of_nth_workflow"]  # /*n*/: a position in names
+            walk = queries["pending_of_each_workflow"].replace(
+                "/*branches*/",
+                " UNION ALL ".join(branch.replace("/*n*/", str(n)) for n in range(1, names + 1)),
+            )
+        else:
+            walk = queries["pending_of_workflows"]
         found = queries[key] = queries["lock_instances_with_events"].replace("/*pending*/", walk)
     return found
 

@@ -349,11 +349,25 @@ SELECT DISTINCT e.instance_id FROM workflow_events e
 WHERE e.workflow_name = %(name)s AND e.instance_id >= %(floor)s
 ORDER BY e.instance_id;
 
+-- name: pending_of_each_workflow
+-- The walk of a claim for several workflows: one walk of workflow_events_workflow per name
+-- (the driver writes a pending_of_nth_workflow branch for each position in names), which
+-- PostgreSQL merges in instance order as it reads (Merge Append), so a claim stops at its
+-- limit and never reads the events of workflows it does not handle: a large backlog of a
+-- workflow handled elsewhere costs it nothing.
+SELECT DISTINCT u.instance_id FROM (/*branches*/) u
+ORDER BY u.instance_id;
+
+-- name: pending_of_nth_workflow
+(SELECT e.instance_id FROM workflow_events e
+ WHERE e.workflow_name = (%(names)s::text[])[/*n*/] AND e.instance_id >= %(floor)s
+ ORDER BY e.instance_id)
+
 -- name: pending_of_workflows
--- The walk of a claim for several workflows: workflow_events_instance, every pending event
--- in instance order; the lookup skips the instances of other workflows. PostgreSQL does not
--- merge one ordered walk per workflow lazily (it reads them all and sorts), so a large
--- backlog of a workflow handled elsewhere is read through on every claim.
+-- The walk of a claim for more workflows than the driver writes branches for:
+-- workflow_events_instance, every pending event in instance order; the lookup skips the
+-- instances of other workflows, so a large backlog of a workflow handled elsewhere is read
+-- through on every claim.
 SELECT DISTINCT e.instance_id FROM workflow_events e
 WHERE e.instance_id >= %(floor)s
 ORDER BY e.instance_id;
