@@ -103,7 +103,12 @@ def test_a_live_instance_holds_the_floor_down(driver: PostgresDriver) -> None:
     start(driver, "waiting")
     step(driver, "waiting")
     run_through(driver, *(f"x{n}" for n in range(6)))
-    assert floor_of(driver) == 1  # the first instance of the schema
+    with driver.connection() as conn:
+        row = conn.execute(
+            "SELECT id FROM workflow_instances WHERE instance_name = 'waiting'"
+        ).fetchone()
+    assert row is not None
+    assert floor_of(driver) == row[0]  # the lowest live instance of the schema
     driver.cancel_workflow(W, "waiting")
     assert driver.has_events([W])
 

@@ -1,4 +1,5 @@
-"""The connection pools lend their most recently returned connection first.
+"""The connection pools lend their most recently returned connection first, and warm each
+new connection up before lending it.
 
 A few warm connections (statements planned and prepared, caches loaded) then do the work,
 instead of every connection of the pool in turn; the idle rest age out.
@@ -8,11 +9,17 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
 from cereal.backends.postgres.connections import (
     Connections,
     RecentFirstAsyncPool,
     RecentFirstPool,
+    warm_up,
 )
+from cereal.backends.postgres.notify import channel_name
 
 
 def _pid(conn: object) -> int:
@@ -66,3 +73,55 @@ def test_the_async_pool_lends_the_connection_returned_last(pg_dsn: str) -> None:
                     assert _pid(conn) == pids[-1]
 
     asyncio.run(scenario())
+
+
+def test_each_new_pooled_connection_is_warmed_up_and_nothing_of_it_stays(
+    pg_dsn: str, schema: str
+) -> None:
+    connections = Connections(
+        pg_dsn,
+        schema,
+        pool_size=3,
+        pool_min_size=3,
+        connect_timeout=10,
+        application_name="cereal-test",
+    )
+    with psycopg.connect(pg_dsn, autocommit=True) as watcher:
+        connections.open()  # migrates, so the channel's listener can only start here
+        watcher.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel_name(schema))))
+        try:
+            with connections.connection() as a, connections.connection() as b:
+                for conn in (a, b):
+                    assert conn.info.transaction_status is TransactionStatus.IDLE
+            # A connection opened after the pool's first ones is warmed up as well.
+            connections.close()
+            connections.open()
+            counts = watcher.execute(
+                sql.SQL(
+                    "SELECT (SELECT count(*) FROM {s}.workflow_instances),"
+                    " (SELECT count(*) FROM {s}.workflow_events),"
+                    " (SELECT count(*) FROM {s}.tasks),"
+                    " (SELECT count(*) FROM {s}.workflow_results),"
+                    " (SELECT last_value FROM {s}.workflow_instances_id_seq)"
+                ).format(s=sql.Identifier(schema))
+            ).fetchone()
+        finally:
+            connections.close()
+        assert counts is not None
+        *rows, instance_ids_used = counts
+        assert rows == [0, 0, 0, 0]
+        assert instance_ids_used == 6, "each of the six connections ran the warm-up once"
+        assert list(watcher.notifies(timeout=0.2)) == []
+
+
+def test_a_connection_that_may_not_write_is_left_as_it_was(pg_dsn: str, schema: str) -> None:
+    Connections(
+        pg_dsn, schema, pool_size=1, pool_min_size=0, connect_timeout=10, application_name="t"
+    ).open()  # migrated
+    with psycopg.connect(
+        pg_dsn, autocommit=True, options="-c default_transaction_read_only=on"
+    ) as conn:
+        conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
+        warm_up(conn)
+        assert conn.info.transaction_status is TransactionStatus.IDLE
+        assert conn.execute("SELECT count(*) FROM workflow_instances").fetchone() == (0,)

@@ -7,16 +7,20 @@ import select
 import threading
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from cereal.backends.postgres.errors import translate, translated
 from cereal.backends.postgres.jsonb import use_strict_jsonb
 from cereal.backends.postgres.migrations import migrate
+from cereal.backends.postgres.queries import load_queries
+from cereal.codec import MAX_NAME_LENGTH
 from cereal.errors import DatabaseError, TransientDatabaseError
+from cereal.logging import get_logger
 
 __all__ = [
     "Connection",
@@ -24,9 +28,12 @@ __all__ = [
     "DedicatedConnection",
     "RecentFirstAsyncPool",
     "RecentFirstPool",
+    "warm_up",
 ]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
+
+log = get_logger("cereal.postgres")
 
 READ_ONLY = "25006"
 """SQLSTATE read_only_sql_transaction."""
@@ -125,6 +132,10 @@ class Connections:
             ('"' + self._schema + '"',),
         )
 
+    def _configure_pooled(self, conn: Connection) -> None:
+        self._configure(conn)
+        warm_up(conn)
+
     def open(self) -> None:
         """Migrate the schema and open the pool; does nothing if it is open."""
         with self._lock:
@@ -141,7 +152,7 @@ class Connections:
                     "connect_timeout": max(1, round(self._connect_timeout)),
                     "application_name": self._application_name,
                 },
-                configure=self._configure,
+                configure=self._configure_pooled,
                 open=False,
                 name=f"cereal-{self._schema}",
             )
@@ -191,6 +202,29 @@ class Connections:
                 raise
             finally:
                 pool.putconn(conn)
+
+
+def warm_up(conn: Connection) -> None:
+    """Run the writes of a workflow's life on a new connection and roll them back
+    (``warm_up_writes`` in queries.sql says why). Best effort: a role that may not write, a
+    read-only server or a schema not migrated yet leaves the connection as it was.
+
+    The statements are never prepared, and rolling back with none prepared keeps psycopg's
+    count of the hot statements' runs (it forgets them on a rollback once any is prepared).
+    """
+    queries = load_queries()
+    name = f"cereal warm-up {conn.info.backend_pid} " + "~" * MAX_NAME_LENGTH
+    try:
+        conn.execute("BEGIN", prepare=False)
+        row = conn.execute(queries["warm_up_writes"], {"name": name}, prepare=False).fetchone()
+        if row is not None:
+            conn.execute(queries["warm_up_cascade"], {"id": row[0]}, prepare=False)
+    except psycopg.Error as exc:
+        log.debug("connection warm-up skipped", error=str(exc))
+    finally:
+        if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+            with suppress(psycopg.Error):
+                conn.execute("ROLLBACK", prepare=False)
 
 
 class DedicatedConnection:

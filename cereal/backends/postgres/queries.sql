@@ -773,6 +773,31 @@ SELECT 'e' || workflow_name AS wakeup FROM ev
 UNION ALL
 SELECT 't' || task_name FROM requeued;
 
+-- name: warm_up_writes
+-- Run by each new pooled connection inside a transaction that is rolled back (connections.py):
+-- the writes of a workflow's life, under a name no caller can use (longer than names may be),
+-- so that the backend has built what it keeps for them before the connection is lent: the
+-- foreign-key checks of events and tasks, the statement trigger of workflow_results, and the
+-- sequences. Without it, the first workflows a manager runs wait for that on each connection.
+WITH instance AS (
+    INSERT INTO workflow_instances (workflow_name, instance_name)
+    VALUES (%(name)s, %(name)s)
+    RETURNING id
+), event AS (
+    INSERT INTO workflow_events (instance_id, event_type, workflow_name)
+    SELECT id, 'start', %(name)s FROM instance
+), task AS (
+    INSERT INTO tasks (instance_id, task_name) SELECT id, %(name)s FROM instance
+), run AS (
+    INSERT INTO workflow_results (workflow_name, instance_name, status, started_at)
+    VALUES (%(name)s, %(name)s, 'completed', now())
+)
+SELECT id FROM instance;
+
+-- name: warm_up_cascade
+-- The second statement of the warm-up: the cascade that deletes a finished instance's rows.
+DELETE FROM workflow_instances WHERE id = %(id)s;
+
 -- name: db_now
 SELECT now() AS now;
 
