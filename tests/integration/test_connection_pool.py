@@ -125,3 +125,14 @@ def test_a_connection_that_may_not_write_is_left_as_it_was(pg_dsn: str, schema: 
         warm_up(conn)
         assert conn.info.transaction_status is TransactionStatus.IDLE
         assert conn.execute("SELECT count(*) FROM workflow_instances").fetchone() == (0,)
+
+
+def test_a_connection_to_a_schema_without_the_tables_is_left_as_it_was(
+    pg_dsn: str, schema: str
+) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
+        warm_up(conn)
+        assert conn.info.transaction_status is TransactionStatus.IDLE
+        assert conn.execute("SELECT to_regclass('workflow_instances')").fetchone() == (None,)

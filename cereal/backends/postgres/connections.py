@@ -207,7 +207,8 @@ class Connections:
 def warm_up(conn: Connection) -> None:
     """Run the writes of a workflow's life on a new connection and roll them back
     (``warm_up_writes`` in queries.sql says why). Best effort: a role that may not write, a
-    read-only server or a schema not migrated yet leaves the connection as it was.
+    read-only server or a schema not migrated yet leaves the connection as it was, and so
+    does any error.
 
     The statements are never prepared, and rolling back with none prepared keeps psycopg's
     count of the hot statements' runs (it forgets them on a rollback once any is prepared).
@@ -215,6 +216,9 @@ def warm_up(conn: Connection) -> None:
     queries = load_queries()
     name = f"cereal warm-up {conn.info.backend_pid} " + "~" * MAX_NAME_LENGTH
     try:
+        allowed = conn.execute(queries["warm_up_allowed"], prepare=False).fetchone()
+        if allowed is None or not allowed[0]:
+            return
         conn.execute("BEGIN", prepare=False)
         row = conn.execute(queries["warm_up_writes"], {"name": name}, prepare=False).fetchone()
         if row is not None:

@@ -773,6 +773,19 @@ SELECT 'e' || workflow_name AS wakeup FROM ev
 UNION ALL
 SELECT 't' || task_name FROM requeued;
 
+-- name: warm_up_allowed
+-- Whether this session may run the warm-up's writes: the tables exist, the role may write
+-- them, and the server and session are not read-only. (Trying and failing would put an error
+-- in the server's log for every connection a read-only role opens.)
+SELECT coalesce(
+           has_table_privilege(to_regclass('workflow_instances'), 'INSERT, DELETE')
+           AND has_table_privilege(to_regclass('workflow_events'), 'INSERT')
+           AND has_table_privilege(to_regclass('tasks'), 'INSERT')
+           AND has_table_privilege(to_regclass('workflow_results'), 'INSERT'),
+           false)
+       AND NOT pg_is_in_recovery()
+       AND current_setting('transaction_read_only') = 'off' AS allowed;
+
 -- name: warm_up_writes
 -- Run by each new pooled connection inside a transaction that is rolled back (connections.py):
 -- the writes of a workflow's life, under a name no caller can use (longer than names may be),
