@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
-from cereal import Schedule
+from cereal import Manager
 from cereal.errors import InvalidScheduleError
 
 __all__ = ["schedule_soon"]
 
 
-class _Schedules(Protocol):
-    def create_workflow_schedule(
-        self,
-        workflow_name: str,
-        instance_name: str,
-        parameters: Any = None,
-        *,
-        recurrence: Any,
-        enabled: bool = True,
-    ) -> None: ...
-
-    def get_workflow_schedule(self, workflow_name: str, instance_name: str) -> Schedule: ...
-
-    def delete_workflow_schedule(self, workflow_name: str, instance_name: str) -> None: ...
-
-
 def schedule_soon(
-    manager: _Schedules,
+    manager: Manager,
     workflow_name: str,
     instance_name: str,
     parameters: Any = None,

@@ -221,16 +221,22 @@ def test_a_claim_reads_the_pending_events_not_the_instances_waiting_for_tasks(
         assert read < 100, f"the claim for {names} read {read} instance rows"
 
 
-def test_a_claim_for_one_workflow_does_not_read_the_events_of_others(
-    driver: PostgresDriver, raw: psycopg.Connection
+def behind_another_workflows_backlog(
+    driver: PostgresDriver, raw: psycopg.Connection, pending: list[tuple[str, str, None]]
 ) -> None:
-    # One instance of W holds the floor down (it waits for its task), then 3,000 instances of
-    # another workflow that nobody handles here, then a few of W with events pending.
+    """One instance of W holds the floor down (it waits for its task), then 3,000 instances
+    of another workflow that nobody handles here, then ``pending``."""
     driver.enqueue_workflows([(W, "long-running", None)])
     raw.execute("DELETE FROM workflow_events")
     raw.commit()
     driver.enqueue_workflows([("other", f"o{n}", None) for n in range(3000)])
-    driver.enqueue_workflows([(W, f"pending{n}", None) for n in range(5)])
+    driver.enqueue_workflows(pending)
+
+
+def test_a_claim_for_one_workflow_does_not_read_the_events_of_others(
+    driver: PostgresDriver, raw: psycopg.Connection
+) -> None:
+    behind_another_workflows_backlog(driver, raw, [(W, f"pending{n}", None) for n in range(5)])
     locked, read = claim_and_count(raw, [W], READ_EVENTS)
     assert locked == [f"pending{n}" for n in range(5)]
     assert read < 100, f"the claim read {read} event rows and index entries"
@@ -240,13 +246,10 @@ def test_a_claim_for_one_workflow_does_not_read_the_events_of_others(
 def test_a_claim_for_several_workflows_does_not_read_the_events_of_others(
     driver: PostgresDriver, raw: psycopg.Connection
 ) -> None:
-    # As above, with the claim for W and two more workflows: each name's pending events are
-    # walked on their own and merged in instance order, up to MERGED_WALK_MAX names.
-    driver.enqueue_workflows([(W, "long-running", None)])
-    raw.execute("DELETE FROM workflow_events")
-    raw.commit()
-    driver.enqueue_workflows([("other", f"o{n}", None) for n in range(3000)])
-    driver.enqueue_workflows([(W if n % 2 else "second", f"pending{n}", None) for n in range(6)])
+    # Each name's pending events are walked on their own and merged in instance order, up
+    # to MERGED_WALK_MAX names.
+    pending = [(W if n % 2 else "second", f"pending{n}", None) for n in range(6)]
+    behind_another_workflows_backlog(driver, raw, pending)
     locked, read = claim_and_count(raw, [W, "second", "third"], READ_EVENTS)
     assert locked == [f"pending{n}" for n in range(6)]
     assert read < 100, f"the claim read {read} event rows and index entries"
