@@ -13,6 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from cereal.backends.postgres import PostgresDriver
 from cereal.backends.postgres.connections import (
     Connections,
     RecentFirstAsyncPool,
@@ -136,3 +137,32 @@ def test_a_connection_to_a_schema_without_the_tables_is_left_as_it_was(
         warm_up(conn)
         assert conn.info.transaction_status is TransactionStatus.IDLE
         assert conn.execute("SELECT to_regclass('workflow_instances')").fetchone() == (None,)
+
+
+def test_a_claim_that_finds_nothing_keeps_the_statements_its_connection_prepared(
+    pg_dsn: str, schema: str
+) -> None:
+    # psycopg looks at the first ROLLBACK a connection runs, and deallocates every statement
+    # prepared by then. The warm-up runs that first ROLLBACK before anything is prepared, so
+    # an idle poll (a claim that finds nothing rolls back) leaves the hot statements alone.
+    driver = PostgresDriver(pg_dsn, schema=schema, pool_size=2)  # used one at a time
+    try:
+        for n in range(7):  # prepared on its sixth run
+            driver.enqueue_workflow("w", f"i{n}", None)
+
+        def prepared() -> set[str]:
+            with driver.connection() as conn:
+                rows = conn.execute("SELECT name FROM pg_prepared_statements").fetchall()
+            return {row[0] for row in rows}
+
+        before = prepared()
+        assert before
+        for _ in range(8):
+            with driver.claim_events(["nobody"], 10, 10) as batch:
+                assert batch.instances == []
+        assert before <= prepared()
+        with driver.claim_events(["w"], 10, 10) as batch:
+            assert len(batch.instances) == 7  # left without a commit: rolled back
+        assert driver.has_events(["w"])
+    finally:
+        driver.close()

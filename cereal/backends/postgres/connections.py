@@ -210,8 +210,10 @@ def warm_up(conn: Connection) -> None:
     read-only server or a schema not migrated yet leaves the connection as it was, and so
     does any error.
 
-    The statements are never prepared, and rolling back with none prepared keeps psycopg's
-    count of the hot statements' runs (it forgets them on a rollback once any is prepared).
+    psycopg looks at the first ROLLBACK a connection runs and deallocates every statement
+    prepared by then; later ones it leaves alone. The warm-up runs that first ROLLBACK with
+    nothing prepared, so the rollbacks of idle polls never cost the hot statements their
+    preparation.
     """
     queries = load_queries()
     name = f"cereal warm-up {conn.info.backend_pid} " + "~" * MAX_NAME_LENGTH
