@@ -283,12 +283,15 @@ WHERE i.live IS NULL;
 
 -- name: has_events
 -- Looks for a pending event of each workflow from the process's floor (floors.py): one index
--- probe per name.
+-- probe per name, in a LATERAL subquery with LIMIT 1 (as a plain EXISTS, a plan made for any
+-- parameters hashed every pending event).
 SELECT EXISTS (
     SELECT 1 FROM unnest(%(names)s::text[]) AS n(name)
-    WHERE EXISTS (
+    CROSS JOIN LATERAL (
         SELECT 1 FROM workflow_events e
-        WHERE e.workflow_name = n.name AND e.instance_id >= %(floor)s)
+        WHERE e.workflow_name = n.name AND e.instance_id >= %(floor)s
+        LIMIT 1
+    ) found
 ) AS pending;
 
 -- name: lock_instances_with_events
