@@ -260,7 +260,7 @@ def finish_instances(conn: psycopg.Connection) -> dict[str, Any]:
     }
 
 
-def insert_tasks_claiming(conn: psycopg.Connection) -> dict[str, Any]:
+def insert_tasks(conn: psycopg.Connection) -> dict[str, Any]:
     return {
         "instance_ids": newest(conn, "workflow_instances"),
         "names": ["other"] * ASKED,
@@ -269,6 +269,11 @@ def insert_tasks_claiming(conn: psycopg.Connection) -> dict[str, Any]:
         "delays": [0.0] * ASKED,
         "trace_contexts": [None] * ASKED,
         "routes": [None] * ASKED,
+    }
+
+
+def insert_tasks_claiming(conn: psycopg.Connection) -> dict[str, Any]:
+    return insert_tasks(conn) | {
         "claim_names": ["other"],
         "claim_limits": [ASKED],
         "max_attempts": [1],
@@ -349,18 +354,6 @@ def one_event(conn: psycopg.Connection) -> dict[str, Any]:
 
 def events(conn: psycopg.Connection) -> dict[str, Any]:
     return {"ids": newest(conn, "workflow_events")}
-
-
-def insert_tasks(conn: psycopg.Connection) -> dict[str, Any]:
-    return {
-        "instance_ids": newest(conn, "workflow_instances"),
-        "names": ["noop"] * ASKED,
-        "parameters": ["{}"] * ASKED,
-        "start_ats": [None] * ASKED,
-        "delays": [0.0] * ASKED,
-        "trace_contexts": [None] * ASKED,
-        "routes": [None] * ASKED,
-    }
 
 
 def notify(conn: psycopg.Connection) -> dict[str, Any]:
