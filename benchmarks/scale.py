@@ -74,6 +74,11 @@ class Sizes:
     samples: int
     """``get_workflow_instance`` calls timed at each point."""
 
+    @property
+    def bulk_total(self) -> int:
+        """Instances enqueued by ``enqueue_workflows`` at each point, over all its calls."""
+        return self.bulk * self.bulk_calls
+
 
 FULL = Sizes(
     [10_000, 100_000, 1_000_000],
@@ -223,8 +228,7 @@ class Scale:
         s = self.sizes
         point = Point(label)
         f = point.figures
-        bulk_total = s.bulk * s.bulk_calls
-        generated = backlog - s.singles - bulk_total
+        generated = backlog - s.singles - s.bulk_total
         self.add_backlog(schema, generated, tag)
         if generated > 0:
             # Statistics for what was written straight into the tables. Not for empty ones:
@@ -255,7 +259,7 @@ class Scale:
             # from one caused by plans, whose WAL per instance stays the same.
             f["enqueue_workflows WAL bytes per instance"] = (
                 self.wal_position(schema) - wal
-            ) / bulk_total
+            ) / s.bulk_total
             assert not skipped, "bulk enqueue skipped new pairs"
             self._reads(m, schema, point, live_tag=tag, backlog=backlog)
             for name, table, indexes in self.sql(
@@ -308,8 +312,7 @@ class Scale:
         f = point.figures
         rng = random.Random(7)
         pairs = [
-            ("w1", f"{live_tag}-b{rng.randrange(s.bulk * s.bulk_calls)}")
-            for _ in range(s.samples // 2)
+            ("w1", f"{live_tag}-b{rng.randrange(s.bulk_total)}") for _ in range(s.samples // 2)
         ]
         if self.history:
             pairs += [

@@ -28,6 +28,7 @@ __all__ = [
     "DedicatedConnection",
     "RecentFirstAsyncPool",
     "RecentFirstPool",
+    "roll_back_open_transaction",
     "warm_up",
 ]
 
@@ -228,9 +229,15 @@ def warm_up(conn: Connection) -> None:
     except psycopg.Error as exc:
         log.debug("connection warm-up skipped", error=str(exc))
     finally:
-        if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
-            with suppress(psycopg.Error):
-                conn.execute("ROLLBACK", prepare=False)
+        roll_back_open_transaction(conn)
+
+
+def roll_back_open_transaction(conn: Connection) -> None:
+    """Roll back the transaction ``conn`` was left in, if any. A broken connection fails
+    this too, silently; the pool then discards it."""
+    if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+        with suppress(psycopg.Error):
+            conn.execute("ROLLBACK", prepare=False)
 
 
 class DedicatedConnection:

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any, LiteralString, TypeVar
 
 import psycopg
-from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from cereal.backends.postgres import notify
@@ -24,7 +23,11 @@ from cereal.backends.postgres.arrays import (
     text_array,
     timestamp_array,
 )
-from cereal.backends.postgres.connections import Connection, Connections
+from cereal.backends.postgres.connections import (
+    Connection,
+    Connections,
+    roll_back_open_transaction,
+)
 from cereal.backends.postgres.errors import translate
 from cereal.backends.postgres.floors import EventFloor, TaskFloors
 from cereal.backends.postgres.jsonb import use_lenient_jsonb
@@ -265,10 +268,7 @@ def _holding(connections: Connections, begin: Callable[[Connection], Held]) -> I
                 batch.detach()  # from here on, abort() leaves the connection alone
                 if batch.broken:
                     conn.close()
-            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
-                # A broken connection fails this too; the pool then discards it.
-                with suppress(psycopg.Error):
-                    conn.execute("ROLLBACK")
+            roll_back_open_transaction(conn)
 
 
 MERGED_WALK_MAX = 32
