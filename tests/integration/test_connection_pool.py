@@ -115,6 +115,53 @@ def test_each_new_pooled_connection_is_warmed_up_and_nothing_of_it_stays(
         assert list(watcher.notifies(timeout=0.2)) == []
 
 
+def test_the_async_pool_warms_each_new_connection_up_once_and_leaves_nothing(
+    pg_dsn: str, schema: str
+) -> None:
+    driver = PostgresDriver(pg_dsn, schema=schema, pool_size=3)
+    aio = driver.async_driver()
+
+    async def scenario() -> set[int]:
+        pids: set[int] = set()
+        all_lent = asyncio.Event()
+
+        async def borrow() -> None:
+            async with aio._connection() as conn:
+                pids.add(conn.info.backend_pid)
+                if len(pids) == 3:
+                    all_lent.set()
+                await all_lent.wait()  # all three lent at once: three connections
+                assert conn.info.transaction_status is TransactionStatus.IDLE
+                cur = await conn.execute("SELECT current_setting('jit')")
+                assert await cur.fetchone() == ("off",)
+
+        try:
+            await asyncio.gather(borrow(), borrow(), borrow())
+            await aio.enqueue_workflow("w", "after the warm-up", None)
+        finally:
+            await aio.close()
+        return pids
+
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as watcher:
+            # The synchronous pool stays closed: the async one migrates the schema.
+            watcher.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel_name(schema))))
+            pids = asyncio.run(scenario())
+            counts = watcher.execute(
+                sql.SQL(
+                    "SELECT (SELECT count(*) FROM {s}.workflow_instances),"
+                    " (SELECT count(*) FROM {s}.workflow_results),"
+                    " (SELECT last_value FROM {s}.workflow_instances_id_seq)"
+                ).format(s=sql.Identifier(schema))
+            ).fetchone()
+            notes = [n.payload for n in watcher.notifies(timeout=0.2)]
+    finally:
+        driver.close()
+    assert len(pids) == 3
+    assert counts == (1, 0, 4), "three warm-ups (rolled back) and the one real instance"
+    assert notes == ["ew"], "only the real enqueue notified"
+
+
 def test_a_connection_that_may_not_write_is_left_as_it_was(pg_dsn: str, schema: str) -> None:
     Connections(
         pg_dsn, schema, pool_size=1, pool_min_size=0, connect_timeout=10, application_name="t"

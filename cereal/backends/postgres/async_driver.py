@@ -24,7 +24,11 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from cereal.backends.postgres.connections import RecentFirstAsyncPool
+from cereal.backends.postgres.connections import (
+    AsyncConnection,
+    RecentFirstAsyncPool,
+    warm_up_async,
+)
 from cereal.backends.postgres.errors import translate as shared_translate
 from cereal.backends.postgres.jsonb import use_strict_jsonb
 from cereal.backends.postgres.listing import BulkEnqueue, Listing
@@ -46,7 +50,6 @@ __all__ = ["AsyncPostgresDriver"]
 
 log = get_logger("cereal.postgres.aio")
 
-AsyncConnection = psycopg.AsyncConnection[tuple[Any, ...]]
 
 POLL_INTERVAL = 1.0
 """How often waiters look at the database while the listen connection is down."""
@@ -223,11 +226,15 @@ class AsyncPostgresDriver:
         }
 
     async def _configure(self, conn: AsyncConnection) -> None:
+        """Set up a new pooled connection as the synchronous driver's pool does (search
+        path, UTC, strict ``jsonb``, no JIT), then warm it up."""
         use_strict_jsonb(conn.adapters)
         await conn.execute(
-            "SELECT set_config('search_path', %s, false), set_config('TimeZone', 'UTC', false)",
+            "SELECT set_config('search_path', %s, false), set_config('TimeZone', 'UTC', false),"
+            " set_config('jit', 'off', false)",
             ('"' + self._schema + '"',),
         )
+        await warm_up_async(conn)
 
     async def close(self) -> None:
         st, self._st = self._st, None

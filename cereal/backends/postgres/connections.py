@@ -30,9 +30,11 @@ __all__ = [
     "RecentFirstPool",
     "roll_back_open_transaction",
     "warm_up",
+    "warm_up_async",
 ]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
+AsyncConnection = psycopg.AsyncConnection[tuple[Any, ...]]
 
 log = get_logger("cereal.postgres")
 
@@ -217,19 +219,50 @@ def warm_up(conn: Connection) -> None:
     preparation.
     """
     queries = load_queries()
-    name = f"cereal warm-up {conn.info.backend_pid} " + "~" * MAX_NAME_LENGTH
     try:
         allowed = conn.execute(queries["warm_up_allowed"], prepare=False).fetchone()
         if allowed is None or not allowed[0]:
             return
         conn.execute("BEGIN", prepare=False)
-        row = conn.execute(queries["warm_up_writes"], {"name": name}, prepare=False).fetchone()
+        params = _warm_up_params(conn)
+        row = conn.execute(queries["warm_up_writes"], params, prepare=False).fetchone()
         if row is not None:
             conn.execute(queries["warm_up_cascade"], {"id": row[0]}, prepare=False)
     except psycopg.Error as exc:
-        log.debug("connection warm-up skipped", error=str(exc))
+        _warm_up_skipped(exc)
     finally:
         roll_back_open_transaction(conn)
+
+
+async def warm_up_async(conn: AsyncConnection) -> None:
+    """The asyncio twin of :func:`warm_up`, for the pools of ``Manager.aio``."""
+    queries = load_queries()
+    try:
+        cur = await conn.execute(queries["warm_up_allowed"], prepare=False)
+        allowed = await cur.fetchone()
+        if allowed is None or not allowed[0]:
+            return
+        await conn.execute("BEGIN", prepare=False)
+        params = _warm_up_params(conn)
+        cur = await conn.execute(queries["warm_up_writes"], params, prepare=False)
+        row = await cur.fetchone()
+        if row is not None:
+            await conn.execute(queries["warm_up_cascade"], {"id": row[0]}, prepare=False)
+    except psycopg.Error as exc:
+        _warm_up_skipped(exc)
+    finally:
+        if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+            with suppress(psycopg.Error):
+                await conn.execute("ROLLBACK", prepare=False)
+
+
+def _warm_up_params(conn: Connection | AsyncConnection) -> dict[str, str]:
+    """The warm-up's name: longer than names may be, so that no caller's can collide."""
+    return {"name": f"cereal warm-up {conn.info.backend_pid} " + "~" * MAX_NAME_LENGTH}
+
+
+def _warm_up_skipped(exc: psycopg.Error) -> None:
+    log.debug("connection warm-up skipped", error=str(exc))
 
 
 def roll_back_open_transaction(conn: Connection) -> None:
