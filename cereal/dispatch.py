@@ -10,6 +10,9 @@ Work of the same manager skips the claim. The task pools hand over finished task
 instances in one round trip. ``enqueue_workflow`` hands over an instance it stored and locked
 (:meth:`~WorkflowEventDispatcher.hand_over`) to a handler it found idle. Either way the work is
 committed before the lock is taken, so a failure anywhere leaves an ordinary pending event.
+Besides the ``workers`` handlers, :data:`HANDOVER_SPARES` threads take only instances handed
+over: when every handler is busy (a claim, a commit), an enqueue still finds one idle and skips
+the queue, without more handlers claiming side by side in a drain.
 
 A handler whose claim came back full brings in another idle handler: there is probably more
 work. After a full claim of a single instance it waits :data:`SPREAD_DELAY` first, and does
@@ -39,7 +42,13 @@ from cereal.logging import get_logger
 from cereal.steps import StepOutcome, run_events
 from cereal.types import WorkflowInstanceInfo
 
-__all__ = ["CALLBACK_BUDGET", "SPREAD_DELAY", "ResultHandover", "WorkflowEventDispatcher"]
+__all__ = [
+    "CALLBACK_BUDGET",
+    "HANDOVER_SPARES",
+    "SPREAD_DELAY",
+    "ResultHandover",
+    "WorkflowEventDispatcher",
+]
 
 log = get_logger("cereal.workflow")
 
@@ -48,6 +57,9 @@ CALLBACK_BUDGET = 0.05
 
 SPREAD_DELAY = 0.005
 """Seconds a handler holds a full claim of one instance before another handler is brought in."""
+
+HANDOVER_SPARES = 2
+"""Threads that run only the instances handed over by enqueues, beside the handlers."""
 
 
 _Done = tuple[list[StepOutcome], list[WorkflowInstanceInfo], list[ClaimedTask]]
@@ -121,13 +133,18 @@ class WorkflowEventDispatcher:
         self._wakes = 0
         self._claim_wanted = False
         # Batches held for a handler by the caller that enqueued their instance
-        # (hand_over), each with the call that lets it go; at most one per idle handler.
+        # (hand_over), each with the call that lets it go; at most one per idle handler or
+        # spare. A spare is called (_spare_cond) only when no handler is idle.
         self._handed: list[tuple[EventBatch, Callable[[], None]]] = []
         self._idle = 0
+        self._spares_idle = 0
+        self._spare_calls = 0
         self._promised = 0
         self._batch_size = batch_size
         self._per_instance = events_per_instance
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._spare_cond = threading.Condition(lock)
         self._signals = 0
         self._stopping = False
         self._single_until = 0.0
@@ -149,6 +166,14 @@ class WorkflowEventDispatcher:
             )
             thread.start()
             self._threads.append(thread)
+        for n in range(
+            HANDOVER_SPARES if callable(getattr(self._driver, "enqueue_and_hold", None)) else 0
+        ):
+            thread = threading.Thread(
+                target=self._spare, name=f"cereal-workflow-spare-{n}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
         threading.Thread(target=self._watchdog, name="cereal-dispatch-watch", daemon=True).start()
 
     def stop(self, timeout: float | None) -> None:
@@ -161,6 +186,7 @@ class WorkflowEventDispatcher:
             self._stopping = True
             self._taking_results = False
             self._cond.notify_all()
+            self._spare_cond.notify_all()
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -216,7 +242,11 @@ class WorkflowEventDispatcher:
         enqueues); False when none is idle, or this dispatcher is not running. Follow with
         :meth:`hand_over`, or :meth:`break_promise` if no batch comes."""
         with self._cond:
-            if self._stopping or not self._threads or self._promised >= self._idle:
+            if (
+                self._stopping
+                or not self._threads
+                or self._promised >= self._idle + self._spares_idle
+            ):
                 return False
             self._promised += 1
             return True
@@ -232,7 +262,10 @@ class WorkflowEventDispatcher:
             stopping = self._stopping
             if not stopping:
                 self._handed.append((batch, release))
-                if self._signals < self._workers:
+                if self._idle <= self._signals and self._spares_idle > self._spare_calls:
+                    self._spare_calls += 1  # every handler is busy, or called already
+                    self._spare_cond.notify()
+                elif self._signals < self._workers:
                     self._signals += 1
                     self._cond.notify()
         if stopping:
@@ -290,6 +323,35 @@ class WorkflowEventDispatcher:
                     "workflow event handling failed; retrying", error=repr(exc), retry_in=delay
                 )
                 time.sleep(delay)
+                self.wake()
+
+    def _spare(self) -> None:
+        """A thread that runs only batches handed over (see :data:`HANDOVER_SPARES`)."""
+        while True:
+            with self._cond:
+                while not self._spare_calls and not self._stopping:
+                    self._spares_idle += 1
+                    self._spare_cond.wait()
+                    self._spares_idle -= 1
+                if self._stopping:
+                    return
+                self._spare_calls -= 1
+                wakes = self._wakes
+            handed = self._take_handed()
+            if handed is None:
+                continue  # a handler took it first
+            try:
+                more = self._handle_handed(*handed)
+            except BaseException as exc:  # a spare must survive whatever happens
+                if self._aborted:
+                    return
+                log.warning("a handed-over instance failed; the handlers claim it", error=repr(exc))
+                more = True
+            with self._cond:
+                # As a handler would claim next: the instance may have events past those
+                # fetched, or a wakeup's claim may have skipped it while it was held here.
+                again = more or self._wakes != wakes
+            if again:
                 self.wake()
 
     def _drain(self) -> None:

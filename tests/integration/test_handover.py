@@ -2,9 +2,9 @@
 
 - A finished task's result: a handler records it and holds its instance in one round trip
   (``Driver.complete_tasks_held``), then runs ``on_task_complete`` at once.
-- An instance enqueued through the manager while one of its handlers is idle: the enqueue
-  commits it and holds it in one round trip (``Driver.enqueue_and_hold``), and that handler
-  runs ``on_start`` at once.
+- An instance enqueued through the manager while one of its handlers, or one of the spare
+  threads that take only such instances, is idle: the enqueue commits it and holds it in one
+  round trip (``Driver.enqueue_and_hold``), and that thread runs ``on_start`` at once.
 
 Neither waits for a notification or a claim. Whatever goes wrong on the way, the work is
 recorded the usual way and handled once.
@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 
 from cereal import Manager, Task, WorkflowInstance, WorkflowStatus
+from cereal.dispatch import HANDOVER_SPARES
 from cereal.errors import TransientDatabaseError, WorkflowInstanceExistsError
 from cereal.testing import MemoryDriver
+from tests.helpers.claims import lose_the_commit_answer
 from tests.helpers.recorders import Flow
 from tests.helpers.timings import FAST_MANAGER_OPTIONS
 from tests.helpers.waiting import wait_for
@@ -209,28 +211,100 @@ def test_an_enqueue_hands_the_instance_to_an_idle_handler(
         m.enqueue_workflow(WF, "stays")
 
 
-def test_with_every_handler_busy_an_enqueue_goes_through_the_queue(
+def blocking_flow(entered: dict[str, threading.Event], release: threading.Event) -> Flow:
+    """A flow whose instances named in ``entered`` set their event in ``on_start`` and wait
+    for ``release`` there; every instance completes with its name."""
+
+    def on_start(inst: WorkflowInstance, event: Any) -> Any:
+        if inst.instance_name in entered:
+            entered[inst.instance_name].set()
+            release.wait(AWAIT)
+        return inst.complete(inst.instance_name)
+
+    return Flow(on_start=on_start)
+
+
+def test_with_every_handler_busy_an_enqueue_is_handed_to_a_spare(
     make_counted: Callable[..., tuple[Manager, Counting]],
 ) -> None:
-    m, driver = make_counted(workflow_workers=1)
+    m, driver = make_counted(workflow_workers=1, workflow_poll_interval=60.0)
+    entered, release = {"blocker": threading.Event()}, threading.Event()
+    m.register_workflow_executor(WF, blocking_flow(entered, release))
+    m.start()
+    settled(m)
+    try:
+        m.enqueue_workflow(WF, "blocker")
+        assert entered["blocker"].wait(AWAIT)  # the only handler is busy
+        before = Counter(driver.calls)
+        m.enqueue_workflow(WF, "spared")
+        assert driver.calls - before == Counter({"enqueue_and_hold": 1})
+        info = m.await_workflow(WF, "spared", timeout=AWAIT)  # while the handler still waits
+        assert (info.status, info.result) == (WorkflowStatus.COMPLETED, "spared")
+        assert not release.is_set()
+    finally:
+        release.set()
+    info = m.await_workflow(WF, "blocker", timeout=AWAIT)
+    assert (info.status, info.result) == (WorkflowStatus.COMPLETED, "blocker")
+
+
+def test_a_spare_whose_commit_answer_is_lost_leaves_the_work_to_the_handlers(
+    make_counted: Callable[..., tuple[Manager, Counting]],
+) -> None:
+    m, _ = make_counted(workflow_workers=1)
     entered, release = threading.Event(), threading.Event()
+    runs: list[Any] = []
 
     def on_start(inst: WorkflowInstance, event: Any) -> Any:
         if inst.instance_name == "blocker":
             entered.set()
             release.wait(AWAIT)
-        return inst.complete(inst.instance_name)
+            return inst.complete(None)
+        inst.enqueue_task("double", inst.parameters)
+        return inst.continue_with(None)
 
-    m.register_workflow_executor(WF, Flow(on_start=on_start))
+    def on_task(inst: WorkflowInstance, event: Any) -> Any:
+        return inst.complete(event.result.value)
+
+    def counted_double(task: Task) -> int:
+        runs.append(task.parameters)
+        return double(task)
+
+    m.register_workflow_executor(WF, Flow(on_start=on_start, on_task=on_task))
+    m.register_task_executor("double", counted_double)
+    lost = lose_the_commit_answer(m)
+    m.start()
+    try:
+        m.enqueue_workflow(WF, "blocker")
+        assert entered.wait(AWAIT)
+        m.enqueue_workflow(WF, "spared", 5)  # a spare commits, and hears nothing back
+        wait_for(lambda: lost == [1], AWAIT, "the injected failure")
+    finally:
+        release.set()
+    info = m.await_workflow(WF, "spared", timeout=AWAIT)
+    assert (info.status, info.result) == (WorkflowStatus.COMPLETED, 10)
+    assert runs == [5]
+
+
+def test_with_every_handler_and_spare_busy_an_enqueue_goes_through_the_queue(
+    make_counted: Callable[..., tuple[Manager, Counting]],
+) -> None:
+    m, driver = make_counted(workflow_workers=1)
+    blockers = [f"blocker-{n}" for n in range(1 + HANDOVER_SPARES)]
+    entered = {name: threading.Event() for name in blockers}
+    release = threading.Event()
+    m.register_workflow_executor(WF, blocking_flow(entered, release))
     m.start()
     settled(m)
-    m.enqueue_workflow(WF, "blocker")
-    assert entered.wait(AWAIT)
-    before = Counter(driver.calls)
-    m.enqueue_workflow(WF, "queued")  # the only handler is busy
-    assert driver.calls - before == Counter({"enqueue_workflow": 1})
-    release.set()
-    for name in ("blocker", "queued"):
+    try:
+        for name in blockers:  # the handler first, then each spare
+            m.enqueue_workflow(WF, name)
+            assert entered[name].wait(AWAIT)
+        before = Counter(driver.calls)
+        m.enqueue_workflow(WF, "queued")
+        assert driver.calls - before == Counter({"enqueue_workflow": 1})
+    finally:
+        release.set()
+    for name in [*blockers, "queued"]:
         info = m.await_workflow(WF, name, timeout=AWAIT)
         assert (info.status, info.result) == (WorkflowStatus.COMPLETED, name)
 
