@@ -238,9 +238,9 @@ class WorkflowEventDispatcher:
         return True
 
     def promise_handler(self) -> bool:
-        """Promise an idle handler to a batch the caller is about to hold (an instance it
-        enqueues); False when none is idle, or this dispatcher is not running. Follow with
-        :meth:`hand_over`, or :meth:`break_promise` if no batch comes."""
+        """Promise an idle handler or spare to a batch the caller is about to hold (an
+        instance it enqueues); False when none is idle, or this dispatcher is not running.
+        Follow with :meth:`hand_over`, or :meth:`break_promise` if no batch comes."""
         with self._cond:
             if (
                 self._stopping
@@ -256,8 +256,9 @@ class WorkflowEventDispatcher:
             self._promised -= 1
 
     def hand_over(self, batch: EventBatch, release: Callable[[], None]) -> None:
-        """Have the promised handler run ``batch``'s callbacks and commit; it calls
-        ``release`` (which ends the batch's context) once done."""
+        """Have the promised handler (a spare when no handler is idle) run ``batch``'s
+        callbacks and commit; it calls ``release`` (which ends the batch's context) once
+        done."""
         with self._cond:
             stopping = self._stopping
             if not stopping:
