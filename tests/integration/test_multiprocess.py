@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -72,7 +73,22 @@ def test_two_processes_drain_a_shared_queue_completing_each_instance_exactly_onc
     starts = Counter(r["instance"] for r in records if r["kind"] == "start")
     completions = [r for r in records if r["kind"] == "complete"]
     tasks = Counter((r["instance"], r["task"]) for r in records if r["kind"] == "task")
-    assert starts == dict.fromkeys(names, 1)
+    # on_start runs once, except for an instance taken over while its callback (on_start,
+    # say) ran: a split batch whose slow instance another process locked in the instant
+    # between committing its batch-mates and locking it again. That decision is dropped and
+    # the taker runs the callback again. Each such instance is logged; decisions, tasks and
+    # completions stay exactly once.
+    taken_over = Counter(
+        match
+        for path in (tmp_path / "w1.log", tmp_path / "w2.log")
+        for match in re.findall(
+            r"instance taken over while its callback ran.*instance='(i\d{3})'",
+            path.read_text(encoding="utf-8"),
+        )
+    )
+    assert set(starts) == set(names)
+    extra = {name: starts[name] - 1 for name in names if starts[name] > 1}
+    assert all(extra[name] <= taken_over[name] for name in extra), (extra, taken_over)
     assert Counter(r["instance"] for r in completions) == dict.fromkeys(names, 1)
     assert {r["instance"]: r["result"] for r in completions} == expected
     assert all(r["status"] == "completed" and r["error"] is None for r in completions)
