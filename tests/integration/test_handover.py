@@ -309,6 +309,51 @@ def test_with_every_handler_and_spare_busy_an_enqueue_goes_through_the_queue(
         assert (info.status, info.result) == (WorkflowStatus.COMPLETED, name)
 
 
+def test_enqueues_from_many_threads_through_one_handler_and_the_spares_each_run_once(
+    make_counted: Callable[..., tuple[Manager, Counting]],
+) -> None:
+    # One handler, so hand-overs, spares and the queue all take part while four threads
+    # enqueue at once and results come back; every instance starts once and completes.
+    m, driver = make_counted(workflow_workers=1)
+    starts: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def on_start(inst: WorkflowInstance, event: Any) -> Any:
+        with lock:
+            starts[inst.instance_name] += 1
+        inst.enqueue_task("double", inst.parameters)
+        return inst.continue_with(None)
+
+    def on_task(inst: WorkflowInstance, event: Any) -> Any:
+        return inst.complete(event.result.value)
+
+    m.register_workflow_executor(WF, Flow(on_start=on_start, on_task=on_task))
+    m.register_task_executor("double", double, workers=4)
+    m.start()
+    settled(m)
+    starts.clear()
+    before = Counter(driver.calls)
+    names = [[f"t{t}-{n}" for n in range(40)] for t in range(4)]
+
+    def enqueue(batch: list[str]) -> None:
+        for n, name in enumerate(batch):
+            m.enqueue_workflow(WF, name, n)
+
+    threads = [threading.Thread(target=enqueue, args=(batch,)) for batch in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(AWAIT)
+    for batch in names:
+        for n, name in enumerate(batch):
+            info = m.await_workflow(WF, name, timeout=AWAIT)
+            assert (info.status, info.result) == (WorkflowStatus.COMPLETED, 2 * n)
+    assert starts == dict.fromkeys([name for batch in names for name in batch], 1)
+    calls = driver.calls - before
+    assert calls["enqueue_and_hold"] + calls["enqueue_workflow"] == 160
+    assert calls["enqueue_and_hold"] > 0
+
+
 def test_a_hand_over_of_more_results_than_one_fetch_of_events_handles_them_all(
     make_counted: Callable[..., tuple[Manager, Counting]],
 ) -> None:
