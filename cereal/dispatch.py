@@ -126,6 +126,8 @@ class WorkflowEventDispatcher:
         self._reserve_tasks = reserve_tasks
         self._adopt_tasks = adopt_tasks
         self._handover = results if callable(getattr(driver, "complete_tasks_held", None)) else None
+        # Spares only run what enqueues hand over, which needs the driver's enqueue_and_hold.
+        self._spares = HANDOVER_SPARES if callable(getattr(driver, "enqueue_and_hold", None)) else 0
         self._results: list[TaskOutcome] = []  # handed over, not taken by a handler yet
         self._taking_results = False
         # Every wake() counts, and sets the flag until a handler starts a claim: a handler
@@ -166,9 +168,7 @@ class WorkflowEventDispatcher:
             )
             thread.start()
             self._threads.append(thread)
-        for n in range(
-            HANDOVER_SPARES if callable(getattr(self._driver, "enqueue_and_hold", None)) else 0
-        ):
+        for n in range(self._spares):
             thread = threading.Thread(
                 target=self._spare, name=f"cereal-workflow-spare-{n}", daemon=True
             )
