@@ -30,6 +30,9 @@ MAX_NAME_LENGTH = 200
 MAX_DEPTH = 512
 """Deepest nesting of arrays and objects accepted in a stored value."""
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+"""Shared by every thread (it keeps no state between calls): ``json.dumps`` with these options
+builds a new encoder on each call, which costs as much as encoding a small value."""
 
 
 def encode(value: Any, what: str = "value") -> str | None:
@@ -37,7 +40,7 @@ def encode(value: Any, what: str = "value") -> str | None:
     if value is None:
         return None
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(f"{what} is not JSON-serialisable: {_describe(exc)}") from exc
     if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(value):
