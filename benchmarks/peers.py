@@ -22,7 +22,10 @@ Workloads:
   dequeue loop (``DELETE ... LIMIT 100 FOR UPDATE SKIP LOCKED RETURNING``) over a plain table,
   and cereal's own statements for P1's and P2's workflows driven 100 instances at a time by
   one thread straight through the driver (no manager, no callbacks, no threads): what the
-  rows cereal writes per workflow cost the server, the bound for any manager on this schema.
+  rows cereal writes per workflow cost the server, the bound for any manager on this schema;
+- F2: the latency of one client's one-row commits at P3's pace (p50, p99, max), measured in
+  each round just before P3: every P3 path waits for at least one commit, so a round whose
+  commits stall puts both sides' P3 p99 at least that high.
 
 For each drain the commits and WAL bytes per item are read from the server's statistics
 (``pg_stat_database``, ``pg_current_wal_lsn()``), and cereal's statements per item are
@@ -456,6 +459,26 @@ def raw_commit_rate(server: Server, commits: int) -> float:
         return commits / (time.perf_counter() - start)
 
 
+def commit_latency(server: Server, rate: float, count: int) -> list[float]:
+    """Milliseconds each one-row commit of one client takes at P3's pace: the floor under
+    P3, whose every path waits for at least one commit (cereal's default path and pgqueuer's
+    two, one after the other)."""
+    latencies: list[float] = []
+    with psycopg.connect(server.cereal_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE floor_latency (id bigserial PRIMARY KEY, v int)")
+
+        def commit(_: int) -> None:
+            start = time.perf_counter()
+            conn.execute(
+                "WITH j AS (INSERT INTO floor_latency (v) VALUES (1) RETURNING id) "
+                "DELETE FROM floor_latency WHERE id = (SELECT id FROM j)"
+            )
+            latencies.append((time.perf_counter() - start) * 1000)
+
+        _paced(rate, count, commit)
+    return latencies
+
+
 def dequeue_floor(server: Server, rows: int) -> float:
     """Rows per second taken off a plain table 100 at a time, each batch its own commit."""
     with psycopg.connect(server.cereal_dsn, autocommit=True) as conn:
@@ -558,6 +581,18 @@ class Series:
         return c / p if self.higher_is_better else p / c
 
 
+@dataclass
+class Results:
+    """Everything one run measured."""
+
+    series: list[Series]
+    floors: dict[str, list[float]]
+    """Rates per second, round by round."""
+    commit_ms: dict[str, list[float]]
+    """p50, p99 and max of one-row commits at P3's pace, round by round."""
+    costs: dict[str, list[Cost]]
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -571,9 +606,7 @@ def _warm(latencies: list[float]) -> list[float]:
     return latencies[len(latencies) // 10 :]
 
 
-def run(
-    server: Server, rounds: int, sizes: Sizes, with_peer: bool
-) -> tuple[list[Series], dict[str, list[float]], dict[str, list[Cost]]]:
+def run(server: Server, rounds: int, sizes: Sizes, with_peer: bool) -> Results:
     peer = "pgqueuer" if with_peer else "(peer skipped)"
     series = {
         "p1": Series(
@@ -621,6 +654,7 @@ def run(
         "cereal statements, P1 workflow (100/batch)": [],
         "cereal statements, P2 workflow (100/batch)": [],
     }
+    commit_ms: dict[str, list[float]] = {"p50": [], "p99": [], "max": []}
     costs: dict[str, list[Cost]] = {}
 
     def note(key: str, d: Drain) -> float:
@@ -659,6 +693,10 @@ def run(
             series["p2w10"].peer.append(rate)
             series["p2w1"].peer.append(rate)
 
+        commits = commit_latency(server, sizes.p3_rate, sizes.p3_count)
+        for key, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
+            commit_ms[key].append(_pct(commits, q))
+
         def cereal_p3() -> None:
             for eager, key in ((False, "p3"), (True, "p3e")):
                 lat = cereal_latency(server, sizes.p3_rate, sizes.p3_count, eager)
@@ -682,7 +720,7 @@ def run(
             for s in series.values():
                 s.peer.append(float("nan"))
         print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
-    return list(series.values()), floors, costs
+    return Results(list(series.values()), floors, commit_ms, costs)
 
 
 def _median(values: list[float]) -> float:
@@ -690,15 +728,10 @@ def _median(values: list[float]) -> float:
     return statistics.median(clean) if clean else float("nan")
 
 
-def report(
-    server: Server,
-    series: list[Series],
-    floors: dict[str, list[float]],
-    costs: dict[str, list[Cost]],
-) -> str:
+def report(server: Server, results: Results) -> str:
     """The tables, as text."""
     lines: list[str] = []
-    for s in series:
+    for s in results.series:
         lines.append(f"\n{s.title} ({s.unit}; ratio > 1: cereal ahead)")
         lines.append(f"  {'round':<7}{'cereal':>10}{'pgqueuer':>10}{'ratio':>8}")
         for i in range(len(s.cereal)):
@@ -709,16 +742,23 @@ def report(
             f"{_median(ratios):>8.2f}"
         )
     lines.append("\nF1 floors of this server (per second)")
-    for name, values in floors.items():
+    for name, values in results.floors.items():
         per_round = "  ".join(f"{v:9.0f}" for v in values)
         lines.append(f"  {name:<40}{per_round}   median {_median(values):9.0f}")
+    lines.append(
+        "\nF2 one-row commit of one client at P3's pace, just before P3 (ms; the floor under"
+        " P3's figures)"
+    )
+    for name, values in results.commit_ms.items():
+        per_round = "  ".join(f"{v:9.1f}" for v in values)
+        lines.append(f"  {name:<40}{per_round}   median {_median(values):9.1f}")
     lines.append(
         "\nCost per item, median over rounds (WAL is server-wide: other clients add to it)"
     )
     lines.append(
         f"  {'drain':<24}{'commits':>9}{'WAL bytes':>11}{'statements':>12}{'server us':>11}"
     )
-    for name, spent in costs.items():
+    for name, spent in results.costs.items():
         stmts = [c.statements for c in spent if c.statements is not None]
         shown = f"{_median(stmts):>12.1f}" if stmts else f"{'n/a':>12}"
         times = [c.server_ms * 1000 for c in spent if c.server_ms is not None]
@@ -773,10 +813,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes = Sizes(5000, 4000, 100.0, 500, 2000, 50000)
     server = Server(args.dsn)
     try:
-        series, floors, costs = run(server, rounds, sizes, with_peer)
+        results = run(server, rounds, sizes, with_peer)
     finally:
         server.cleanup()
-    print(report(server, series, floors, costs))
+    print(report(server, results))
     return 0
 
 

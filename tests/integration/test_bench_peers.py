@@ -29,7 +29,7 @@ def _peers(*args: str, timeout: float = 110) -> subprocess.CompletedProcess[str]
 def test_peers_help_names_every_workload_and_option() -> None:
     out = _peers("--help")
     assert out.returncode == 0, out.stderr
-    for word in ("P1", "P2", "P3", "F1", "--rounds", "--quick", "--dsn", "--cereal-only"):
+    for word in ("P1", "P2", "P3", "F1", "F2", "--rounds", "--quick", "--dsn", "--cereal-only"):
         assert word in out.stdout
 
 
@@ -55,3 +55,5 @@ def test_peers_tiny_run_reports_cereal_figures_for_every_workload(pg_dsn: str) -
     assert re.search(r"cereal statements, P1 workflow \(100/batch\)\s+[1-9]", out.stdout)
     assert re.search(r"cereal statements, P2 workflow \(100/batch\)\s+[1-9]", out.stdout)
     assert re.search(r"cereal P1\s+[0-9.]+\s+[0-9]+\s+[0-9.]+", out.stdout)
+    for figure in ("p50", "p99", "max"):
+        assert re.search(rf"\n  {figure}\s+[0-9.]*[1-9]", out.stdout), figure
