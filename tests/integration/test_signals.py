@@ -291,9 +291,14 @@ def test_a_signal_whose_handler_died_before_commit_is_delivered_again(
     wait_for(lambda: inbox.signals, timeout=15, what="the signal delivered again")
     assert [(e.name, e.payload) for e in inbox.signals] == [("approve", {"by": "ann"})]
     assert inbox.kinds("o-1") == [("signal", "approve")]  # on_start is not run again
-    # The dead process's on_start was committed; its step for the signal was not.
-    info = manager.get_workflow_instance("order", "o-1")
-    assert info.payload == ["started", ["signal", "approve", {"by": "ann"}]]
+    # The dead process's on_start was committed; its step for the signal was not. The new
+    # step commits after on_signal returns, so the payload is read once that commit landed.
+    expected = ["started", ["signal", "approve", {"by": "ann"}]]
+    wait_for(
+        lambda: manager.get_workflow_instance("order", "o-1").payload == expected,
+        timeout=15,
+        what="the signal's step committed",
+    )
 
 
 # -- what is refused ---------------------------------------------------------------------------
