@@ -25,7 +25,9 @@ Workloads:
   rows cereal writes per workflow cost the server, the bound for any manager on this schema;
 - F2: the latency of one client's one-row commits at P3's pace (p50, p99, max), measured in
   each round just before P3: every P3 path waits for at least one commit, so a round whose
-  commits stall puts both sides' P3 p99 at least that high.
+  commits stall puts both sides' P3 p99 at least that high. Beside it, the share of the
+  machine's CPU time spent in iowait during each side's P3 runs (from ``/proc/stat``): a
+  disk stall in one side's run shows there.
 
 For each drain the commits and WAL bytes per item are read from the server's statistics
 (``pg_stat_database``, ``pg_current_wal_lsn()``), and cereal's statements per item are
@@ -459,6 +461,38 @@ def raw_commit_rate(server: Server, commits: int) -> float:
         return commits / (time.perf_counter() - start)
 
 
+class CpuWindow:
+    """The share of this machine's CPU time spent waiting on the disk (iowait) between
+    :meth:`start` and :meth:`stop`, from ``/proc/stat`` (NaN where there is none)."""
+
+    def __init__(self) -> None:
+        self._start: list[int] | None = None
+        self.iowait = float("nan")
+
+    @staticmethod
+    def _read() -> list[int] | None:
+        try:
+            with open("/proc/stat") as stat:
+                fields = stat.readline().split()
+        except OSError:
+            return None
+        if len(fields) < 6 or fields[0] != "cpu":
+            return None
+        return [int(f) for f in fields[1:]]
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> None:
+        end = self._read()
+        if self._start is None or end is None:
+            return
+        spent = [b - a for a, b in zip(self._start, end, strict=False)]
+        total = sum(spent[:8])  # user .. steal; guest time is counted inside user
+        if total > 0:
+            self.iowait = 100.0 * spent[4] / total
+
+
 def commit_latency(server: Server, rate: float, count: int) -> list[float]:
     """Milliseconds each one-row commit of one client takes at P3's pace: the floor under
     P3, whose every path waits for at least one commit (cereal's default path and pgqueuer's
@@ -590,6 +624,8 @@ class Results:
     """Rates per second, round by round."""
     commit_ms: dict[str, list[float]]
     """p50, p99 and max of one-row commits at P3's pace, round by round."""
+    p3_iowait: dict[str, list[float]]
+    """Percent of the machine's CPU time in iowait during each side's P3 runs, by round."""
     costs: dict[str, list[Cost]]
 
 
@@ -655,6 +691,7 @@ def run(server: Server, rounds: int, sizes: Sizes, with_peer: bool) -> Results:
         "cereal statements, P2 workflow (100/batch)": [],
     }
     commit_ms: dict[str, list[float]] = {"p50": [], "p99": [], "max": []}
+    p3_iowait: dict[str, list[float]] = {"cereal": [], "cereal eager_start": [], "pgqueuer": []}
     costs: dict[str, list[Cost]] = {}
 
     def note(key: str, d: Drain) -> float:
@@ -699,13 +736,21 @@ def run(server: Server, rounds: int, sizes: Sizes, with_peer: bool) -> Results:
 
         def cereal_p3() -> None:
             for eager, key in ((False, "p3"), (True, "p3e")):
+                cpu = CpuWindow()
+                cpu.start()
                 lat = cereal_latency(server, sizes.p3_rate, sizes.p3_count, eager)
+                cpu.stop()
+                p3_iowait["cereal eager_start" if eager else "cereal"].append(cpu.iowait)
                 series[key + "p50"].cereal.append(_pct(lat, 0.5))
                 series[key + "p99"].cereal.append(_pct(lat, 0.99))
                 series[key + "p99w"].cereal.append(_pct(_warm(lat), 0.99))
 
         def peer_p3() -> None:
+            cpu = CpuWindow()
+            cpu.start()
             lat = pgq_latency(server, sizes.p3_rate, sizes.p3_count)
+            cpu.stop()
+            p3_iowait["pgqueuer"].append(cpu.iowait)
             for key in ("p3", "p3e"):
                 series[key + "p50"].peer.append(_pct(lat, 0.5))
                 series[key + "p99"].peer.append(_pct(lat, 0.99))
@@ -720,7 +765,9 @@ def run(server: Server, rounds: int, sizes: Sizes, with_peer: bool) -> Results:
             for s in series.values():
                 s.peer.append(float("nan"))
         print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
-    return Results(list(series.values()), floors, commit_ms, costs)
+    if not with_peer:
+        p3_iowait["pgqueuer"] = [float("nan")] * rounds
+    return Results(list(series.values()), floors, commit_ms, p3_iowait, costs)
 
 
 def _median(values: list[float]) -> float:
@@ -752,6 +799,13 @@ def report(server: Server, results: Results) -> str:
     for name, values in results.commit_ms.items():
         per_round = "  ".join(f"{v:9.1f}" for v in values)
         lines.append(f"  {name:<40}{per_round}   median {_median(values):9.1f}")
+    lines.append(
+        "  iowait during P3, % of CPU time (a round whose sides differ here had its disk"
+        " stall in one side's run)"
+    )
+    for name, values in results.p3_iowait.items():
+        per_round = "  ".join(f"{v:9.1f}" for v in values)
+        lines.append(f"  {'  ' + name:<40}{per_round}   median {_median(values):9.1f}")
     lines.append(
         "\nCost per item, median over rounds (WAL is server-wide: other clients add to it)"
     )

@@ -57,3 +57,5 @@ def test_peers_tiny_run_reports_cereal_figures_for_every_workload(pg_dsn: str) -
     assert re.search(r"cereal P1\s+[0-9.]+\s+[0-9]+\s+[0-9.]+", out.stdout)
     for figure in ("p50", "p99", "max"):
         assert re.search(rf"\n  {figure}\s+[0-9.]*[1-9]", out.stdout), figure
+    assert re.search(r"\n    cereal\s+[0-9.]+\s+median", out.stdout)
+    assert re.search(r"\n    cereal eager_start\s+[0-9.]+\s+median", out.stdout)
