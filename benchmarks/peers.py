@@ -775,6 +775,12 @@ def _median(values: list[float]) -> float:
     return statistics.median(clean) if clean else float("nan")
 
 
+def _by_round(name: str, values: list[float], decimals: int) -> str:
+    """One row of a floor table: the figure of each round, then their median."""
+    per_round = "  ".join(f"{v:9.{decimals}f}" for v in values)
+    return f"  {name:<40}{per_round}   median {_median(values):9.{decimals}f}"
+
+
 def report(server: Server, results: Results) -> str:
     """The tables, as text."""
     lines: list[str] = []
@@ -789,23 +795,17 @@ def report(server: Server, results: Results) -> str:
             f"{_median(ratios):>8.2f}"
         )
     lines.append("\nF1 floors of this server (per second)")
-    for name, values in results.floors.items():
-        per_round = "  ".join(f"{v:9.0f}" for v in values)
-        lines.append(f"  {name:<40}{per_round}   median {_median(values):9.0f}")
+    lines += [_by_round(name, values, 0) for name, values in results.floors.items()]
     lines.append(
         "\nF2 one-row commit of one client at P3's pace, just before P3 (ms; the floor under"
         " P3's figures)"
     )
-    for name, values in results.commit_ms.items():
-        per_round = "  ".join(f"{v:9.1f}" for v in values)
-        lines.append(f"  {name:<40}{per_round}   median {_median(values):9.1f}")
+    lines += [_by_round(name, values, 1) for name, values in results.commit_ms.items()]
     lines.append(
         "  iowait during P3, % of CPU time (a round whose sides differ here had its disk"
         " stall in one side's run)"
     )
-    for name, values in results.p3_iowait.items():
-        per_round = "  ".join(f"{v:9.1f}" for v in values)
-        lines.append(f"  {'  ' + name:<40}{per_round}   median {_median(values):9.1f}")
+    lines += [_by_round("  " + name, values, 1) for name, values in results.p3_iowait.items()]
     lines.append(
         "\nCost per item, median over rounds (WAL is server-wide: other clients add to it)"
     )
