@@ -448,26 +448,44 @@ def pgq_latency(server: Server, rate: float, count: int) -> list[float]:
 # -- floors ----------------------------------------------------------------------------------
 
 
+FLOOR_TABLE = "CREATE TEMP TABLE floor_commit (id bigserial PRIMARY KEY, v int)"
+ONE_ROW_COMMIT = (
+    "WITH j AS (INSERT INTO floor_commit (v) VALUES (1) RETURNING id) "
+    "DELETE FROM floor_commit WHERE id = (SELECT id FROM j)"
+)
+"""The one-row transaction of the commit floors (F1's rate, F2's latency), autocommitted."""
+
+
 def raw_commit_rate(server: Server, commits: int) -> float:
     """One client inserting and deleting one row per transaction."""
     with psycopg.connect(server.cereal_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TEMP TABLE floor_commit (id bigserial PRIMARY KEY, v int)")
+        conn.execute(FLOOR_TABLE)
         start = time.perf_counter()
         for _ in range(commits):
-            conn.execute(
-                "WITH j AS (INSERT INTO floor_commit (v) VALUES (1) RETURNING id) "
-                "DELETE FROM floor_commit WHERE id = (SELECT id FROM j)"
-            )
+            conn.execute(ONE_ROW_COMMIT)
         return commits / (time.perf_counter() - start)
 
 
 class CpuWindow:
-    """The share of this machine's CPU time spent waiting on the disk (iowait) between
-    :meth:`start` and :meth:`stop`, from ``/proc/stat`` (NaN where there is none)."""
+    """The share of this machine's CPU time spent waiting on the disk (iowait) inside the
+    ``with`` block, from ``/proc/stat`` (NaN where there is none)."""
 
     def __init__(self) -> None:
         self._start: list[int] | None = None
         self.iowait = float("nan")
+
+    def __enter__(self) -> CpuWindow:
+        self._start = self._read()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._read()
+        if self._start is None or end is None:
+            return
+        spent = [b - a for a, b in zip(self._start, end, strict=False)]
+        total = sum(spent[:8])  # user .. steal; guest time is counted inside user
+        if total > 0:
+            self.iowait = 100.0 * spent[4] / total
 
     @staticmethod
     def _read() -> list[int] | None:
@@ -480,18 +498,6 @@ class CpuWindow:
             return None
         return [int(f) for f in fields[1:]]
 
-    def start(self) -> None:
-        self._start = self._read()
-
-    def stop(self) -> None:
-        end = self._read()
-        if self._start is None or end is None:
-            return
-        spent = [b - a for a, b in zip(self._start, end, strict=False)]
-        total = sum(spent[:8])  # user .. steal; guest time is counted inside user
-        if total > 0:
-            self.iowait = 100.0 * spent[4] / total
-
 
 def commit_latency(server: Server, rate: float, count: int) -> list[float]:
     """Milliseconds each one-row commit of one client takes at P3's pace: the floor under
@@ -499,14 +505,11 @@ def commit_latency(server: Server, rate: float, count: int) -> list[float]:
     two, one after the other)."""
     latencies: list[float] = []
     with psycopg.connect(server.cereal_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TEMP TABLE floor_latency (id bigserial PRIMARY KEY, v int)")
+        conn.execute(FLOOR_TABLE)
 
         def commit(_: int) -> None:
             start = time.perf_counter()
-            conn.execute(
-                "WITH j AS (INSERT INTO floor_latency (v) VALUES (1) RETURNING id) "
-                "DELETE FROM floor_latency WHERE id = (SELECT id FROM j)"
-            )
+            conn.execute(ONE_ROW_COMMIT)
             latencies.append((time.perf_counter() - start) * 1000)
 
         _paced(rate, count, commit)
@@ -736,20 +739,16 @@ def run(server: Server, rounds: int, sizes: Sizes, with_peer: bool) -> Results:
 
         def cereal_p3() -> None:
             for eager, key in ((False, "p3"), (True, "p3e")):
-                cpu = CpuWindow()
-                cpu.start()
-                lat = cereal_latency(server, sizes.p3_rate, sizes.p3_count, eager)
-                cpu.stop()
+                with CpuWindow() as cpu:
+                    lat = cereal_latency(server, sizes.p3_rate, sizes.p3_count, eager)
                 p3_iowait["cereal eager_start" if eager else "cereal"].append(cpu.iowait)
                 series[key + "p50"].cereal.append(_pct(lat, 0.5))
                 series[key + "p99"].cereal.append(_pct(lat, 0.99))
                 series[key + "p99w"].cereal.append(_pct(_warm(lat), 0.99))
 
         def peer_p3() -> None:
-            cpu = CpuWindow()
-            cpu.start()
-            lat = pgq_latency(server, sizes.p3_rate, sizes.p3_count)
-            cpu.stop()
+            with CpuWindow() as cpu:
+                lat = pgq_latency(server, sizes.p3_rate, sizes.p3_count)
             p3_iowait["pgqueuer"].append(cpu.iowait)
             for key in ("p3", "p3e"):
                 series[key + "p50"].peer.append(_pct(lat, 0.5))
@@ -764,9 +763,8 @@ def run(server: Server, rounds: int, sizes: Sizes, with_peer: bool) -> Results:
         if not with_peer:
             for s in series.values():
                 s.peer.append(float("nan"))
+            p3_iowait["pgqueuer"].append(float("nan"))
         print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
-    if not with_peer:
-        p3_iowait["pgqueuer"] = [float("nan")] * rounds
     return Results(list(series.values()), floors, commit_ms, p3_iowait, costs)
 
 
