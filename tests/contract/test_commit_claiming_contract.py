@@ -125,9 +125,11 @@ def test_a_claimed_task_reports_releases_and_is_reaped_like_a_claim(
     assert (again.id, again.attempt) == (back.id, 1)
     d.heartbeat_tasks([again.id], "worker-2")
     assert d.reap_lost_tasks(3600, "lost") == 0
-    time.sleep(0.2)
+    # silent's heartbeat is 1.5 s old, again's fresh: a second apart, so that a slow machine
+    # between the heartbeat and the reap cannot make again look lost too.
+    time.sleep(1.5)
     d.heartbeat_tasks([again.id], "worker-2")
-    assert d.reap_lost_tasks(0.1, "no heartbeat") == 1
+    assert d.reap_lost_tasks(1.0, "no heartbeat") == 1
     events = events_of(d, "a")
     assert [(e.task_status, e.task_result, e.task_attempts) for e in events] == [
         ("success", 7, 1),
