@@ -935,10 +935,12 @@ def test_reap_reports_each_silent_task_as_lost_exactly_once(contract_driver: Dri
     tasks, _ = d.claim_tasks({"t": 3}, OWNER)
     fresh = next(t for t in tasks if t.instance_name == "b")
     assert d.reap_lost_tasks(3600, "lost") == 0
-    time.sleep(0.2)
+    # The silent heartbeats are 1.5 s old, the fresh one new: a second apart, so that a slow
+    # machine between the heartbeat and the reaps cannot make the fresh one look lost too.
+    time.sleep(1.5)
     d.heartbeat_tasks([fresh.id], OWNER)
-    assert d.reap_lost_tasks(0.1, "no heartbeat") == 2
-    assert d.reap_lost_tasks(0.1, "no heartbeat") == 0
+    assert d.reap_lost_tasks(1.0, "no heartbeat") == 2
+    assert d.reap_lost_tasks(1.0, "no heartbeat") == 0
     assert [(e.kind, e.task_status, e.task_error) for e in events_of(d, "a")] == [
         ("task_complete", "lost", "no heartbeat")
     ] * 2
