@@ -196,6 +196,9 @@ class Manager(ScheduleOperations):
             self._state = "started"
         config = self.config
         self.driver.open()
+        prepare = getattr(self.driver, "prepare_for_workflows", None)  # optional, see there
+        if prepare is not None and self._workflows:
+            prepare()
         self._pools = TaskPools(
             self.driver,
             self._tasks,

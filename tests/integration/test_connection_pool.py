@@ -8,6 +8,8 @@ instead of every connection of the pool in turn; the idle rest age out.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 
 import psycopg
 from psycopg import sql
@@ -21,6 +23,20 @@ from cereal.backends.postgres.connections import (
     warm_up,
 )
 from cereal.backends.postgres.notify import channel_name
+from cereal.manager import Manager
+from tests.helpers.doubler import Doubler, double
+from tests.helpers.waiting import wait_for
+
+
+def _connections(dsn: str, schema: str, *, size: int, min_size: int) -> Connections:
+    return Connections(
+        dsn,
+        schema,
+        pool_size=size,
+        pool_min_size=min_size,
+        connect_timeout=10,
+        application_name="cereal-test",
+    )
 
 
 def _pid(conn: object) -> int:
@@ -28,14 +44,7 @@ def _pid(conn: object) -> int:
 
 
 def test_the_driver_pool_lends_the_connection_returned_last(pg_dsn: str, schema: str) -> None:
-    connections = Connections(
-        pg_dsn,
-        schema,
-        pool_size=4,
-        pool_min_size=3,
-        connect_timeout=10,
-        application_name="cereal-test",
-    )
+    connections = _connections(pg_dsn, schema, size=4, min_size=3)
     connections.open()
     try:
         with connections.connection() as a, connections.connection() as b:
@@ -79,14 +88,7 @@ def test_the_async_pool_lends_the_connection_returned_last(pg_dsn: str) -> None:
 def test_each_new_pooled_connection_is_warmed_up_and_nothing_of_it_stays(
     pg_dsn: str, schema: str
 ) -> None:
-    connections = Connections(
-        pg_dsn,
-        schema,
-        pool_size=3,
-        pool_min_size=3,
-        connect_timeout=10,
-        application_name="cereal-test",
-    )
+    connections = _connections(pg_dsn, schema, size=3, min_size=3)
     with psycopg.connect(pg_dsn, autocommit=True) as watcher:
         connections.open()  # migrates, so the channel's listener can only start here
         watcher.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel_name(schema))))
@@ -213,3 +215,86 @@ def test_a_claim_that_finds_nothing_keeps_the_statements_its_connection_prepared
         assert driver.has_events(["w"])
     finally:
         driver.close()
+
+
+def _prepared_statements(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+    return [str(r[0]) for r in conn.execute("SELECT statement FROM pg_prepared_statements")]
+
+
+def test_the_preparer_leaves_the_last_idle_connection_to_callers(pg_dsn: str, schema: str) -> None:
+    connections = _connections(pg_dsn, schema, size=2, min_size=2)
+    connections.open()
+    try:
+        with connections.connection() as a, connections.connection() as b:
+            order = [_pid(a), _pid(b)]  # a goes back last, so it is lent first
+        connections.prepare_hot_path()
+        preparer = connections._preparer
+        with connections.connection() as busy:
+            time.sleep(0.5)
+            assert preparer.pending() == 2, "the one idle connection is left alone"
+            assert _prepared_statements(busy) == []
+        wait_for(lambda: order[0] not in preparer._pending, what="the connection lent first")
+        preparer.stop()
+        with connections.connection() as first, connections.connection() as second:
+            assert [_pid(first), _pid(second)] == order, "the pool's order is kept"
+            fetch = "-- The oldest pending events of each instance"
+            assert any(s.startswith(fetch) for s in _prepared_statements(first))
+            assert _prepared_statements(second) == [], "the last idle one was never taken"
+            for conn in (first, second):
+                assert conn.info.transaction_status is TransactionStatus.IDLE
+            rows = first.execute("SELECT count(*) FROM workflow_instances").fetchone()
+            assert rows == (0,), "the preparation wrote nothing that stays"
+    finally:
+        connections.close()
+
+
+def _statement_runs(pool: RecentFirstPool) -> list[tuple[int, str, int]]:
+    """(connection, statement, runs) of each statement prepared on a connection of ``pool``
+    (all of them lent at once)."""
+    held = [pool.getconn(timeout=10) for _ in range(pool.get_stats()["pool_size"])]
+    try:
+        return [
+            (_pid(conn), str(text), int(runs))
+            for conn in held
+            for text, runs in conn.execute(
+                "SELECT statement, generic_plans + custom_plans FROM pg_prepared_statements"
+            )
+        ]
+    finally:
+        for conn in reversed(held):
+            pool.putconn(conn)
+
+
+def test_a_workflow_runs_on_the_statements_prepared_beforehand(pg_dsn: str, schema: str) -> None:
+    # Had a real call sent a statement with other parameter types than the preparer's, psycopg
+    # would have run it unprepared (and prepared a copy of its own on its sixth run): the
+    # preparer's copy would have stayed at its own runs.
+    driver = PostgresDriver(pg_dsn, schema=schema, pool_size=3)
+    m = Manager(driver, close_driver=True)
+    m.register_workflow_executor("w", Doubler())
+    m.register_task_executor("double", double)
+    with m:
+        preparer = driver._db._preparer
+        pool = driver._db._pool
+        assert isinstance(pool, RecentFirstPool)
+        wait_for(lambda: preparer.prepared() >= 1, what="a connection prepared")
+        preparer.stop()
+        before = {(pid, text): runs for pid, text, runs in _statement_runs(pool)}
+        for n in range(20):  # one at a time: mostly on the connection lent first
+            m.enqueue_workflow("w", f"i{n}", n)
+            assert m.await_workflow("w", f"i{n}", timeout=30).result == 2 * n
+        statements = _statement_runs(pool)
+    after = {(pid, text): runs for pid, text, runs in statements}
+    copies = Counter((pid, text) for pid, text, _ in statements)
+    assert max(copies.values()) == 1, "no statement prepared twice on one connection"
+
+    def used(header: str) -> bool:
+        """A statement starting with ``header``, prepared beforehand, ran again."""
+        found = [key for key in before if key[1].startswith(header)]
+        assert found, f"nothing prepared beforehand starts with {header!r}"
+        return any(after.get(key, 0) > before[key] for key in found)
+
+    assert used("-- The oldest pending events of each instance")  # fetch_events
+    assert used("-- Move finished instances to history")  # finish_instances
+    assert used("-- enqueue_workflow for enqueue_and_hold")
+    assert used("-- insert_tasks, claiming") or used("-- Write the tasks of continuing")

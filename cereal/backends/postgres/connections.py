@@ -15,6 +15,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from cereal.backends.postgres.errors import translate, translated
+from cereal.backends.postgres.hot_path import HotPathPreparer, prepare_hot_path
 from cereal.backends.postgres.jsonb import use_strict_jsonb
 from cereal.backends.postgres.migrations import migrate
 from cereal.backends.postgres.queries import load_queries
@@ -28,6 +29,7 @@ __all__ = [
     "DedicatedConnection",
     "RecentFirstAsyncPool",
     "RecentFirstPool",
+    "prepare_on",
     "roll_back_open_transaction",
     "warm_up",
     "warm_up_async",
@@ -97,6 +99,8 @@ class Connections:
         self._application_name = application_name
         self._pool: ConnectionPool[Connection] | None = None
         self._lock = threading.Lock()
+        self._preparer = HotPathPreparer(prepare_on)
+        self._prepare_wanted = False
 
     @property
     def dsn(self) -> str:
@@ -137,7 +141,18 @@ class Connections:
 
     def _configure_pooled(self, conn: Connection) -> None:
         self._configure(conn)
-        warm_up(conn)
+        if warm_up(conn):
+            self._preparer.add(conn.info.backend_pid)
+
+    def prepare_hot_path(self) -> None:
+        """From now on, prepare the statements of a workflow's life on the pooled
+        connections, in a thread of its own, while the pool rests
+        (:class:`~cereal.backends.postgres.hot_path.HotPathPreparer`). For a process that runs
+        workflows; a client that only enqueues has no use for them."""
+        with self._lock:
+            self._prepare_wanted = True
+            if self._pool is not None:
+                self._preparer.start(self._pool)
 
     def open(self) -> None:
         """Migrate the schema and open the pool; does nothing if it is open."""
@@ -162,12 +177,15 @@ class Connections:
             with translated():
                 pool.open(wait=self._pool_min_size > 0, timeout=self._connect_timeout)
             self._pool = pool
+            if self._prepare_wanted:
+                self._preparer.start(pool)
 
     def close(self) -> None:
         """Close the pool; it can be opened again."""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
+            self._preparer.stop()
             pool.close(timeout=5)
 
     @contextmanager
@@ -207,27 +225,42 @@ class Connections:
                 pool.putconn(conn)
 
 
-def warm_up(conn: Connection) -> None:
+def warm_up(conn: Connection) -> bool:
     """Run the writes of a workflow's life on a new connection and roll them back
-    (``warm_up_writes`` in queries.sql says why). Best effort: a role that may not write, a
-    read-only server or a schema not migrated yet leaves the connection as it was, and so
-    does any error.
+    (``warm_up_writes`` in queries.sql says why); True if they ran. Best effort: a role that
+    may not write, a read-only server or a schema not migrated yet leaves the connection as
+    it was (False), and so does any error.
 
     psycopg looks at the first ROLLBACK a connection runs and deallocates every statement
     prepared by then; later ones it leaves alone. The warm-up runs that first ROLLBACK with
     nothing prepared, so the rollbacks of idle polls never cost the hot statements their
-    preparation.
+    preparation (nor the ones :func:`prepare_on` prepares).
     """
     queries = load_queries()
     try:
         allowed = conn.execute(queries["warm_up_allowed"], prepare=False).fetchone()
         if allowed is None or not allowed[0]:
-            return
+            return False
         conn.execute("BEGIN", prepare=False)
         params = _warm_up_params(conn)
         row = conn.execute(queries["warm_up_writes"], params, prepare=False).fetchone()
         if row is not None:
             conn.execute(queries["warm_up_cascade"], {"id": row[0]}, prepare=False)
+    except psycopg.Error as exc:
+        _warm_up_skipped(exc)
+        return False
+    finally:
+        roll_back_open_transaction(conn)
+    return True
+
+
+def prepare_on(conn: Connection, step: int) -> None:
+    """Run step ``step`` of preparing the statements of a workflow's life on a warmed-up
+    connection (:func:`~cereal.backends.postgres.hot_path.prepare_hot_path`), in a
+    transaction rolled back. Best effort, as the warm-up."""
+    try:
+        conn.execute("BEGIN", prepare=False)
+        prepare_hot_path(conn, load_queries(), _warm_up_params(conn)["name"], step)
     except psycopg.Error as exc:
         _warm_up_skipped(exc)
     finally:

@@ -325,6 +325,12 @@ class PostgresDriver:
             self._db, self._q, self.channel, self._task_floors, params, per_instance
         )
 
+    def prepare_for_workflows(self) -> None:
+        """Prepare the statements of a workflow's life on each pooled connection, in the
+        background, whenever the pool rests (see :mod:`~cereal.backends.postgres.hot_path`):
+        a manager that runs workflows asks for it when it starts."""
+        self._db.prepare_hot_path()
+
     def enqueue_held(
         self,
         workflow_name: str,
