@@ -197,16 +197,8 @@ def prepare_hot_path(
     its first run; ``RUNS_TO_SETTLE`` steps settle their plans. The caller rolls the
     transaction back: nothing stays but the prepared statements, and no notification goes
     out."""
-    _one_life(conn, queries, name, f"{name} {step}", datetime.now(UTC))
+    instance = f"{name} {step}"
 
-
-def _one_life(
-    conn: Connection,
-    queries: dict[str, LiteralString],
-    name: str,
-    instance: str,
-    floor: datetime,
-) -> None:
     def run(statement: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         cur = conn.cursor(row_factory=dict_row)
         cur.execute(queries[statement], params, prepare=True)
@@ -247,7 +239,7 @@ def _one_life(
             "claim_limits": [1],
             "max_attempts": [1],
             "retry_delays": [None],
-            "floors": [floor],
+            "floors": [datetime.now(UTC)],
             "owner": name,
             "channel": CHANNEL,
         },
